@@ -1,0 +1,127 @@
+"""Storm's XOR acking, as pure bookkeeping with no I/O.
+
+Every spout tuple emitted with a message id gets a random 64-bit *root* id; every edge of
+its tuple tree (a tuple sent to one task) gets a random 64-bit *edge* id. The acker keeps
+one 64-bit value per root: the spout's ``init`` XORs in the edges it sent, and each bolt's
+``ack`` of a tuple XORs in that tuple's edge and the edges of the tuples it anchored to
+it. Every edge therefore enters the value exactly twice and the value returns to zero
+exactly when the whole tree is processed, in whatever order the messages arrive
+(the chance of reaching zero early is 2**-64 per update).
+
+:class:`AckerState` is the acker task's side, :class:`PendingTrees` the spout task's side
+(message timeouts and max-spout-pending). Both rely on dicts keeping insertion order, so
+the oldest entries are at the front and expiry stops at the first entry still young.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterator
+
+new_id = random.Random(random.SystemRandom().getrandbits(64)).getrandbits
+"""``new_id(64)``: a random 64-bit root or edge id (a fast PRNG seeded from the OS)."""
+
+PENDING, COMPLETED, FAILED = 0, 1, 2
+"""What :meth:`AckerState.init` reports about a tree."""
+
+
+class AckerState:
+    """Root id -> [xor value or None once failed, spout task or None, time first seen].
+
+    An ``ack`` or ``fail`` may arrive before its ``init`` (they travel on different
+    paths); the entry then waits for ``init`` to name the spout task to tell.
+    """
+
+    __slots__ = ("_trees",)
+
+    def __init__(self) -> None:
+        self._trees: dict[int, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._trees)
+
+    def init(self, root: int, xor: int, spout_task: int, now: float) -> int:
+        """The spout emitted ``root`` with edges XORing to ``xor``: PENDING, COMPLETED or FAILED."""
+        entry = self._trees.get(root)
+        if entry is None:
+            self._trees[root] = [xor, spout_task, now]
+            return PENDING
+        if entry[0] is None:
+            del self._trees[root]
+            return FAILED
+        entry[0] ^= xor
+        entry[1] = spout_task
+        if entry[0] == 0:
+            del self._trees[root]
+            return COMPLETED
+        return PENDING
+
+    def ack(self, root: int, xor: int, now: float) -> int | None:
+        """A bolt acked edges of ``root``. Returns the spout task if the tree completed."""
+        entry = self._trees.get(root)
+        if entry is None:
+            self._trees[root] = [xor, None, now]
+            return None
+        if entry[0] is None:
+            return None
+        entry[0] ^= xor
+        if entry[0] == 0 and entry[1] is not None:
+            del self._trees[root]
+            return entry[1]  # type: ignore[no-any-return]
+        return None
+
+    def fail(self, root: int, now: float) -> int | None:
+        """A bolt failed a tuple of ``root``. Returns the spout task to tell, if known yet;
+        otherwise the tree is marked failed and its ``init`` will report FAILED."""
+        entry = self._trees.get(root)
+        if entry is not None and entry[1] is not None:
+            del self._trees[root]
+            return entry[1]  # type: ignore[no-any-return]
+        if entry is None:
+            self._trees[root] = [None, None, now]
+        else:
+            entry[0] = None
+        return None
+
+    def expire(self, cutoff: float) -> int:
+        """Forget trees first seen before ``cutoff`` (the spout has timed them out). Returns how many."""
+        old = []
+        for root, entry in self._trees.items():
+            if entry[2] >= cutoff:
+                break
+            old.append(root)
+        for root in old:
+            del self._trees[root]
+        return len(old)
+
+
+class PendingTrees:
+    """A spout task's tuple trees in flight: root id -> (message id, emit time).
+
+    ``len()`` is what ``topology.max.spout.pending`` bounds.
+    """
+
+    __slots__ = ("_trees",)
+
+    def __init__(self) -> None:
+        self._trees: dict[int, tuple[Any, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._trees)
+
+    def add(self, root: int, msg_id: Any, now: float) -> None:
+        self._trees[root] = (msg_id, now)
+
+    def complete(self, root: int) -> tuple[Any, float] | None:
+        """Remove ``root`` and return (message id, emit time), or None if it already timed out."""
+        return self._trees.pop(root, None)
+
+    def expired(self, cutoff: float) -> Iterator[Any]:
+        """Remove and yield the message ids of trees emitted before ``cutoff``."""
+        old = []
+        for root, (_, emitted) in self._trees.items():
+            if emitted >= cutoff:
+                break
+            old.append(root)
+        for root in old:
+            yield self._trees.pop(root)[0]

@@ -1,0 +1,276 @@
+"""Output collectors: where a task's emits, acks and fails go before they leave the task.
+
+This is the hot path. An emit picks the target tasks with the subscription's router
+(:mod:`streamflow.groupings`), builds one :class:`~streamflow.tuples.Tuple` per target and
+appends it to that target's buffer. Acks and fails accumulate per root id. Nothing leaves
+until the executor calls :meth:`OutputCollector.flush` after a batch, so one message
+carries a whole batch to each target task and one message carries all acker updates of
+the batch (several acks of one root collapse into one XOR).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Collection, Sequence
+
+from streamflow.acking import PendingTrees, new_id
+from streamflow.groupings import Router, make_router
+from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT
+from streamflow.stats import TaskStats
+from streamflow.topology import ACKER_COMPONENT, Topology
+from streamflow.transport.base import Transport
+from streamflow.tuples import DEFAULT_STREAM, Tuple
+
+
+class OutputCollector:
+    """Routing and buffering shared by spouts and bolts; one per task."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        component: str,
+        task: int,
+        transport: Transport,
+        local_tasks: Collection[int],
+        stats: TaskStats,
+    ) -> None:
+        layout = topology.task_layout()
+        self.component = component
+        self.task = task
+        self.stats = stats
+        self.acking = topology.acker_count() > 0
+        self._ackers = layout[ACKER_COMPONENT]
+        self._transport = transport
+        self._buffers: dict[int, list[Tuple]] = {}
+        self._fields = topology.components[component].outputs
+        self._routes: dict[str, list[Router]] = {stream: [] for stream in self._fields}
+        self._direct: dict[str, frozenset[int]] = {stream: frozenset() for stream in self._fields}
+        for stream, fields in self._fields.items():
+            for spec, sub in topology.subscribers(component, stream):
+                targets = layout[spec.name]
+                if sub.grouping == "direct":
+                    self._direct[stream] |= frozenset(targets)
+                else:
+                    self._routes[stream].append(
+                        make_router(sub.grouping, targets, fields, sub.fields, local_tasks)
+                    )
+
+    def _routers(self, stream: str, values: Sequence[Any]) -> list[Router]:
+        """The routers of ``stream``, after checking the stream and the values' arity."""
+        try:
+            routers = self._routes[stream]
+        except KeyError:
+            raise ValueError(
+                f"component {self.component!r} emitted on undeclared stream {stream!r}"
+            ) from None
+        if len(values) != len(self._fields[stream]):
+            raise ValueError(
+                f"component {self.component!r} emitted {len(values)} values on stream "
+                f"{stream!r}, which declares {len(self._fields[stream])} fields "
+                f"({', '.join(self._fields[stream])})"
+            )
+        return routers
+
+    def _direct_target(self, task: int, stream: str, values: Sequence[Any]) -> None:
+        """Check that ``task`` subscribes to ``stream`` with a direct grouping."""
+        self._routers(stream, values)
+        if task not in self._direct[stream]:
+            raise ValueError(
+                f"component {self.component!r} emitted directly to task {task}, which does "
+                f"not subscribe to stream {stream!r} with a direct grouping"
+            )
+
+    def _buffer(self, task: int, tup: Tuple) -> None:
+        buf = self._buffers.get(task)
+        if buf is None:
+            self._buffers[task] = [tup]
+        else:
+            buf.append(tup)
+
+    async def flush(self) -> None:
+        """Send what the batch produced: acker traffic first (it never waits), then tuples
+        (which wait while a receiver is full)."""
+        self._flush_control()
+        if self._buffers:
+            buffers, self._buffers = self._buffers, {}
+            send = self._transport.send_tuples
+            for task, tuples in buffers.items():
+                await send(task, tuples)
+
+    def _flush_control(self) -> None:
+        """Send buffered acker messages; subclasses add theirs."""
+
+    def _acker_of(self, root: int) -> int:
+        """The acker task of a tree: picked by its root id, as a fields grouping would."""
+        return self._ackers[root % len(self._ackers)]
+
+    def _send_per_acker(self, kind: str, roots: dict[int, Any] | list[Any]) -> None:
+        """Send a batch of acker messages, split by acker task when there are several.
+
+        ``roots`` is a dict keyed by root id, or a list of root ids or of tuples that
+        start with the root id.
+        """
+        if len(self._ackers) == 1:
+            self._transport.send_control(self._ackers[0], kind, roots)
+            return
+        if isinstance(roots, dict):
+            parts_d: dict[int, dict[int, Any]] = {}
+            for root, value in roots.items():
+                parts_d.setdefault(self._acker_of(root), {})[root] = value
+            for acker, part_d in parts_d.items():
+                self._transport.send_control(acker, kind, part_d)
+            return
+        parts: dict[int, list[Any]] = {}
+        for item in roots:
+            root = item[0] if isinstance(item, tuple) else item
+            parts.setdefault(self._acker_of(root), []).append(item)
+        for acker, part in parts.items():
+            self._transport.send_control(acker, kind, part)
+
+
+class SpoutOutputCollector(OutputCollector):
+    """A spout task's collector: starts a tuple tree per emit with a message id."""
+
+    def __init__(self, *args: Any, pending: PendingTrees, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending = pending
+        self.now = 0.0
+        """Set by the executor once per round: the emit time of this round's trees."""
+        self.acked_at_once: list[Any] = []
+        """Message ids complete as soon as emitted (acking off, or no receiving task)."""
+        self._inits: list[tuple[int, int, int]] = []
+
+    def emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, msg_id: Any = None) -> None:
+        """Emit ``values`` on ``stream``; with a ``msg_id`` the tuple tree is tracked."""
+        routers = self._routers(stream, values)
+        self.stats.emitted += 1
+        tracked = msg_id is not None and self.acking
+        root = new_id(64) if tracked else 0
+        xor = 0
+        fields = self._fields[stream]
+        for route in routers:
+            for task in route(values):
+                if tracked:
+                    edge = new_id(64)
+                    xor ^= edge
+                    self._buffer(task, Tuple(values, stream, self.component, self.task, fields, {root: edge}))
+                else:
+                    self._buffer(task, Tuple(values, stream, self.component, self.task, fields, None))
+        self._track(root, xor, msg_id)
+
+    def emit_direct(
+        self, task: int, values: Sequence[Any], stream: str = DEFAULT_STREAM, msg_id: Any = None
+    ) -> None:
+        """Emit to one task of a bolt that subscribes to ``stream`` with a direct grouping."""
+        self._direct_target(task, stream, values)
+        self.stats.emitted += 1
+        tracked = msg_id is not None and self.acking
+        root = new_id(64) if tracked else 0
+        edge = new_id(64) if tracked else 0
+        anchors = {root: edge} if tracked else None
+        self._buffer(task, Tuple(values, stream, self.component, self.task, self._fields[stream], anchors))
+        self._track(root, edge, msg_id)
+
+    def _track(self, root: int, xor: int, msg_id: Any) -> None:
+        if msg_id is None:
+            return
+        if xor:
+            self.pending.add(root, msg_id, self.now)
+            self._inits.append((root, xor, self.task))
+        else:
+            self.acked_at_once.append(msg_id)
+
+    def _flush_control(self) -> None:
+        if self._inits:
+            inits, self._inits = self._inits, []
+            self._send_per_acker(ACK_INIT, inits)
+
+
+class BoltOutputCollector(OutputCollector):
+    """A bolt task's collector: anchors emits into their inputs' trees, batches acks."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.current: Tuple | None = None
+        """The input a :class:`~streamflow.components.BasicBolt` is processing."""
+        self._acks: dict[int, int] = {}
+        self._fails: list[int] = []
+
+    def emit(
+        self, values: Sequence[Any], stream: str = DEFAULT_STREAM, anchors: Sequence[Tuple] | None = None
+    ) -> None:
+        """Emit ``values`` on ``stream``, anchored to each tuple in ``anchors``."""
+        routers = self._routers(stream, values)
+        self.stats.emitted += 1
+        fields = self._fields[stream]
+        for route in routers:
+            for task in route(values):
+                self._buffer(task, Tuple(values, stream, self.component, self.task, fields,
+                                         self._anchor(anchors) if anchors else None))
+
+    def emit_anchored(self, values: Sequence[Any], stream: str = DEFAULT_STREAM) -> None:
+        """:meth:`emit` anchored to the current input: a BasicBolt's ``emit``."""
+        routers = self._routers(stream, values)
+        self.stats.emitted += 1
+        fields = self._fields[stream]
+        anchor = self.current
+        roots = anchor.anchors if anchor is not None else None
+        for route in routers:
+            for task in route(values):
+                if roots:
+                    edge = new_id(64)
+                    anchor.ack_val ^= edge  # type: ignore[union-attr]
+                    msg = dict.fromkeys(roots, edge)
+                else:
+                    msg = None
+                self._buffer(task, Tuple(values, stream, self.component, self.task, fields, msg))
+
+    def emit_direct(
+        self,
+        task: int,
+        values: Sequence[Any],
+        stream: str = DEFAULT_STREAM,
+        anchors: Sequence[Tuple] | None = None,
+    ) -> None:
+        """Emit to one task of a bolt that subscribes to ``stream`` with a direct grouping."""
+        self._direct_target(task, stream, values)
+        self.stats.emitted += 1
+        if anchors is None and self.current is not None:
+            anchors = (self.current,)
+        msg = self._anchor(anchors) if anchors else None
+        self._buffer(task, Tuple(values, stream, self.component, self.task, self._fields[stream], msg))
+
+    @staticmethod
+    def _anchor(anchors: Sequence[Tuple]) -> dict[int, int] | None:
+        """One new edge per anchor, in every tree the anchor belongs to (Storm's scheme)."""
+        msg: dict[int, int] = {}
+        for a in anchors:
+            if a.anchors:
+                edge = new_id(64)
+                a.ack_val ^= edge
+                for root in a.anchors:
+                    msg[root] = msg.get(root, 0) ^ edge
+        return msg or None
+
+    def ack(self, tup: Tuple) -> None:
+        """``tup`` is processed: its edge is done and the edges anchored to it are new."""
+        anchors = tup.anchors
+        if anchors:
+            acks = self._acks
+            v = tup.ack_val
+            for root, edge in anchors.items():
+                acks[root] = acks.get(root, 0) ^ edge ^ v
+        self.stats.acked += 1
+
+    def fail(self, tup: Tuple) -> None:
+        """``tup`` failed: its spout tuples are failed (and replayed by their spouts)."""
+        if tup.anchors:
+            self._fails.extend(tup.anchors)
+        self.stats.failed += 1
+
+    def _flush_control(self) -> None:
+        if self._acks:
+            acks, self._acks = self._acks, {}
+            self._send_per_acker(ACK_ACK, acks)
+        if self._fails:
+            fails, self._fails = self._fails, []
+            self._send_per_acker(ACK_FAIL, fails)

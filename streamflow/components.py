@@ -1,0 +1,167 @@
+"""What users subclass: spouts (sources) and bolts (processing steps), sync and async.
+
+A component instance given to the builder is a prototype: every task gets its own deep
+copy, as Storm deserializes one copy per executor. Keep constructors to plain settings and
+open files or connections in ``open``/``prepare``.
+
+The runtime binds the emitting methods (``emit``, ``emit_direct`` and, on bolts, ``ack``
+and ``fail``) on each task's copy before ``open``/``prepare``; they go straight to the
+task's output collector, with no extra call on the per-tuple path.
+
+``outputs`` declares the fields of each output stream: a list of field names for the
+default stream, or a dict ``{stream: [fields...]}`` for named streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from streamflow.tuples import Tuple
+
+Outputs = Sequence[str] | Mapping[str, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """Where a task sits in the topology: handed to ``open``/``prepare``."""
+
+    topology: str
+    component: str
+    task_id: int
+    component_tasks: Mapping[str, tuple[int, ...]] = field(repr=False)
+
+    @property
+    def task_index(self) -> int:
+        """This task's index among its component's tasks (0 .. parallelism-1)."""
+        return self.component_tasks[self.component].index(self.task_id)
+
+    @property
+    def parallelism(self) -> int:
+        """How many tasks the component has."""
+        return len(self.component_tasks[self.component])
+
+
+class Component:
+    """Common base: the declared output streams."""
+
+    outputs: Outputs = ()
+
+
+class Spout(Component):
+    """A source of tuples.
+
+    ``next_tuple`` is called in a loop while fewer than ``topology.max.spout.pending``
+    tuple trees are in flight; it emits zero or more tuples. A tuple emitted with a
+    ``msg_id`` is tracked: ``ack(msg_id)`` is called once its whole tree is processed,
+    ``fail(msg_id)`` when a bolt failed it or it timed out, and the spout decides whether
+    to emit it again. A finite spout returns True from ``exhausted`` once it has nothing
+    left to emit or replay; local mode ends when every spout is exhausted and idle.
+    """
+
+    emit: Callable[..., None]
+    """``emit(values, stream="default", msg_id=None)``: bound by the runtime."""
+    emit_direct: Callable[..., None]
+    """``emit_direct(task, values, stream="default", msg_id=None)``: bound by the runtime."""
+
+    def open(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        """Acquire resources (files, connections) for this task."""
+
+    def next_tuple(self) -> None:
+        """Emit the next tuple(s), or nothing if none is ready."""
+
+    def ack(self, msg_id: Any) -> None:
+        """The tuple tree of ``msg_id`` was fully processed."""
+
+    def fail(self, msg_id: Any) -> None:
+        """The tuple tree of ``msg_id`` failed or timed out: replay it or give up."""
+
+    def exhausted(self) -> bool:
+        """True once this finite spout has nothing more to emit or replay."""
+        return False
+
+    def activate(self) -> None:
+        """The topology was activated: ``next_tuple`` calls resume."""
+
+    def deactivate(self) -> None:
+        """The topology was deactivated: ``next_tuple`` is not called until activation."""
+
+    def close(self) -> None:
+        """Release resources; called once when the task stops."""
+
+
+class AsyncSpout(Spout):
+    """A spout whose ``open``, ``next_tuple`` and ``close`` are coroutines (for I/O).
+
+    ``next_tuple`` may await data (a Kafka fetch, say); other tasks of the worker run
+    meanwhile.
+    """
+
+    async def open(self, config: Mapping[str, Any], context: TaskContext) -> None:  # type: ignore[override]
+        """Acquire resources for this task."""
+
+    async def next_tuple(self) -> None:  # type: ignore[override]
+        """Emit the next tuple(s), awaiting them if need be."""
+
+    async def close(self) -> None:  # type: ignore[override]
+        """Release resources."""
+
+
+class Bolt(Component):
+    """A processing step: receives tuples, emits new ones, acks or fails each input.
+
+    Emit with ``anchors=[input]`` to tie the new tuple into the input's tree, then
+    ``ack(input)`` (or ``fail(input)``) exactly once. An exception raised by ``process``
+    fails the input tuple, is counted and kept as the component's last error; the task
+    goes on with the next tuple.
+
+    ``end_batch`` runs after each batch of input tuples, before the batch's emits and
+    acks leave the task: a sink can write a whole batch at once and ack after the write.
+    """
+
+    emit: Callable[..., None]
+    """``emit(values, stream="default", anchors=None)``: bound by the runtime."""
+    emit_direct: Callable[..., None]
+    """``emit_direct(task, values, stream="default", anchors=None)``: bound by the runtime."""
+    ack: Callable[[Tuple], None]
+    """``ack(tup)``: bound by the runtime."""
+    fail: Callable[[Tuple], None]
+    """``fail(tup)``: bound by the runtime."""
+
+    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        """Acquire resources for this task."""
+
+    def process(self, tup: Tuple) -> None:
+        """Handle one input tuple."""
+
+    def end_batch(self) -> None:
+        """Called after each batch of input tuples."""
+
+    def cleanup(self) -> None:
+        """Release resources; called once when the task stops."""
+
+
+class BasicBolt(Bolt):
+    """A bolt for the common case: every emit is anchored to the current input, which is
+    acked when ``process`` returns and failed when it raises."""
+
+
+class AsyncBolt(Bolt):
+    """A bolt whose methods are coroutines: ``process`` may await I/O. Tuples of one task
+    are still processed one after another, in order."""
+
+    async def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:  # type: ignore[override]
+        """Acquire resources for this task."""
+
+    async def process(self, tup: Tuple) -> None:  # type: ignore[override]
+        """Handle one input tuple."""
+
+    async def end_batch(self) -> None:  # type: ignore[override]
+        """Called after each batch of input tuples."""
+
+    async def cleanup(self) -> None:  # type: ignore[override]
+        """Release resources."""
+
+
+class AsyncBasicBolt(AsyncBolt):
+    """:class:`BasicBolt`'s auto-anchoring and auto-acking, with an async ``process``."""

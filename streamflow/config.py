@@ -1,0 +1,116 @@
+"""Topology config: Storm's key names, their types, defaults and ``-c key=value`` parsing.
+
+Config is a plain dict so that user keys (``input.path``) travel beside engine keys
+(``topology.workers``). Only the keys listed in :data:`SETTINGS` are checked; any other
+key is the topology's own business.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from streamflow.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One engine config key: its type, lower bound and default."""
+
+    key: str
+    kind: type  # int, float or bool; float also accepts int
+    default: Any
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+    nullable: bool = False
+    doc: str = ""
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` if it fits this setting, else raise :class:`ConfigError`."""
+        if value is None and self.nullable:
+            return None
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and self.minimum is not None:
+            ok = value > self.minimum if self.exclusive_minimum else value >= self.minimum
+        if not ok:
+            raise ConfigError(f"config {self.key!r}: expected {self._describe()}, got {value!r}")
+        return value
+
+    def _describe(self) -> str:
+        names = {bool: "true or false", int: "an integer", float: "a number"}
+        text = names[self.kind]
+        if self.minimum is not None:
+            text += f" {'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
+        if self.nullable:
+            text += " or null"
+        return text
+
+
+SETTINGS: dict[str, Setting] = {
+    s.key: s
+    for s in (
+        Setting("topology.workers", int, 1, minimum=1,
+                doc="worker processes the topology runs on (cluster mode)"),
+        Setting("topology.acker.executors", int, None, minimum=0, nullable=True,
+                doc="acker tasks; 0 turns acking off; null means one per worker"),
+        Setting("topology.message.timeout.secs", float, 30, minimum=0, exclusive_minimum=True,
+                doc="a tuple tree not completed within this time is failed and replayed"),
+        Setting("topology.max.spout.pending", int, 1000, minimum=1, nullable=True,
+                doc="tuple trees in flight per spout task; null means unbounded"),
+        Setting("topology.executor.receive.buffer.size", int, 32768, minimum=1,
+                doc="tuples queued at a task before its senders wait (backpressure)"),
+        Setting("topology.producer.batch.size", int, 500, minimum=1,
+                doc="tuples a spout task emits per round before it flushes"),
+        Setting("topology.tick.tuple.freq.secs", float, None, minimum=0,
+                exclusive_minimum=True, nullable=True,
+                doc="send each bolt task a tick tuple this often"),
+    )
+}
+
+
+def validate_config(config: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Check the engine keys in ``config`` and return a copy with defaults filled in.
+
+    ``where`` prefixes the error (for example ``"component 'count': "``) so that
+    per-component config errors name their component.
+    """
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{where}config must be a mapping, got {type(config).__name__}")
+    merged = {key: s.default for key, s in SETTINGS.items()}
+    for key, value in config.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}config key {key!r} is not a string")
+        setting = SETTINGS.get(key)
+        if setting is not None:
+            try:
+                setting.check(value)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}{exc}") from None
+        merged[key] = value
+    return merged
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``-c`` value as JSON (``4``, ``true``, ``null``, ``[1,2]``), else keep the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_overrides(options: list[str]) -> dict[str, Any]:
+    """Turn ``["key=value", ...]`` from ``-c`` options into a config dict."""
+    config: dict[str, Any] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"malformed -c {option!r}: expected key=value")
+        config[key] = parse_value(value)
+    return config

@@ -1,0 +1,386 @@
+"""Executors: the loop that runs one task, reading its inbox and driving its component.
+
+A worker runs one executor per task, each an asyncio task on the worker's single event
+loop. Each loop turn handles one inbox message (a whole batch), flushes what the batch
+produced, and yields to the other tasks, so tasks of one worker interleave batch by batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import time
+from abc import ABC, abstractmethod
+from typing import Any, Mapping
+
+from streamflow.acking import COMPLETED, FAILED, AckerState, PendingTrees
+from streamflow.collector import BoltOutputCollector, SpoutOutputCollector
+from streamflow.components import (
+    AsyncBasicBolt, AsyncBolt, AsyncSpout, BasicBolt, Bolt, Spout, TaskContext,
+)
+from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT, TICK, TREE_DONE, TREE_FAILED, Inbox
+from streamflow.stats import TaskStats
+from streamflow.topology import Topology
+from streamflow.transport.base import Transport
+from streamflow.tuples import SYSTEM_COMPONENT, TICK_STREAM, Tuple
+
+SPOUT_IDLE_WAIT_MAX = 0.005
+"""Longest pause of a spout whose ``next_tuple`` emitted nothing (it doubles from 0.1 ms):
+an idle spout costs little CPU and a spout that has data again resumes within 5 ms."""
+
+
+class TaskFailed(Exception):
+    """A component could not start (``open``/``prepare`` raised): the task cannot run."""
+
+
+async def _call(result: Any) -> Any:
+    """Await ``result`` if a coroutine method returned it, else pass it through."""
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class Executor(ABC):
+    """What every task's executor has: its inbox, stats and state flags."""
+
+    def __init__(self, component: str, task: int, inbox: Inbox) -> None:
+        self.component = component
+        self.task = task
+        self.inbox = inbox
+        self.stats = TaskStats(component, task)
+        self.idle = False
+        """True while waiting on an empty inbox with nothing left to send."""
+
+    @abstractmethod
+    async def run(self) -> None:
+        """Run the task until cancelled."""
+
+    async def close(self) -> None:
+        """Release the component's resources once the task has stopped."""
+
+
+class ComponentExecutor(Executor):
+    """An executor of a user component: a deep copy of the prototype, per task."""
+
+    def __init__(
+        self, topology: Topology, component: str, task: int, inbox: Inbox, transport: Transport,
+        local_tasks: frozenset[int],
+    ) -> None:
+        super().__init__(component, task, inbox)
+        spec = topology.components[component]
+        try:
+            self.instance: Any = copy.deepcopy(spec.component)
+        except Exception as exc:
+            raise TaskFailed(
+                f"component {component!r}: cannot copy its instance for task {task} "
+                f"({type(exc).__name__}: {exc}); open resources in open()/prepare(), not __init__"
+            ) from None
+        self.config: Mapping[str, Any] = {**topology.config, **spec.config}
+        self.context = TaskContext(topology.name, component, task, topology.task_layout())
+        self._collector_args = (topology, component, task, transport, local_tasks, self.stats)
+        self.started = False
+
+    async def _start(self, method: str) -> None:
+        try:
+            await _call(getattr(self.instance, method)(self.config, self.context))
+        except Exception as exc:
+            self.stats.record_error(exc, method)
+            raise TaskFailed(
+                f"component {self.component!r} task {self.task}: {method}() raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        self.started = True
+
+    async def _close_with(self, method: str) -> None:
+        if not self.started:
+            return
+        try:
+            await _call(getattr(self.instance, method)())
+        except Exception as exc:
+            self.stats.record_error(exc, method)
+
+
+class SpoutExecutor(ComponentExecutor):
+    """Calls ``next_tuple`` while fewer than max-spout-pending trees are in flight, hands
+    tree completions and failures from the ackers to ``ack``/``fail``, and fails trees
+    that exceed the message timeout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending = PendingTrees()
+        self.collector = SpoutOutputCollector(*self._collector_args, pending=self.pending)
+        self.spout: Spout = self.instance
+        self.spout.emit = self.collector.emit
+        self.spout.emit_direct = self.collector.emit_direct
+        self.active = True
+        self.finished = False
+        """True once the spout is exhausted and none of its trees is in flight."""
+        self._max_pending = self.config["topology.max.spout.pending"] or float("inf")
+        self._batch = self.config["topology.producer.batch.size"]
+        self._timeout = float(self.config["topology.message.timeout.secs"])
+        self._is_async = isinstance(self.spout, AsyncSpout)
+
+    def activate(self) -> None:
+        self.active = True
+        self.spout.activate()
+
+    def deactivate(self) -> None:
+        self.active = False
+        self.spout.deactivate()
+
+    async def run(self) -> None:
+        await self._start("open")
+        loop_time = time.monotonic
+        next_expiry = loop_time() + self._timeout
+        expiry_every = min(self._timeout / 10, 1.0)
+        idle_wait = 0.0
+        while True:
+            self._handle_inbox()
+            now = self.collector.now = loop_time()
+            if now >= next_expiry:
+                self._expire(now - self._timeout)
+                next_expiry = now + expiry_every
+            emitted = await self._emit_round() if self.active else 0
+            await self.collector.flush()
+            if emitted:
+                idle_wait = 0.0
+                await asyncio.sleep(0)
+                continue
+            if self.collector.acked_at_once:
+                continue
+            if not self.pending and not self.finished and self._exhausted():
+                self.finished = True
+            self.idle = True
+            if self.finished:
+                await self.inbox.wait()
+            else:
+                idle_wait = min(max(idle_wait * 2, 0.0001), SPOUT_IDLE_WAIT_MAX)
+                await self.inbox.wait(min(idle_wait, max(next_expiry - now, 0.0)))
+            self.idle = False
+
+    def _exhausted(self) -> bool:
+        try:
+            return bool(self.spout.exhausted())
+        except Exception as exc:
+            self.stats.record_error(exc, "exhausted")
+            return False
+
+    async def _emit_round(self) -> int:
+        """Call ``next_tuple`` until it emits nothing, the round's batch is full, or
+        max-spout-pending is reached. Returns how many tuples were emitted."""
+        stats, pending = self.stats, self.pending
+        start = stats.emitted
+        limit, budget = self._max_pending, start + self._batch
+        next_tuple = self.spout.next_tuple
+        while len(pending) < limit:
+            before = stats.emitted
+            try:
+                if self._is_async:
+                    await next_tuple()
+                else:
+                    next_tuple()
+            except Exception as exc:
+                stats.record_error(exc, "next_tuple")
+                break
+            if stats.emitted == before or stats.emitted >= budget:
+                break
+        return stats.emitted - start
+
+    def _handle_inbox(self) -> None:
+        """Deliver tree completions and failures to the spout."""
+        spout, stats, pending = self.spout, self.stats, self.pending
+        if self.collector.acked_at_once:
+            done, self.collector.acked_at_once = self.collector.acked_at_once, []
+            for msg_id in done:
+                stats.acked += 1
+                self._callback(spout.ack, msg_id)
+        while (message := self.inbox.get_nowait()) is not None:
+            kind, roots = message
+            for root in roots:
+                tree = pending.complete(root)
+                if tree is None:
+                    continue  # already timed out and failed
+                if kind == TREE_DONE:
+                    stats.acked += 1
+                    self._callback(spout.ack, tree[0])
+                else:  # TREE_FAILED
+                    stats.failed += 1
+                    self._callback(spout.fail, tree[0])
+
+    def _expire(self, cutoff: float) -> None:
+        for msg_id in self.pending.expired(cutoff):
+            self.stats.failed += 1
+            self._callback(self.spout.fail, msg_id)
+
+    def _callback(self, method: Any, msg_id: Any) -> None:
+        try:
+            method(msg_id)
+        except Exception as exc:
+            self.stats.record_error(exc, method.__name__)
+
+    async def close(self) -> None:
+        await self._close_with("close")
+
+
+class BoltExecutor(ComponentExecutor):
+    """Runs ``process`` on each tuple of each inbox batch, then ``end_batch``, then flushes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.collector = BoltOutputCollector(*self._collector_args)
+        bolt: Bolt = self.instance
+        self.bolt = bolt
+        basic = isinstance(bolt, (BasicBolt, AsyncBasicBolt))
+        bolt.emit = self.collector.emit_anchored if basic else self.collector.emit
+        bolt.emit_direct = self.collector.emit_direct
+        bolt.ack = self.collector.ack
+        bolt.fail = self.collector.fail
+        self._is_async = isinstance(bolt, AsyncBolt)
+        if self._is_async:
+            self._process = self._process_async_basic if basic else self._process_async
+        else:
+            self._process = self._process_basic if basic else self._process_plain
+        self._tick_every = self.config.get("topology.tick.tuple.freq.secs")
+
+    async def run(self) -> None:
+        await self._start("prepare")
+        if self._tick_every:
+            self._schedule_tick()
+        inbox, collector = self.inbox, self.collector
+        while True:
+            message = inbox.get_nowait()
+            if message is None:
+                self.idle = True
+                await inbox.wait()
+                self.idle = False
+                continue
+            kind, payload = message
+            if kind == TICK:
+                payload = [Tuple((), TICK_STREAM, SYSTEM_COMPONENT, 0, (), None)]
+            self.stats.executed += len(payload)
+            if self._is_async:
+                await self._process(payload)
+            else:
+                self._process(payload)
+            try:
+                await _call(self.bolt.end_batch())
+            except Exception as exc:
+                self.stats.record_error(exc, "end_batch")
+            await collector.flush()
+            await asyncio.sleep(0)
+
+    def _schedule_tick(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            self.inbox.put_control(TICK, None)
+            loop.call_later(self._tick_every, tick)
+
+        loop.call_later(self._tick_every, tick)
+
+    def _process_plain(self, tuples: list[Tuple]) -> None:
+        process, fail, record = self.bolt.process, self.collector.fail, self.stats.record_error
+        for tup in tuples:
+            try:
+                process(tup)
+            except Exception as exc:
+                fail(tup)
+                record(exc, "process")
+
+    def _process_basic(self, tuples: list[Tuple]) -> None:
+        collector = self.collector
+        process, ack, fail = self.bolt.process, collector.ack, collector.fail
+        for tup in tuples:
+            collector.current = tup
+            try:
+                process(tup)
+            except Exception as exc:
+                fail(tup)
+                self.stats.record_error(exc, "process")
+            else:
+                ack(tup)
+        collector.current = None
+
+    async def _process_async(self, tuples: list[Tuple]) -> None:
+        for tup in tuples:
+            try:
+                await self.bolt.process(tup)
+            except Exception as exc:
+                self.collector.fail(tup)
+                self.stats.record_error(exc, "process")
+
+    async def _process_async_basic(self, tuples: list[Tuple]) -> None:
+        collector = self.collector
+        for tup in tuples:
+            collector.current = tup
+            try:
+                await self.bolt.process(tup)
+            except Exception as exc:
+                collector.fail(tup)
+                self.stats.record_error(exc, "process")
+            else:
+                collector.ack(tup)
+        collector.current = None
+
+    async def close(self) -> None:
+        await self._close_with("cleanup")
+
+
+class AckerExecutor(Executor):
+    """Runs :class:`~streamflow.acking.AckerState` for the trees whose root ids map to
+    this acker task, and tells spout tasks when their trees complete or fail."""
+
+    def __init__(self, component: str, task: int, inbox: Inbox, transport: Transport,
+                 timeout: float) -> None:
+        super().__init__(component, task, inbox)
+        self.state = AckerState()
+        self._transport = transport
+        self._timeout = timeout
+
+    async def run(self) -> None:
+        state, inbox, stats = self.state, self.inbox, self.stats
+        loop_time = time.monotonic
+        next_expiry = loop_time() + self._timeout
+        while True:
+            message = inbox.get_nowait()
+            if message is None:
+                self.idle = True
+                await inbox.wait(max(next_expiry - loop_time(), 0.0))
+                self.idle = False
+                message = inbox.get_nowait()
+            now = loop_time()
+            if now >= next_expiry:
+                state.expire(now - self._timeout)
+                next_expiry = now + self._timeout / 2
+            if message is None:
+                continue
+            kind, payload = message
+            done: dict[int, list[int]] = {}
+            failed: dict[int, list[int]] = {}
+            stats.executed += len(payload)
+            if kind == ACK_ACK:
+                for root, xor in payload.items():
+                    spout = state.ack(root, xor, now)
+                    if spout is not None:
+                        done.setdefault(spout, []).append(root)
+            elif kind == ACK_INIT:
+                for root, xor, spout in payload:
+                    outcome = state.init(root, xor, spout, now)
+                    if outcome == COMPLETED:
+                        done.setdefault(spout, []).append(root)
+                    elif outcome == FAILED:
+                        failed.setdefault(spout, []).append(root)
+            elif kind == ACK_FAIL:
+                for root in payload:
+                    spout = state.fail(root, now)
+                    if spout is not None:
+                        failed.setdefault(spout, []).append(root)
+            for spout, roots in done.items():
+                stats.acked += len(roots)
+                self._transport.send_control(spout, TREE_DONE, roots)
+            for spout, roots in failed.items():
+                stats.failed += len(roots)
+                self._transport.send_control(spout, TREE_FAILED, roots)
+            await asyncio.sleep(0)
+

@@ -1,0 +1,165 @@
+"""Groupings: which task(s) of a subscribed bolt receive each emitted tuple.
+
+Pure routing logic, no I/O. A *router* is built once per (emitting task, subscription)
+and called per emitted tuple with the tuple's values; it returns the target task ids as a
+tuple that it owns (never allocated per call on the common paths).
+
+Fields grouping hashes with :func:`stable_hash` (CRC-32 of a canonical encoding), never
+Python's ``hash()``, so a key lands on the same task in every process and after restarts.
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import cycle
+from typing import Any, Callable, Collection, Sequence
+from zlib import crc32
+
+import orjson
+
+GROUPINGS = (
+    "shuffle", "fields", "all", "global", "direct", "local_or_shuffle", "partial_key", "none",
+)
+"""Storm's groupings, by the names ``BoltDeclarer.grouping`` accepts."""
+KEYED_GROUPINGS = ("fields", "partial_key")
+"""Groupings that take a list of fields."""
+
+Router = Callable[[Sequence[Any]], tuple[int, ...]]
+
+
+def key_bytes(key: Any) -> bytes:
+    """Canonical bytes of a grouping key: UTF-8 for a str, as-is for bytes, else JSON.
+
+    Raises ``TypeError`` for values JSON cannot encode: their identity would differ
+    between processes, so they cannot be grouped on.
+    """
+    if type(key) is str:
+        return key.encode("utf-8", "surrogatepass")
+    if type(key) is bytes:
+        return key
+    try:
+        return orjson.dumps(key)
+    except TypeError:
+        raise TypeError(
+            f"cannot group on a {type(key).__name__} value: grouping keys must be str, "
+            "bytes, numbers, booleans, None, or lists and dicts of them"
+        ) from None
+
+
+def stable_hash(key: Any) -> int:
+    """A 32-bit hash of ``key`` that is the same in every process (see :func:`key_bytes`)."""
+    return crc32(key_bytes(key))
+
+
+def _key_of(indexes: tuple[int, ...]) -> Callable[[Sequence[Any]], Any]:
+    """The grouping key of a tuple: its one grouped value, or the list of them."""
+    if len(indexes) == 1:
+        (i,) = indexes
+        return lambda values: values[i]
+    return lambda values: [values[i] for i in indexes]
+
+
+class ShuffleRouter:
+    """Round robin over the targets in a random order: even load, one task per tuple."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, targets: Sequence[int], rng: random.Random) -> None:
+        order = [(t,) for t in targets]
+        rng.shuffle(order)
+        self._next = cycle(order).__next__
+
+    def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
+        return self._next()
+
+
+class FieldsRouter:
+    """Equal keys go to the same task: ``stable_hash(key) % len(targets)``."""
+
+    __slots__ = ("_key", "_targets", "_n", "_single_str")
+
+    def __init__(self, targets: Sequence[int], indexes: tuple[int, ...]) -> None:
+        self._targets = [(t,) for t in targets]
+        self._n = len(targets)
+        self._key = _key_of(indexes)
+        self._single_str = indexes[0] if len(indexes) == 1 else None
+
+    def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
+        i = self._single_str
+        if i is not None:
+            key = values[i]
+            if type(key) is str:  # the common case, inlined
+                return self._targets[crc32(key.encode("utf-8", "surrogatepass")) % self._n]
+            return self._targets[stable_hash(key) % self._n]
+        return self._targets[stable_hash(self._key(values)) % self._n]
+
+
+class PartialKeyRouter:
+    """Partial key grouping (Nasir et al., "The power of both choices"): a key has two
+    candidate tasks from two hashes and goes to the one this emitter has sent less to,
+    which splits hot keys over two tasks while keeping every key on at most two."""
+
+    __slots__ = ("_key", "_targets", "_load")
+
+    _MIX = 0x9E3779B97F4A7C15  # Fibonacci hashing: a second, independent choice from h1
+
+    def __init__(self, targets: Sequence[int], indexes: tuple[int, ...]) -> None:
+        self._targets = [(t,) for t in targets]
+        self._load = [0] * len(targets)
+        self._key = _key_of(indexes)
+
+    def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
+        h = stable_hash(self._key(values))
+        n = len(self._targets)
+        first = h % n
+        second = ((h * self._MIX) & 0xFFFFFFFFFFFFFFFF) >> 32
+        second %= n
+        load = self._load
+        choice = first if load[first] <= load[second] else second
+        load[choice] += 1
+        return self._targets[choice]
+
+
+class ConstantRouter:
+    """Always the same targets: all grouping (every task) and global grouping (lowest id)."""
+
+    __slots__ = ("_targets",)
+
+    def __init__(self, targets: Sequence[int]) -> None:
+        self._targets = tuple(targets)
+
+    def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
+        return self._targets
+
+
+def make_router(
+    grouping: str,
+    targets: Sequence[int],
+    stream_fields: Sequence[str],
+    grouped_fields: Sequence[str] = (),
+    local_tasks: Collection[int] = (),
+    rng: random.Random | None = None,
+) -> Router:
+    """The router of one subscription for one emitting task.
+
+    ``targets`` are the subscribed bolt's task ids, ``stream_fields`` the stream's declared
+    fields, ``local_tasks`` the tasks running in the emitter's worker (for
+    local-or-shuffle). Direct grouping has no router: the emitter names the task.
+    """
+    rng = rng or random.Random()
+    targets = sorted(targets)
+    if grouping in ("shuffle", "none"):
+        return ShuffleRouter(targets, rng)
+    if grouping == "local_or_shuffle":
+        local = [t for t in targets if t in local_tasks]
+        return ShuffleRouter(local or targets, rng)
+    if grouping == "all":
+        return ConstantRouter(targets)
+    if grouping == "global":
+        return ConstantRouter(targets[:1])
+    indexes = tuple(list(stream_fields).index(f) for f in grouped_fields)
+    if grouping == "fields":
+        return FieldsRouter(targets, indexes)
+    if grouping == "partial_key":
+        return PartialKeyRouter(targets, indexes)
+    raise ValueError(f"grouping {grouping!r} has no router")

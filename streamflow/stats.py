@@ -1,0 +1,114 @@
+"""Per-task counters and errors, and the per-component summary built from them.
+
+Counters are plain ints bumped on the hot path (an attribute increment); everything
+derived from them (rates, tables) is computed when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Iterable
+
+log = logging.getLogger("streamflow.errors")
+
+ERROR_LOG_INTERVAL = 5.0
+"""Seconds between two logged errors of one task: a bolt failing every tuple must not log
+per tuple. The count and the last error are always kept."""
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A component's error as status pages show it: when, where and what."""
+
+    time: float
+    task: int
+    message: str
+
+
+@dataclass
+class TaskStats:
+    """Counters of one task. ``emitted`` counts emit calls, ``executed`` input tuples."""
+
+    component: str
+    task: int
+    emitted: int = 0
+    executed: int = 0
+    acked: int = 0
+    failed: int = 0
+    errors: int = 0
+    last_error: ErrorRecord | None = None
+    _last_logged: float = field(default=0.0, repr=False)
+
+    def record_error(self, exc: BaseException, doing: str) -> None:
+        """Count an exception raised by user code and keep it as the last error."""
+        self.errors += 1
+        where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
+        message = f"{doing}: {type(exc).__name__}: {exc}{at}"
+        now = time.time()
+        self.last_error = ErrorRecord(now, self.task, message)
+        if now - self._last_logged >= ERROR_LOG_INTERVAL:
+            self._last_logged = now
+            log.warning("component %s task %d: %s (%d errors so far)",
+                        self.component, self.task, message, self.errors, exc_info=exc)
+
+
+@dataclass
+class ComponentSummary:
+    """The counters of all tasks of one component, summed."""
+
+    component: str
+    kind: str
+    tasks: int = 0
+    emitted: int = 0
+    executed: int = 0
+    acked: int = 0
+    failed: int = 0
+    errors: int = 0
+    last_error: ErrorRecord | None = None
+
+    def throughput(self, seconds: float) -> float:
+        """Tuples per second: emitted for a spout, executed for a bolt."""
+        done = self.emitted if self.kind == "spout" else self.executed
+        return done / seconds if seconds > 0 else 0.0
+
+
+def summarize(stats: Iterable[TaskStats], kinds: dict[str, str]) -> list[ComponentSummary]:
+    """Sum task counters per component, in the order of ``kinds`` (component -> kind)."""
+    summaries = {name: ComponentSummary(name, kind) for name, kind in kinds.items()}
+    for s in stats:
+        c = summaries[s.component]
+        c.tasks += 1
+        c.emitted += s.emitted
+        c.executed += s.executed
+        c.acked += s.acked
+        c.failed += s.failed
+        c.errors += s.errors
+        if s.last_error and (c.last_error is None or s.last_error.time > c.last_error.time):
+            c.last_error = s.last_error
+    return list(summaries.values())
+
+
+def format_summary(summaries: list[ComponentSummary], seconds: float) -> str:
+    """A fixed-width table: one row per component, then the last error of each that had one."""
+    header = ("component", "kind", "tasks", "emitted", "executed", "acked", "failed", "tuples/s")
+    rows = [header] + [
+        (
+            s.component, s.kind, str(s.tasks), str(s.emitted),
+            "-" if s.kind == "spout" else str(s.executed),
+            str(s.acked), str(s.failed), f"{s.throughput(seconds):,.0f}",
+        )
+        for s in summaries
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
+    for s in summaries:
+        if s.last_error:
+            lines.append(f"last error of {s.component} ({s.errors} in all): {s.last_error.message}")
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""The topology as plain data, and the builder that declares it.
+
+Building a topology runs nothing: :class:`Topology` is a frozen description (components,
+their parallelism, declared streams and subscriptions) that validation, the local runner,
+nimbus's scheduler and workers all read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+from streamflow.components import Bolt, Component, Spout
+from streamflow.config import validate_config
+from streamflow.errors import TopologyError
+from streamflow.tuples import DEFAULT_STREAM
+from streamflow.validation import validate
+
+ACKER_COMPONENT = "__acker"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A bolt's input: a stream of a source component, routed by a grouping."""
+
+    source: str
+    stream: str
+    grouping: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One spout or bolt: its prototype instance, task count, inputs and own config."""
+
+    name: str
+    kind: str  # "spout" or "bolt", as declared
+    component: Component
+    parallelism: int
+    inputs: tuple[Subscription, ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_spout(self) -> bool:
+        return self.kind == "spout"
+
+    @property
+    def outputs(self) -> dict[str, tuple[str, ...]]:
+        """Declared output streams, normalised to ``{stream: fields}``.
+
+        Assumes a validated topology; validation reports malformed declarations.
+        """
+        declared = self.component.outputs
+        if isinstance(declared, Mapping):
+            return {stream: tuple(fields) for stream, fields in declared.items()}
+        return {DEFAULT_STREAM: tuple(declared)}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A validated DAG of components plus its config. Build one with :class:`TopologyBuilder`."""
+
+    name: str
+    components: Mapping[str, ComponentSpec]
+    config: Mapping[str, Any]
+
+    @property
+    def spouts(self) -> list[ComponentSpec]:
+        return [c for c in self.components.values() if c.is_spout]
+
+    @property
+    def bolts(self) -> list[ComponentSpec]:
+        return [c for c in self.components.values() if not c.is_spout]
+
+    def subscribers(self, source: str, stream: str) -> list[tuple[ComponentSpec, Subscription]]:
+        """The bolts subscribed to ``source``'s ``stream``, with their subscription."""
+        return [
+            (spec, sub)
+            for spec in self.components.values()
+            for sub in spec.inputs
+            if sub.source == source and sub.stream == stream
+        ]
+
+    def with_config(self, overrides: Mapping[str, Any]) -> Topology:
+        """A copy whose config has ``overrides`` on top (``-c`` values win), re-validated."""
+        return _validated(replace(self, config={**self.config, **overrides}))
+
+    def acker_count(self) -> int:
+        """Acker tasks: ``topology.acker.executors``, or one per worker when unset."""
+        configured = self.config.get("topology.acker.executors")
+        if configured is None:
+            return int(self.config.get("topology.workers") or 1)
+        return int(configured)
+
+    def task_layout(self) -> dict[str, tuple[int, ...]]:
+        """Task ids per component, as Storm numbers them: components sorted by name,
+        ids from 1, the acker tasks last. Every process derives the same layout."""
+        layout: dict[str, tuple[int, ...]] = {}
+        next_id = 1
+        for name in sorted(self.components):
+            n = self.components[name].parallelism
+            layout[name] = tuple(range(next_id, next_id + n))
+            next_id += n
+        ackers = self.acker_count()
+        layout[ACKER_COMPONENT] = tuple(range(next_id, next_id + ackers))
+        return layout
+
+
+class BoltDeclarer:
+    """Returned by :meth:`TopologyBuilder.set_bolt`: declares the bolt's inputs."""
+
+    def __init__(self, inputs: list[Subscription]) -> None:
+        self._inputs = inputs
+
+    def grouping(
+        self, source: str, grouping: str, fields: Sequence[str] = (), stream: str = DEFAULT_STREAM
+    ) -> BoltDeclarer:
+        """Subscribe to ``source``'s ``stream`` with a grouping named as in :data:`~streamflow.groupings.GROUPINGS`."""
+        names = (fields,) if isinstance(fields, str) else tuple(fields)
+        self._inputs.append(Subscription(source, stream, grouping, names))
+        return self
+
+    def shuffle_grouping(self, source: str, stream: str = DEFAULT_STREAM) -> BoltDeclarer:
+        """Tuples are spread evenly, round-robin, over the bolt's tasks."""
+        return self.grouping(source, "shuffle", stream=stream)
+
+    def fields_grouping(
+        self, source: str, fields: Sequence[str], stream: str = DEFAULT_STREAM
+    ) -> BoltDeclarer:
+        """Tuples with equal values in ``fields`` go to the same task (stable hash)."""
+        return self.grouping(source, "fields", fields, stream)
+
+    def all_grouping(self, source: str, stream: str = DEFAULT_STREAM) -> BoltDeclarer:
+        """Every task receives every tuple."""
+        return self.grouping(source, "all", stream=stream)
+
+    def global_grouping(self, source: str, stream: str = DEFAULT_STREAM) -> BoltDeclarer:
+        """Every tuple goes to the bolt's task with the lowest id."""
+        return self.grouping(source, "global", stream=stream)
+
+    def direct_grouping(self, source: str, stream: str = DEFAULT_STREAM) -> BoltDeclarer:
+        """The emitter picks the task with ``emit_direct``."""
+        return self.grouping(source, "direct", stream=stream)
+
+    def local_or_shuffle_grouping(self, source: str, stream: str = DEFAULT_STREAM) -> BoltDeclarer:
+        """Shuffle among the bolt's tasks in the emitter's worker, if any; else among all."""
+        return self.grouping(source, "local_or_shuffle", stream=stream)
+
+    def partial_key_grouping(
+        self, source: str, fields: Sequence[str], stream: str = DEFAULT_STREAM
+    ) -> BoltDeclarer:
+        """Each key goes to the less loaded of two tasks chosen by hashing (key splitting)."""
+        return self.grouping(source, "partial_key", fields, stream)
+
+    def none_grouping(self, source: str, stream: str = DEFAULT_STREAM) -> BoltDeclarer:
+        """No preference: routed as shuffle, as Storm does."""
+        return self.grouping(source, "none", stream=stream)
+
+
+class TopologyBuilder:
+    """Declares spouts and bolts, then :meth:`build` validates and freezes them.
+
+    >>> builder = TopologyBuilder("wordcount")
+    >>> builder.set_spout("sentences", SentenceSpout(), parallelism=1)
+    >>> builder.set_bolt("split", SplitBolt(), parallelism=2).shuffle_grouping("sentences")
+    >>> builder.set_bolt("count", CountBolt(), parallelism=2).fields_grouping("split", ["word"])
+    >>> topology = builder.build({"topology.workers": 2})
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._declared: list[
+            tuple[str, str, Component, int, list[Subscription], Mapping[str, Any]]
+        ] = []
+
+    def set_spout(
+        self, name: str, spout: Spout, parallelism: int = 1, config: Mapping[str, Any] | None = None
+    ) -> None:
+        """Declare a spout run by ``parallelism`` tasks, with optional per-component config."""
+        self._declared.append((name, "spout", spout, parallelism, [], dict(config or {})))
+
+    def set_bolt(
+        self, name: str, bolt: Bolt, parallelism: int = 1, config: Mapping[str, Any] | None = None
+    ) -> BoltDeclarer:
+        """Declare a bolt; subscribe it to its inputs on the returned declarer."""
+        inputs: list[Subscription] = []
+        self._declared.append((name, "bolt", bolt, parallelism, inputs, dict(config or {})))
+        return BoltDeclarer(inputs)
+
+    def build(self, config: Mapping[str, Any] | None = None) -> Topology:
+        """Validate the declarations and return the frozen :class:`Topology`.
+
+        Raises :class:`~streamflow.errors.TopologyError` (or ``ConfigError``) with one
+        line that names the component and the problem.
+        """
+        components: dict[str, ComponentSpec] = {}
+        for name, kind, component, parallelism, inputs, comp_config in self._declared:
+            if name in components:
+                raise TopologyError(f"topology {self.name!r}: component {name!r} is declared twice")
+            components[name] = ComponentSpec(
+                name, kind, component, parallelism, tuple(inputs), MappingProxyType(comp_config)
+            )
+        return _validated(Topology(self.name, MappingProxyType(components), dict(config or {})))
+
+
+def _validated(topology: Topology) -> Topology:
+    """Validate ``topology`` and return it with the config defaults filled in, read-only."""
+    validate(topology)
+    return replace(topology, config=MappingProxyType(validate_config(topology.config)))

@@ -1,0 +1,17 @@
+"""The interface between an executor and the inboxes of the tasks it sends to."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from streamflow.tuples import Tuple
+
+
+class Transport(Protocol):
+    """Delivers batches to tasks by task id, wherever the task runs."""
+
+    async def send_tuples(self, task: int, tuples: list[Tuple]) -> None:
+        """Deliver a batch of tuples; waits while the receiver is full (backpressure)."""
+
+    def send_control(self, task: int, kind: str, payload: Any) -> None:
+        """Deliver an acker or timer message; never waits (see :mod:`streamflow.inbox`)."""

@@ -1,0 +1,102 @@
+"""A worker: the tasks of one topology that share a process and an event loop.
+
+Local mode runs every task in one worker; in cluster mode each worker process runs the
+tasks assigned to its slot. Either way the worker builds one inbox and one executor per
+task and connects them through a :class:`~streamflow.transport.Transport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Collection, Mapping
+
+from streamflow.executor import (
+    AckerExecutor, BoltExecutor, ComponentExecutor, Executor, SpoutExecutor, TaskFailed,
+)
+from streamflow.inbox import Inbox
+from streamflow.stats import TaskStats
+from streamflow.topology import ACKER_COMPONENT, Topology
+from streamflow.transport import InProcessTransport, Transport
+
+TransportFactory = Callable[[Mapping[int, Inbox]], Transport]
+
+QUIESCENCE_POLL = 0.01
+"""Seconds between two checks that a finished topology has nothing left in flight."""
+
+
+class Worker:
+    """Runs the given tasks of ``topology`` (all of them by default) on the current loop."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        tasks: Collection[int] | None = None,
+        transport: TransportFactory = InProcessTransport,
+    ) -> None:
+        self.topology = topology
+        layout = topology.task_layout()
+        owner = {task: component for component, ids in layout.items() for task in ids}
+        self.tasks = frozenset(owner if tasks is None else tasks)
+        capacity = topology.config["topology.executor.receive.buffer.size"]
+        self.inboxes = {task: Inbox(capacity) for task in sorted(self.tasks)}
+        self.transport = transport(self.inboxes)
+        timeout = float(topology.config["topology.message.timeout.secs"])
+        self.executors: list[Executor] = []
+        for task in sorted(self.tasks):
+            component = owner[task]
+            inbox = self.inboxes[task]
+            if component == ACKER_COMPONENT:
+                self.executors.append(AckerExecutor(component, task, inbox, self.transport, timeout))
+                continue
+            kind = SpoutExecutor if topology.components[component].is_spout else BoltExecutor
+            self.executors.append(
+                kind(topology, component, task, inbox, self.transport, self.tasks)
+            )
+        self._running: list[asyncio.Task[None]] = []
+
+    @property
+    def spouts(self) -> list[SpoutExecutor]:
+        return [e for e in self.executors if isinstance(e, SpoutExecutor)]
+
+    def stats(self) -> list[TaskStats]:
+        return [e.stats for e in self.executors]
+
+    def start(self) -> None:
+        """Start every executor as a task of the running loop."""
+        self._running = [
+            asyncio.create_task(e.run(), name=f"{e.component}[{e.task}]") for e in self.executors
+        ]
+
+    def finished(self) -> bool:
+        """True when every spout is exhausted with no tree in flight and every task is idle
+        with an empty inbox: nothing can produce another tuple."""
+        return all(s.finished for s in self.spouts) and all(
+            e.idle and not len(e.inbox) for e in self.executors
+        )
+
+    async def run_until_finished(self) -> None:
+        """Run until :meth:`finished` (twice in a row, a poll apart), or raise
+        :class:`TaskFailed` if a task could not start."""
+        if not self._running:
+            self.start()
+        quiet_polls = 0
+        while quiet_polls < 2:
+            done = [t for t in self._running if t.done()]
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    raise exc if isinstance(exc, TaskFailed) else TaskFailed(
+                        f"task {task.get_name()} crashed: {type(exc).__name__}: {exc}"
+                    ) from exc
+            quiet_polls = quiet_polls + 1 if self.finished() else 0
+            await asyncio.sleep(QUIESCENCE_POLL)
+
+    async def stop(self) -> None:
+        """Cancel every executor, then let each component release its resources."""
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self._running = []
+        for e in self.executors:
+            if isinstance(e, ComponentExecutor):
+                await e.close()
