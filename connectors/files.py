@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import orjson
 
 from streamflow import Bolt, Spout, TaskContext, Tuple
+from streamflow.tuples import Origin
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,24 @@ class JsonLinesSink(Bolt):
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lines: list[bytes] = []
         self._batch: list[Tuple] = []
+        self._records: dict[Origin, Callable[[Sequence[Any]], dict[str, Any]]] = {}
 
     def process(self, tup: Tuple) -> None:
-        if self.fields is None:
-            record = dict(zip(tup.fields, tup.values))
-        else:
-            record = {f: tup[f] for f in self.fields}
-        self._lines.append(orjson.dumps(record))
+        record = self._records.get(tup.origin)
+        if record is None:
+            record = self._records[tup.origin] = self._record_of(tup.origin.fields)
+        self._lines.append(orjson.dumps(record(tup.values)))
         self._batch.append(tup)
+
+    def _record_of(self, fields: tuple[str, ...]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+        """How to turn the values of an input stream with ``fields`` into the written record."""
+        if self.fields is None or self.fields == fields:
+            return lambda values: dict(zip(fields, values))
+        missing = [f for f in self.fields if f not in fields]
+        if missing:
+            raise KeyError(f"input has no field {missing[0]!r} (fields: {', '.join(fields)})")
+        names, positions = self.fields, [fields.index(f) for f in self.fields]
+        return lambda values: {n: values[i] for n, i in zip(names, positions)}
 
     def end_batch(self) -> None:
         if not self._batch:

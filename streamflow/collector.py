@@ -18,7 +18,7 @@ from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT
 from streamflow.stats import TaskStats
 from streamflow.topology import ACKER_COMPONENT, Topology
 from streamflow.transport.base import Transport
-from streamflow.tuples import DEFAULT_STREAM, Tuple
+from streamflow.tuples import DEFAULT_STREAM, Origin, Tuple
 
 
 class OutputCollector:
@@ -41,43 +41,43 @@ class OutputCollector:
         self._ackers = layout[ACKER_COMPONENT]
         self._transport = transport
         self._buffers: dict[int, list[Tuple]] = {}
-        self._fields = topology.components[component].outputs
-        self._routes: dict[str, list[Router]] = {stream: [] for stream in self._fields}
-        self._direct: dict[str, frozenset[int]] = {stream: frozenset() for stream in self._fields}
-        for stream, fields in self._fields.items():
+        self._streams: dict[str, tuple[list[Router], Origin, int]] = {}
+        """stream -> (routers of its non-direct subscriptions, origin of its tuples, arity)"""
+        self._direct: dict[str, frozenset[int]] = {}
+        for stream, fields in topology.components[component].outputs.items():
+            routers: list[Router] = []
+            direct: set[int] = set()
             for spec, sub in topology.subscribers(component, stream):
                 targets = layout[spec.name]
                 if sub.grouping == "direct":
-                    self._direct[stream] |= frozenset(targets)
+                    direct.update(targets)
                 else:
-                    self._routes[stream].append(
-                        make_router(sub.grouping, targets, fields, sub.fields, local_tasks)
-                    )
+                    routers.append(make_router(sub.grouping, targets, fields, sub.fields, local_tasks))
+            self._streams[stream] = (routers, Origin(component, task, stream, fields), len(fields))
+            self._direct[stream] = frozenset(direct)
 
-    def _routers(self, stream: str, values: Sequence[Any]) -> list[Router]:
-        """The routers of ``stream``, after checking the stream and the values' arity."""
-        try:
-            routers = self._routes[stream]
-        except KeyError:
-            raise ValueError(
-                f"component {self.component!r} emitted on undeclared stream {stream!r}"
-            ) from None
-        if len(values) != len(self._fields[stream]):
+    def _stream(self, stream: str, values: Sequence[Any]) -> tuple[list[Router], Origin]:
+        """Routers and origin of ``stream``, after checking the stream and the values' arity."""
+        entry = self._streams.get(stream)
+        if entry is None:
+            raise ValueError(f"component {self.component!r} emitted on undeclared stream {stream!r}")
+        routers, origin, arity = entry
+        if len(values) != arity:
             raise ValueError(
                 f"component {self.component!r} emitted {len(values)} values on stream "
-                f"{stream!r}, which declares {len(self._fields[stream])} fields "
-                f"({', '.join(self._fields[stream])})"
+                f"{stream!r}, which declares {arity} fields ({', '.join(origin.fields)})"
             )
-        return routers
+        return routers, origin
 
-    def _direct_target(self, task: int, stream: str, values: Sequence[Any]) -> None:
-        """Check that ``task`` subscribes to ``stream`` with a direct grouping."""
-        self._routers(stream, values)
+    def _direct_target(self, task: int, stream: str, values: Sequence[Any]) -> Origin:
+        """Check that ``task`` subscribes to ``stream`` with a direct grouping; return the origin."""
+        _, origin = self._stream(stream, values)
         if task not in self._direct[stream]:
             raise ValueError(
                 f"component {self.component!r} emitted directly to task {task}, which does "
                 f"not subscribe to stream {stream!r} with a direct grouping"
             )
+        return origin
 
     def _buffer(self, task: int, tup: Tuple) -> None:
         buf = self._buffers.get(task)
@@ -141,33 +141,33 @@ class SpoutOutputCollector(OutputCollector):
 
     def emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, msg_id: Any = None) -> None:
         """Emit ``values`` on ``stream``; with a ``msg_id`` the tuple tree is tracked."""
-        routers = self._routers(stream, values)
+        routers, origin = self._stream(stream, values)
         self.stats.emitted += 1
         tracked = msg_id is not None and self.acking
         root = new_id(64) if tracked else 0
         xor = 0
-        fields = self._fields[stream]
         for route in routers:
             for task in route(values):
                 if tracked:
                     edge = new_id(64)
                     xor ^= edge
-                    self._buffer(task, Tuple(values, stream, self.component, self.task, fields, {root: edge}))
+                    anchors: tuple[int, ...] | None = (root, edge)
                 else:
-                    self._buffer(task, Tuple(values, stream, self.component, self.task, fields, None))
+                    anchors = None
+                self._buffer(task, Tuple(values, origin, anchors))
         self._track(root, xor, msg_id)
 
     def emit_direct(
         self, task: int, values: Sequence[Any], stream: str = DEFAULT_STREAM, msg_id: Any = None
     ) -> None:
         """Emit to one task of a bolt that subscribes to ``stream`` with a direct grouping."""
-        self._direct_target(task, stream, values)
+        origin = self._direct_target(task, stream, values)
         self.stats.emitted += 1
         tracked = msg_id is not None and self.acking
         root = new_id(64) if tracked else 0
         edge = new_id(64) if tracked else 0
-        anchors = {root: edge} if tracked else None
-        self._buffer(task, Tuple(values, stream, self.component, self.task, self._fields[stream], anchors))
+        anchors = (root, edge) if tracked else None
+        self._buffer(task, Tuple(values, origin, anchors))
         self._track(root, edge, msg_id)
 
     def _track(self, root: int, xor: int, msg_id: Any) -> None:
@@ -199,30 +199,39 @@ class BoltOutputCollector(OutputCollector):
         self, values: Sequence[Any], stream: str = DEFAULT_STREAM, anchors: Sequence[Tuple] | None = None
     ) -> None:
         """Emit ``values`` on ``stream``, anchored to each tuple in ``anchors``."""
-        routers = self._routers(stream, values)
+        routers, origin = self._stream(stream, values)
         self.stats.emitted += 1
-        fields = self._fields[stream]
         for route in routers:
             for task in route(values):
-                self._buffer(task, Tuple(values, stream, self.component, self.task, fields,
-                                         self._anchor(anchors) if anchors else None))
+                self._buffer(task, Tuple(values, origin, _anchor(anchors) if anchors else None))
 
     def emit_anchored(self, values: Sequence[Any], stream: str = DEFAULT_STREAM) -> None:
-        """:meth:`emit` anchored to the current input: a BasicBolt's ``emit``."""
-        routers = self._routers(stream, values)
+        """:meth:`emit` anchored to the current input: a BasicBolt's ``emit``.
+
+        The per-word path of most topologies, so the common case (one root, one target)
+        is written out inline.
+        """
+        routers, origin = self._stream(stream, values)
         self.stats.emitted += 1
-        fields = self._fields[stream]
         anchor = self.current
         roots = anchor.anchors if anchor is not None else None
+        buffers = self._buffers
         for route in routers:
             for task in route(values):
-                if roots:
+                if roots is None:
+                    msg = None
+                elif len(roots) == 2:
                     edge = new_id(64)
                     anchor.ack_val ^= edge  # type: ignore[union-attr]
-                    msg = dict.fromkeys(roots, edge)
+                    msg = (roots[0], edge)
                 else:
-                    msg = None
-                self._buffer(task, Tuple(values, stream, self.component, self.task, fields, msg))
+                    msg = _anchor((anchor,))  # type: ignore[arg-type]
+                tup = Tuple(values, origin, msg)
+                buf = buffers.get(task)
+                if buf is None:
+                    buffers[task] = [tup]
+                else:
+                    buf.append(tup)
 
     def emit_direct(
         self,
@@ -231,25 +240,16 @@ class BoltOutputCollector(OutputCollector):
         stream: str = DEFAULT_STREAM,
         anchors: Sequence[Tuple] | None = None,
     ) -> None:
-        """Emit to one task of a bolt that subscribes to ``stream`` with a direct grouping."""
-        self._direct_target(task, stream, values)
+        """Emit to one task of a bolt that subscribes to ``stream`` with a direct grouping.
+
+        A BasicBolt's direct emits are anchored to its current input by default.
+        """
+        origin = self._direct_target(task, stream, values)
         self.stats.emitted += 1
         if anchors is None and self.current is not None:
             anchors = (self.current,)
-        msg = self._anchor(anchors) if anchors else None
-        self._buffer(task, Tuple(values, stream, self.component, self.task, self._fields[stream], msg))
-
-    @staticmethod
-    def _anchor(anchors: Sequence[Tuple]) -> dict[int, int] | None:
-        """One new edge per anchor, in every tree the anchor belongs to (Storm's scheme)."""
-        msg: dict[int, int] = {}
-        for a in anchors:
-            if a.anchors:
-                edge = new_id(64)
-                a.ack_val ^= edge
-                for root in a.anchors:
-                    msg[root] = msg.get(root, 0) ^ edge
-        return msg or None
+        msg = _anchor(anchors) if anchors else None
+        self._buffer(task, Tuple(values, origin, msg))
 
     def ack(self, tup: Tuple) -> None:
         """``tup`` is processed: its edge is done and the edges anchored to it are new."""
@@ -257,14 +257,17 @@ class BoltOutputCollector(OutputCollector):
         if anchors:
             acks = self._acks
             v = tup.ack_val
-            for root, edge in anchors.items():
-                acks[root] = acks.get(root, 0) ^ edge ^ v
+            root = anchors[0]
+            acks[root] = acks.get(root, 0) ^ anchors[1] ^ v
+            for i in range(2, len(anchors), 2):
+                root = anchors[i]
+                acks[root] = acks.get(root, 0) ^ anchors[i + 1] ^ v
         self.stats.acked += 1
 
     def fail(self, tup: Tuple) -> None:
         """``tup`` failed: its spout tuples are failed (and replayed by their spouts)."""
         if tup.anchors:
-            self._fails.extend(tup.anchors)
+            self._fails.extend(tup.anchors[0::2])
         self.stats.failed += 1
 
     def _flush_control(self) -> None:
@@ -274,3 +277,16 @@ class BoltOutputCollector(OutputCollector):
         if self._fails:
             fails, self._fails = self._fails, []
             self._send_per_acker(ACK_FAIL, fails)
+
+
+def _anchor(anchors: Sequence[Tuple]) -> tuple[int, ...] | None:
+    """Anchors of a new tuple: one new edge per anchor tuple, in every tree that anchor
+    belongs to (Storm's scheme), as flat ``(root, edge, root, edge, ...)`` pairs."""
+    edges: dict[int, int] = {}
+    for a in anchors:
+        if a.anchors:
+            edge = new_id(64)
+            a.ack_val ^= edge
+            for root in a.anchors[0::2]:
+                edges[root] = edges.get(root, 0) ^ edge
+    return tuple(x for pair in edges.items() for x in pair) or None

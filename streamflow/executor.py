@@ -23,7 +23,11 @@ from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT, TICK, TREE_DONE, TREE_
 from streamflow.stats import TaskStats
 from streamflow.topology import Topology
 from streamflow.transport.base import Transport
-from streamflow.tuples import SYSTEM_COMPONENT, TICK_STREAM, Tuple
+from streamflow.tuples import TICK_ORIGIN, Tuple
+
+MAX_TUPLES_PER_TURN = 256
+"""A bolt handles all batches queued in its inbox before it flushes, up to this many
+tuples, then lets the other tasks run."""
 
 SPOUT_IDLE_WAIT_MAX = 0.005
 """Longest pause of a spout whose ``next_tuple`` emitted nothing (it doubles from 0.1 ms):
@@ -120,6 +124,8 @@ class SpoutExecutor(ComponentExecutor):
         self._batch = self.config["topology.producer.batch.size"]
         self._timeout = float(self.config["topology.message.timeout.secs"])
         self._is_async = isinstance(self.spout, AsyncSpout)
+        self._held = False
+        self._resume_at = self._max_pending - min(self._batch, self._max_pending // 2)
 
     def activate(self) -> None:
         self.active = True
@@ -141,7 +147,7 @@ class SpoutExecutor(ComponentExecutor):
             if now >= next_expiry:
                 self._expire(now - self._timeout)
                 next_expiry = now + expiry_every
-            emitted = await self._emit_round() if self.active else 0
+            emitted = await self._emit_round() if self._may_emit() else 0
             await self.collector.flush()
             if emitted:
                 idle_wait = 0.0
@@ -159,6 +165,18 @@ class SpoutExecutor(ComponentExecutor):
                 await self.inbox.wait(min(idle_wait, max(next_expiry - now, 0.0)))
             self.idle = False
 
+    def _may_emit(self) -> bool:
+        """Whether to call ``next_tuple`` now. Once max-spout-pending is reached, the spout
+        waits until a refill's worth of trees completed, so that it emits in batches
+        rather than one tuple per returning ack."""
+        if not self.active:
+            return False
+        if self._held:
+            if len(self.pending) > self._resume_at:
+                return False
+            self._held = False
+        return True
+
     def _exhausted(self) -> bool:
         try:
             return bool(self.spout.exhausted())
@@ -173,7 +191,10 @@ class SpoutExecutor(ComponentExecutor):
         start = stats.emitted
         limit, budget = self._max_pending, start + self._batch
         next_tuple = self.spout.next_tuple
-        while len(pending) < limit:
+        while True:
+            if len(pending) >= limit:
+                self._held = True
+                break
             before = stats.emitted
             try:
                 if self._is_async:
@@ -247,7 +268,8 @@ class BoltExecutor(ComponentExecutor):
         await self._start("prepare")
         if self._tick_every:
             self._schedule_tick()
-        inbox, collector = self.inbox, self.collector
+        inbox, collector, stats = self.inbox, self.collector, self.stats
+        is_async, process, end_batch = self._is_async, self._process, self.bolt.end_batch
         while True:
             message = inbox.get_nowait()
             if message is None:
@@ -255,18 +277,27 @@ class BoltExecutor(ComponentExecutor):
                 await inbox.wait()
                 self.idle = False
                 continue
-            kind, payload = message
-            if kind == TICK:
-                payload = [Tuple((), TICK_STREAM, SYSTEM_COMPONENT, 0, (), None)]
-            self.stats.executed += len(payload)
-            if self._is_async:
-                await self._process(payload)
-            else:
-                self._process(payload)
+            handled = 0
+            while message is not None:  # drain the inbox: one flush for all queued batches
+                kind, payload = message
+                if kind == TICK:
+                    payload = [Tuple((), TICK_ORIGIN, None)]
+                handled += len(payload)
+                if is_async:
+                    await process(payload)
+                else:
+                    process(payload)
+                if handled >= MAX_TUPLES_PER_TURN:
+                    break
+                message = inbox.get_nowait()
+            stats.executed += handled
             try:
-                await _call(self.bolt.end_batch())
+                if is_async:
+                    await end_batch()
+                else:
+                    end_batch()
             except Exception as exc:
-                self.stats.record_error(exc, "end_batch")
+                stats.record_error(exc, "end_batch")
             await collector.flush()
             await asyncio.sleep(0)
 
@@ -343,39 +374,36 @@ class AckerExecutor(Executor):
         loop_time = time.monotonic
         next_expiry = loop_time() + self._timeout
         while True:
-            message = inbox.get_nowait()
-            if message is None:
+            if not len(inbox):
                 self.idle = True
                 await inbox.wait(max(next_expiry - loop_time(), 0.0))
                 self.idle = False
-                message = inbox.get_nowait()
             now = loop_time()
             if now >= next_expiry:
                 state.expire(now - self._timeout)
                 next_expiry = now + self._timeout / 2
-            if message is None:
-                continue
-            kind, payload = message
             done: dict[int, list[int]] = {}
             failed: dict[int, list[int]] = {}
-            stats.executed += len(payload)
-            if kind == ACK_ACK:
-                for root, xor in payload.items():
-                    spout = state.ack(root, xor, now)
-                    if spout is not None:
-                        done.setdefault(spout, []).append(root)
-            elif kind == ACK_INIT:
-                for root, xor, spout in payload:
-                    outcome = state.init(root, xor, spout, now)
-                    if outcome == COMPLETED:
-                        done.setdefault(spout, []).append(root)
-                    elif outcome == FAILED:
-                        failed.setdefault(spout, []).append(root)
-            elif kind == ACK_FAIL:
-                for root in payload:
-                    spout = state.fail(root, now)
-                    if spout is not None:
-                        failed.setdefault(spout, []).append(root)
+            while (message := inbox.get_nowait()) is not None:
+                kind, payload = message
+                stats.executed += len(payload)
+                if kind == ACK_ACK:
+                    for root, xor in payload.items():
+                        spout = state.ack(root, xor, now)
+                        if spout is not None:
+                            done.setdefault(spout, []).append(root)
+                elif kind == ACK_INIT:
+                    for root, xor, spout in payload:
+                        outcome = state.init(root, xor, spout, now)
+                        if outcome == COMPLETED:
+                            done.setdefault(spout, []).append(root)
+                        elif outcome == FAILED:
+                            failed.setdefault(spout, []).append(root)
+                elif kind == ACK_FAIL:
+                    for root in payload:
+                        spout = state.fail(root, now)
+                        if spout is not None:
+                            failed.setdefault(spout, []).append(root)
             for spout, roots in done.items():
                 stats.acked += len(roots)
                 self._transport.send_control(spout, TREE_DONE, roots)
@@ -383,4 +411,3 @@ class AckerExecutor(Executor):
                 stats.failed += len(roots)
                 self._transport.send_control(spout, TREE_FAILED, roots)
             await asyncio.sleep(0)
-

@@ -9,41 +9,70 @@ TICK_STREAM = "__tick"
 SYSTEM_COMPONENT = "__system"
 
 
+class Origin:
+    """Where tuples come from: the emitting component and task, the stream and its
+    declared fields. One per (emitting task, stream), shared by all its tuples."""
+
+    __slots__ = ("source", "source_task", "stream", "fields")
+
+    def __init__(self, source: str, source_task: int, stream: str, fields: tuple[str, ...]) -> None:
+        self.source = source
+        self.source_task = source_task
+        self.stream = stream
+        self.fields = fields
+
+
+TICK_ORIGIN = Origin(SYSTEM_COMPONENT, 0, TICK_STREAM, ())
+
+
 class Tuple:
     """One tuple as a bolt receives it.
 
-    ``values`` are positional, named by ``fields`` (the declaration of ``stream`` by
-    ``source``). ``anchors`` maps each spout-tuple root id this tuple descends from to the
-    edge id of this tuple in that tree (Storm's ``MessageId``); it is ``None`` for an
-    unanchored tuple. ``ack_val`` accumulates the edge ids of the tuples anchored to this
-    one, so that acking it tells the acker "this edge is done, these edges are new" in one
-    XOR. Slots, not a dataclass: one is built per emitted tuple per destination.
+    ``values`` are positional, named by the fields that the source declared for the
+    stream. ``anchors`` pairs each spout-tuple root id this tuple descends from with the
+    edge id of this tuple in that tree (Storm's ``MessageId``), flattened as
+    ``(root, edge, root, edge, ...)``: one pair is by far the common case and a tuple is
+    cheaper to build than a dict. It is ``None`` for an unanchored tuple. ``ack_val``
+    accumulates the edge ids of the tuples anchored to this one, so that acking it tells
+    the acker "this edge is done, these edges are new" in one XOR.
+
+    Slots, and the stream's description shared through :class:`Origin`: one tuple is built
+    per emitted tuple per destination, so every field set here costs on the hot path.
     """
 
-    __slots__ = ("values", "stream", "source", "source_task", "fields", "anchors", "ack_val")
+    __slots__ = ("values", "origin", "anchors", "ack_val")
 
-    def __init__(
-        self,
-        values: Sequence[Any],
-        stream: str,
-        source: str,
-        source_task: int,
-        fields: tuple[str, ...],
-        anchors: dict[int, int] | None,
-    ) -> None:
+    def __init__(self, values: Sequence[Any], origin: Origin, anchors: tuple[int, ...] | None) -> None:
         self.values = values
-        self.stream = stream
-        self.source = source
-        self.source_task = source_task
-        self.fields = fields
+        self.origin = origin
         self.anchors = anchors
         self.ack_val = 0
+
+    @property
+    def source(self) -> str:
+        """The component that emitted this tuple."""
+        return self.origin.source
+
+    @property
+    def source_task(self) -> int:
+        """The task that emitted this tuple."""
+        return self.origin.source_task
+
+    @property
+    def stream(self) -> str:
+        """The stream it was emitted on."""
+        return self.origin.stream
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The names of ``values``, as the source declared them for the stream."""
+        return self.origin.fields
 
     def __getitem__(self, key: int | str) -> Any:
         """``tup[0]`` by position or ``tup["word"]`` by declared field name."""
         if isinstance(key, str):
             try:
-                return self.values[self.fields.index(key)]
+                return self.values[self.origin.fields.index(key)]
             except ValueError:
                 raise KeyError(
                     f"stream {self.source}:{self.stream} has no field {key!r} "
@@ -56,11 +85,11 @@ class Tuple:
 
     def is_tick(self) -> bool:
         """True for the periodic tick tuples that ``topology.tick.tuple.freq.secs`` sends."""
-        return self.stream == TICK_STREAM
+        return self.origin is TICK_ORIGIN
 
     def as_dict(self) -> dict[str, Any]:
         """The values keyed by field name."""
-        return dict(zip(self.fields, self.values))
+        return dict(zip(self.origin.fields, self.values))
 
     def __repr__(self) -> str:
         return f"Tuple({self.source}:{self.stream} task={self.source_task} values={list(self.values)!r})"
