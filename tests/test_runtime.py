@@ -1,0 +1,348 @@
+"""The runtime in local mode: groupings end to end, acking, replay, timeouts, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Mapping
+
+import pytest
+
+from streamflow import (
+    AsyncBasicBolt, BasicBolt, Bolt, Spout, TaskContext, TopologyBuilder, Tuple, run_local,
+)
+from streamflow.executor import TaskFailed
+from streamflow.testing import CollectBolt, Ledger, ListSpout
+
+ROWS = [(f"k{i % 37}", i) for i in range(600)]
+
+
+def collect_by_grouping(grouping: str, fields: tuple[str, ...] = (), parallelism: int = 3) -> Ledger:
+    spout_ledger, ledger = Ledger(), Ledger()
+    builder = TopologyBuilder(f"grouping-{grouping}")
+    builder.set_spout("source", ListSpout(ROWS, ["key", "n"], spout_ledger), parallelism=2)
+    builder.set_bolt("sink", CollectBolt(ledger), parallelism).grouping("source", grouping, fields)
+    run = run_local(builder.build(), timeout=30)
+    assert run.outcome == "finished"
+    assert sorted(spout_ledger.acked) == list(range(len(ROWS)))
+    return ledger
+
+
+def test_shuffle_spreads_every_tuple_to_one_task_evenly() -> None:
+    by_task = collect_by_grouping("shuffle").values_by_task()
+    assert sorted(v for values in by_task.values() for v in values) == sorted(ROWS)
+    sizes = [len(v) for v in by_task.values()]
+    assert len(sizes) == 3 and max(sizes) - min(sizes) <= 2  # round robin per spout task
+
+
+def test_fields_sends_each_key_to_exactly_one_task() -> None:
+    by_task = collect_by_grouping("fields", ("key",)).values_by_task()
+    owner: dict[str, int] = {}
+    for task, values in by_task.items():
+        for key, _ in values:
+            assert owner.setdefault(key, task) == task
+    assert len(set(owner.values())) == 3
+    assert sum(len(v) for v in by_task.values()) == len(ROWS)
+
+
+def test_all_sends_every_tuple_to_every_task() -> None:
+    by_task = collect_by_grouping("all").values_by_task()
+    assert len(by_task) == 3
+    for values in by_task.values():
+        assert sorted(values) == sorted(ROWS)
+
+
+def test_global_sends_everything_to_the_lowest_task() -> None:
+    by_task = collect_by_grouping("global").values_by_task()
+    # Components are numbered in name order: "sink" gets tasks 1-3, "source" 4-5.
+    assert list(by_task) == [1]
+    assert sorted(by_task[1]) == sorted(ROWS)
+
+
+@pytest.mark.parametrize("grouping", ["local_or_shuffle", "none"])
+def test_local_or_shuffle_and_none_spread_like_shuffle_in_one_worker(grouping: str) -> None:
+    by_task = collect_by_grouping(grouping).values_by_task()
+    assert len(by_task) == 3
+    assert sorted(v for values in by_task.values() for v in values) == sorted(ROWS)
+
+
+def test_partial_key_puts_each_key_on_at_most_two_tasks() -> None:
+    by_task = collect_by_grouping("partial_key", ("key",), parallelism=4).values_by_task()
+    owners: dict[str, set[int]] = {}
+    for task, values in by_task.items():
+        for key, _ in values:
+            owners.setdefault(key, set()).add(task)
+    assert all(1 <= len(tasks) <= 2 for tasks in owners.values())
+    assert sum(len(v) for v in by_task.values()) == len(ROWS)
+
+
+class DirectSpout(Spout):
+    """Emits n to task number n % parallelism of the 'sink' bolt, with emit_direct."""
+
+    outputs = ["n"]
+
+    def open(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        self.targets = context.component_tasks["sink"]
+        self.todo = list(range(60))
+
+    def next_tuple(self) -> None:
+        if self.todo:
+            n = self.todo.pop()
+            self.emit_direct(self.targets[n % len(self.targets)], (n,), msg_id=n)
+
+    def exhausted(self) -> bool:
+        return not self.todo
+
+
+def test_direct_grouping_delivers_to_the_named_task() -> None:
+    ledger = Ledger()
+    builder = TopologyBuilder("direct")
+    builder.set_spout("source", DirectSpout())
+    builder.set_bolt("sink", CollectBolt(ledger), 3).direct_grouping("source")
+    topology = builder.build()
+    run_local(topology, timeout=30)
+    tasks = topology.task_layout()["sink"]
+    for task, values in ledger.values_by_task().items():
+        assert all(tasks[n % 3] == task for (n,) in values)
+    assert len(ledger.received) == 60
+
+
+class EvensOnNamedStream(BasicBolt):
+    outputs = {"default": ["n"], "evens": ["n", "half"]}
+
+    def process(self, tup: Tuple) -> None:
+        n = tup["n"]
+        self.emit((n,))
+        if n % 2 == 0:
+            self.emit((n, n // 2), stream="evens")
+
+
+def test_named_streams_reach_only_their_subscribers() -> None:
+    all_ledger, evens_ledger = Ledger(), Ledger()
+    builder = TopologyBuilder("streams")
+    builder.set_spout("source", ListSpout([(i,) for i in range(50)], ["n"]))
+    builder.set_bolt("split", EvensOnNamedStream(), 2).shuffle_grouping("source")
+    builder.set_bolt("all", CollectBolt(all_ledger)).shuffle_grouping("split")
+    builder.set_bolt("evens", CollectBolt(evens_ledger)).shuffle_grouping("split", stream="evens")
+    run_local(builder.build(), timeout=30)
+    assert sorted(t.values[0] for _, t in all_ledger.received) == list(range(50))
+    assert sorted(t.as_dict()["half"] for _, t in evens_ledger.received) == list(range(25))
+    assert {t.stream for _, t in evens_ledger.received} == {"evens"}
+
+
+class FailEverySeventhOnce(BasicBolt):
+    """Raises on every 7th number the first time it sees it; fields grouping on n sends
+    the replay to the same task, which then lets it through."""
+
+    outputs = ["n"]
+
+    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        self.failed: set[int] = set()
+
+    def process(self, tup: Tuple) -> None:
+        n = tup["n"]
+        if n % 7 == 0 and n not in self.failed:
+            self.failed.add(n)
+            raise ValueError(f"boom on {n}")
+        self.emit((n,))
+
+
+def test_bolt_exception_fails_the_tuple_and_the_spout_replays_it() -> None:
+    ledger, out = Ledger(), Ledger()
+    builder = TopologyBuilder("fail7")
+    builder.set_spout("source", ListSpout([(i,) for i in range(1000)], ["n"], ledger), 2)
+    builder.set_bolt("flaky", FailEverySeventhOnce(), 2).fields_grouping("source", ["n"])
+    builder.set_bolt("sink", CollectBolt(out), 2).shuffle_grouping("flaky")
+    run = run_local(builder.build(), timeout=60)
+    assert run.outcome == "finished"
+    sevens = {n for n in range(1000) if n % 7 == 0}
+    assert ledger.acked == {n: 1 for n in range(1000)}  # every message acked exactly once
+    assert ledger.failed == {n: 1 for n in sevens}
+    assert sorted(t.values[0] for _, t in out.received) == list(range(1000))
+    flaky = run.component("flaky")
+    assert flaky.failed == len(sevens) and flaky.errors == len(sevens)
+    assert flaky.last_error is not None and "ValueError: boom on" in flaky.last_error.message
+    assert run.component("source").acked == 1000
+
+
+class StallOnce(AsyncBasicBolt):
+    """Stalls past the message timeout the first time it sees a chosen number."""
+
+    outputs = ["n"]
+
+    def __init__(self, stall: float) -> None:
+        self.stall = stall
+
+    async def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        self.stalled: set[int] = set()
+
+    async def process(self, tup: Tuple) -> None:
+        n = tup["n"]
+        if n in (3, 40) and n not in self.stalled:
+            self.stalled.add(n)
+            await asyncio.sleep(self.stall)
+        self.emit((n,))
+
+
+class BlockOnce(BasicBolt):
+    """The same with a blocking sleep, which holds up the whole worker's event loop."""
+
+    outputs = ["n"]
+
+    def __init__(self, stall: float) -> None:
+        self.stall = stall
+
+    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        self.stalled: set[int] = set()
+
+    def process(self, tup: Tuple) -> None:
+        n = tup["n"]
+        if n == 3 and n not in self.stalled:
+            self.stalled.add(n)
+            time.sleep(self.stall)
+        self.emit((n,))
+
+
+@pytest.mark.parametrize("bolt", [StallOnce, BlockOnce])
+def test_tuple_stalled_past_the_timeout_is_replayed_and_acked_once(bolt: type) -> None:
+    timeout = 0.4
+    ledger, out = Ledger(), Ledger()
+    builder = TopologyBuilder("stall")
+    builder.set_spout("source", ListSpout([(i,) for i in range(100)], ["n"], ledger))
+    builder.set_bolt("slow", bolt(timeout * 3), 2).fields_grouping("source", ["n"])
+    builder.set_bolt("sink", CollectBolt(out)).shuffle_grouping("slow")
+    run = run_local(builder.build({"topology.message.timeout.secs": timeout}), timeout=60)
+    assert run.outcome == "finished"
+    assert ledger.acked == {n: 1 for n in range(100)}
+    assert ledger.failed[3] >= 1  # timed out, then replayed
+    seen = sorted(t.values[0] for _, t in out.received)
+    assert set(seen) == set(range(100)) and seen.count(3) >= 2  # the late original and replays
+
+
+def test_max_spout_pending_is_never_exceeded() -> None:
+    ledger = Ledger()
+    builder = TopologyBuilder("pending")
+    builder.set_spout("source", ListSpout([(i,) for i in range(3000)], ["n"], ledger), 2)
+    builder.set_bolt("sink", CollectBolt(Ledger()), 2).shuffle_grouping("source")
+    run = run_local(builder.build({"topology.max.spout.pending": 7}), timeout=60)
+    assert run.outcome == "finished"
+    assert sorted(ledger.acked) == list(range(3000))
+    assert max(ledger.max_in_flight.values()) == 7  # reached, never exceeded
+
+
+def test_acking_off_acks_at_emit_and_still_delivers() -> None:
+    ledger, out = Ledger(), Ledger()
+    builder = TopologyBuilder("unacked")
+    builder.set_spout("source", ListSpout([(i,) for i in range(500)], ["n"], ledger))
+    builder.set_bolt("sink", CollectBolt(out), 2).shuffle_grouping("source")
+    run = run_local(builder.build({"topology.acker.executors": 0}), timeout=30)
+    assert run.outcome == "finished"
+    assert ledger.acked == {n: 1 for n in range(500)}
+    assert len(out.received) == 500
+    assert all(t.anchors is None for _, t in out.received)
+
+
+class ManualBolt(Bolt):
+    """Anchors explicitly, acks even numbers and fails odd ones (once)."""
+
+    outputs = ["n"]
+
+    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        self.failed: set[int] = set()
+
+    def process(self, tup: Tuple) -> None:
+        n = tup.values[0]
+        if n % 2 and n not in self.failed:
+            self.failed.add(n)
+            self.fail(tup)
+            return
+        self.emit((n,), anchors=[tup])
+        self.ack(tup)
+
+
+def test_plain_bolt_anchors_acks_and_fails_explicitly() -> None:
+    ledger, out = Ledger(), Ledger()
+    builder = TopologyBuilder("manual")
+    builder.set_spout("source", ListSpout([(i,) for i in range(200)], ["n"], ledger))
+    builder.set_bolt("manual", ManualBolt()).shuffle_grouping("source")
+    builder.set_bolt("sink", CollectBolt(out)).shuffle_grouping("manual")
+    run_local(builder.build(), timeout=30)
+    assert ledger.acked == {n: 1 for n in range(200)}
+    assert ledger.failed == {n: 1 for n in range(1, 200, 2)}
+    assert sorted(t.values[0] for _, t in out.received) == list(range(200))
+
+
+def test_retries_end_when_the_spout_gives_up() -> None:
+    class AlwaysFails(BasicBolt):
+        def process(self, tup: Tuple) -> None:
+            raise RuntimeError("no")
+
+    ledger = Ledger()
+    builder = TopologyBuilder("giveup")
+    builder.set_spout("source", ListSpout([(i,) for i in range(10)], ["n"], ledger, max_retries=2))
+    builder.set_bolt("bad", AlwaysFails()).shuffle_grouping("source")
+    run = run_local(builder.build(), timeout=30)
+    assert run.outcome == "finished"
+    assert ledger.failed == {n: 3 for n in range(10)} and not ledger.acked
+    assert run.component("bad").errors == 30
+
+
+class TickCounter(BasicBolt):
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def process(self, tup: Tuple) -> None:
+        if tup.is_tick():
+            self.ledger.acked["tick"] += 1
+
+
+class UntilTicks(Spout):
+    """Emits nothing and is exhausted once the bolt has seen three ticks."""
+
+    outputs = ["n"]
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def exhausted(self) -> bool:
+        return self.ledger.acked["tick"] >= 3
+
+
+def test_tick_tuples_reach_bolts_that_ask_for_them() -> None:
+    ledger = Ledger()
+    builder = TopologyBuilder("ticks")
+    builder.set_spout("source", UntilTicks(ledger))
+    builder.set_bolt("ticks", TickCounter(ledger), config={"topology.tick.tuple.freq.secs": 0.01}
+                     ).shuffle_grouping("source")
+    run = run_local(builder.build(), timeout=30)
+    assert run.outcome == "finished"
+    assert ledger.acked["tick"] >= 3
+
+
+def test_component_that_cannot_start_fails_the_run_with_its_error() -> None:
+    class BrokenPrepare(BasicBolt):
+        def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+            raise OSError("disk on fire")
+
+    builder = TopologyBuilder("broken")
+    builder.set_spout("source", ListSpout([(1,)], ["n"]))
+    builder.set_bolt("broken", BrokenPrepare()).shuffle_grouping("source")
+    with pytest.raises(TaskFailed, match=r"component 'broken' task \d+: prepare\(\) raised OSError: disk on fire"):
+        run_local(builder.build(), timeout=30)
+
+
+def test_emit_of_wrong_arity_or_undeclared_stream_fails_the_tuple_with_a_clear_error() -> None:
+    class WrongArity(BasicBolt):
+        outputs = ["a", "b"]
+
+        def process(self, tup: Tuple) -> None:
+            self.emit((1,))
+
+    ledger = Ledger()
+    builder = TopologyBuilder("arity")
+    builder.set_spout("source", ListSpout([(1,)], ["n"], ledger, max_retries=0))
+    builder.set_bolt("wrong", WrongArity()).shuffle_grouping("source")
+    run = run_local(builder.build(), timeout=30)
+    error = run.component("wrong").last_error
+    assert error is not None and "emitted 1 values on stream 'default', which declares 2" in error.message
+    assert ledger.failed == {0: 1}
