@@ -99,9 +99,14 @@ def validate_config(config: Mapping[str, Any], where: str = "") -> dict[str, Any
 def parse_value(text: str) -> Any:
     """Parse a ``-c`` value as JSON (``4``, ``true``, ``null``, ``[1,2]``), else keep the string."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except ValueError:
         return text
+
+
+def _refuse_constant(name: str) -> Any:
+    """``Infinity`` and ``NaN`` are not JSON numbers: keep them as strings."""
+    raise ValueError(name)
 
 
 def parse_overrides(options: list[str]) -> dict[str, Any]:

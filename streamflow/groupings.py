@@ -28,17 +28,24 @@ Router = Callable[[Sequence[Any]], tuple[int, ...]]
 
 
 def key_bytes(key: Any) -> bytes:
-    """Canonical bytes of a grouping key: UTF-8 for a str, as-is for bytes, else JSON.
+    """Canonical bytes of one grouping value: UTF-8 for a str, as-is for bytes, decimal
+    digits for an int (of any size), the values' bytes for a list or tuple, else JSON with
+    sorted keys (so equal dicts agree).
 
     Raises ``TypeError`` for values JSON cannot encode: their identity would differ
     between processes, so they cannot be grouped on.
     """
-    if type(key) is str:
-        return key.encode("utf-8", "surrogatepass")
-    if type(key) is bytes:
-        return key
+    kind = type(key)
+    if kind is str:
+        return key.encode("utf-8", "surrogatepass")  # type: ignore[no-any-return]
+    if kind is bytes:
+        return key  # type: ignore[no-any-return]
+    if kind is int:
+        return b"%d" % key
+    if kind is list or kind is tuple:
+        return b"[" + fields_key_bytes(key)
     try:
-        return orjson.dumps(key)
+        return orjson.dumps(key, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     except TypeError:
         raise TypeError(
             f"cannot group on a {type(key).__name__} value: grouping keys must be str, "
@@ -46,17 +53,23 @@ def key_bytes(key: Any) -> bytes:
         ) from None
 
 
+def fields_key_bytes(values: Sequence[Any]) -> bytes:
+    """Canonical bytes of a key of several fields: each value's :func:`key_bytes`,
+    length-prefixed so that ("ab", "c") and ("a", "bc") differ."""
+    return b"".join(len(b).to_bytes(4, "big") + b for b in map(key_bytes, values))
+
+
 def stable_hash(key: Any) -> int:
-    """A 32-bit hash of ``key`` that is the same in every process (see :func:`key_bytes`)."""
+    """A 32-bit hash of one value that is the same in every process (see :func:`key_bytes`)."""
     return crc32(key_bytes(key))
 
 
-def _key_of(indexes: tuple[int, ...]) -> Callable[[Sequence[Any]], Any]:
-    """The grouping key of a tuple: its one grouped value, or the list of them."""
+def _key_hash(indexes: tuple[int, ...]) -> Callable[[Sequence[Any]], int]:
+    """The stable hash of a tuple's grouping key: its one grouped value, or several."""
     if len(indexes) == 1:
         (i,) = indexes
-        return lambda values: values[i]
-    return lambda values: [values[i] for i in indexes]
+        return lambda values: crc32(key_bytes(values[i]))
+    return lambda values: crc32(fields_key_bytes([values[i] for i in indexes]))
 
 
 class ShuffleRouter:
@@ -76,22 +89,21 @@ class ShuffleRouter:
 class FieldsRouter:
     """Equal keys go to the same task: ``stable_hash(key) % len(targets)``."""
 
-    __slots__ = ("_key", "_targets", "_n", "_single_str")
+    __slots__ = ("_hash", "_targets", "_n", "_single")
 
     def __init__(self, targets: Sequence[int], indexes: tuple[int, ...]) -> None:
         self._targets = [(t,) for t in targets]
         self._n = len(targets)
-        self._key = _key_of(indexes)
-        self._single_str = indexes[0] if len(indexes) == 1 else None
+        self._hash = _key_hash(indexes)
+        self._single = indexes[0] if len(indexes) == 1 else None
 
     def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
-        i = self._single_str
+        i = self._single
         if i is not None:
             key = values[i]
-            if type(key) is str:  # the common case, inlined
+            if type(key) is str:  # the common case, inlined (same bytes as key_bytes)
                 return self._targets[crc32(key.encode("utf-8", "surrogatepass")) % self._n]
-            return self._targets[stable_hash(key) % self._n]
-        return self._targets[stable_hash(self._key(values)) % self._n]
+        return self._targets[self._hash(values) % self._n]
 
 
 class PartialKeyRouter:
@@ -99,17 +111,17 @@ class PartialKeyRouter:
     candidate tasks from two hashes and goes to the one this emitter has sent less to,
     which splits hot keys over two tasks while keeping every key on at most two."""
 
-    __slots__ = ("_key", "_targets", "_load")
+    __slots__ = ("_hash", "_targets", "_load")
 
     _MIX = 0x9E3779B97F4A7C15  # Fibonacci hashing: a second, independent choice from h1
 
     def __init__(self, targets: Sequence[int], indexes: tuple[int, ...]) -> None:
         self._targets = [(t,) for t in targets]
         self._load = [0] * len(targets)
-        self._key = _key_of(indexes)
+        self._hash = _key_hash(indexes)
 
     def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
-        h = stable_hash(self._key(values))
+        h = self._hash(values)
         n = len(self._targets)
         first = h % n
         second = ((h * self._MIX) & 0xFFFFFFFFFFFFFFFF) >> 32

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from streamflow.components import Bolt, Component, Spout
 from streamflow.config import validate_config
-from streamflow.errors import TopologyError
+from streamflow.errors import ConfigError, TopologyError
 from streamflow.tuples import DEFAULT_STREAM
 from streamflow.validation import validate
 
@@ -171,21 +171,21 @@ class TopologyBuilder:
     def __init__(self, name: str) -> None:
         self.name = name
         self._declared: list[
-            tuple[str, str, Component, int, list[Subscription], Mapping[str, Any]]
+            tuple[str, str, Component, int, list[Subscription], Mapping[str, Any] | None]
         ] = []
 
     def set_spout(
         self, name: str, spout: Spout, parallelism: int = 1, config: Mapping[str, Any] | None = None
     ) -> None:
         """Declare a spout run by ``parallelism`` tasks, with optional per-component config."""
-        self._declared.append((name, "spout", spout, parallelism, [], dict(config or {})))
+        self._declared.append((name, "spout", spout, parallelism, [], config))
 
     def set_bolt(
         self, name: str, bolt: Bolt, parallelism: int = 1, config: Mapping[str, Any] | None = None
     ) -> BoltDeclarer:
         """Declare a bolt; subscribe it to its inputs on the returned declarer."""
         inputs: list[Subscription] = []
-        self._declared.append((name, "bolt", bolt, parallelism, inputs, dict(config or {})))
+        self._declared.append((name, "bolt", bolt, parallelism, inputs, config))
         return BoltDeclarer(inputs)
 
     def build(self, config: Mapping[str, Any] | None = None) -> Topology:
@@ -199,9 +199,20 @@ class TopologyBuilder:
             if name in components:
                 raise TopologyError(f"topology {self.name!r}: component {name!r} is declared twice")
             components[name] = ComponentSpec(
-                name, kind, component, parallelism, tuple(inputs), MappingProxyType(comp_config)
+                name, kind, component, parallelism, tuple(inputs),
+                MappingProxyType(_mapping(comp_config, name)),
             )
-        return _validated(Topology(self.name, MappingProxyType(components), dict(config or {})))
+        return _validated(Topology(self.name, MappingProxyType(components), _mapping(config)))
+
+
+def _mapping(config: Mapping[str, Any] | None, component: str | None = None) -> dict[str, Any]:
+    """A copy of a config argument, refusing what is not a mapping with a ConfigError."""
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        where = f"component {component!r}: " if component is not None else ""
+        raise ConfigError(f"{where}config must be a mapping, got {type(config).__name__}")
+    return dict(config)
 
 
 def _validated(topology: Topology) -> Topology:

@@ -39,9 +39,9 @@ def validate(topology: Topology) -> None:
 def _check_component(spec: ComponentSpec, prefix: str) -> dict[str, tuple[str, ...]]:
     """Check name, kind, parallelism, config and outputs; return the declared streams."""
     where = f"{prefix}component {spec.name!r}: "
-    if not isinstance(spec.name, str) or not spec.name or spec.name.startswith("__"):
+    if not _valid_name(spec.name) or spec.name.startswith("__"):
         raise TopologyError(f"{prefix}component name {spec.name!r} is invalid "
-                            "(a non-empty string not starting with '__')")
+                            "(a non-empty printable string not starting with '__')")
     expected = Spout if spec.is_spout else Bolt
     if not isinstance(spec.component, expected):
         raise TopologyError(f"{where}expected a {expected.__name__} instance, "
@@ -65,16 +65,20 @@ def _check_outputs(declared: Any, where: str) -> dict[str, tuple[str, ...]]:
         raise TopologyError(f"{where}outputs must be a list of field names or a dict "
                             f"{{stream: [fields]}}, got {declared!r}")
     for stream, fields in streams.items():
-        if not isinstance(stream, str) or not stream or stream.startswith("__"):
-            raise TopologyError(f"{where}stream name {stream!r} is invalid")
-        if not isinstance(fields, (list, tuple)) or not all(
-            isinstance(f, str) and f for f in fields
-        ):
+        if not _valid_name(stream) or stream.startswith("__"):
+            raise TopologyError(f"{where}stream name {stream!r} is invalid "
+                                "(a non-empty printable string not starting with '__')")
+        if not isinstance(fields, (list, tuple)) or not all(_valid_name(f) for f in fields):
             raise TopologyError(f"{where}fields of stream {stream!r} must be a list of "
-                                f"non-empty strings, got {fields!r}")
+                                f"non-empty printable strings, got {fields!r}")
         if len(set(fields)) != len(fields):
             raise TopologyError(f"{where}stream {stream!r} declares a field twice: {list(fields)}")
     return {stream: tuple(fields) for stream, fields in streams.items()}
+
+
+def _valid_name(name: Any) -> bool:
+    """Names appear in one-line errors and status tables: non-empty, printable text."""
+    return isinstance(name, str) and bool(name) and name.isprintable()
 
 
 def _check_inputs(

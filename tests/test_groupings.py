@@ -134,20 +134,44 @@ def test_fields_multi_field_key():
     seen = {}
     for i in range(300):
         for rep in range(3):
-            row = (f"w{i % 30}", i % 7, f"noise{rep}")
+            row = (f"w{i % 30}", i % 7, f"noise{rep}")  # the ungrouped field varies
             task = router(row)
             key = (row[0], row[1])
             assert seen.setdefault(key, task) == task
-    assert len(set(seen.values())) > 1
-    # the key is the list of grouped values, in the declared grouping order
-    ordered = sorted(TARGETS)
-    assert router(("a", 3, None)) == (ordered[stable_hash(["a", 3]) % len(ordered)],)
+    assert {task for (task,) in seen.values()} == set(TARGETS)
+
+
+def test_fields_multi_field_key_uses_every_grouped_field():
+    router = make_router("fields", range(1, 1001), FIELDS, ["word", "count"])
+    # with the word fixed, the count alone moves the key around
+    assert len({router(("same", i, None)) for i in range(50)}) > 40
+    # with the count fixed, the word alone moves the key around
+    assert len({router((f"w{i}", 1, None)) for i in range(50)}) > 40
+
+
+def test_fields_multi_field_values_do_not_run_together():
+    """("ab", "c") and ("a", "bc") are different keys, not one concatenated string."""
+    router = make_router("fields", range(1, 1001), ["a", "b"], ["a", "b"])
+    text = "abcdefghijklmnop"
+    tasks = {router((text[:k], text[k:])) for k in range(len(text) + 1)}
+    assert len(tasks) > len(text) - 3
 
 
 def test_fields_multi_field_order_of_grouped_fields():
-    router = make_router("fields", TARGETS, FIELDS, ["count", "word"])
-    ordered = sorted(TARGETS)
-    assert router(("a", 3, None)) == (ordered[stable_hash([3, "a"]) % len(ordered)],)
+    """Grouping on [count, word] is consistent too, whatever the declared field order."""
+    a = make_router("fields", TARGETS, FIELDS, ["count", "word"])
+    b = make_router("fields", TARGETS, FIELDS, ["count", "word"])
+    for i in range(100):
+        assert a((f"w{i}", i, 0)) == b((f"w{i}", i, "other"))
+
+
+def test_fields_single_field_key_is_stable_hash_of_value():
+    for grouping_field, index in (("word", 0), ("count", 1), ("extra", 2)):
+        router = make_router("fields", TARGETS, FIELDS, [grouping_field])
+        ordered = sorted(TARGETS)
+        for i in range(50):
+            row = [f"w{i}", i, (i, "x")]
+            assert router(row) == (ordered[stable_hash(row[index]) % len(ordered)],)
 
 
 def test_fields_multi_field_spreads():
@@ -203,37 +227,49 @@ def test_fields_unencodable_key_raises_type_error():
         multi(("a", object()))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: key_bytes encodes dicts in insertion order (no orjson.OPT_SORT_KEYS), "
-    "so equal dict keys can land on different tasks",
-)
 def test_fields_equal_dicts_same_task():
-    router = make_router("fields", range(1, 101), ["k"], ["k"])
+    """Equal dicts are equal keys whatever their insertion order."""
+    router = make_router("fields", range(1, 1001), ["k"], ["k"])
     assert {"a": 1, "b": 2} == {"b": 2, "a": 1}
     assert router(({"a": 1, "b": 2},)) == router(({"b": 2, "a": 1},))
+    assert key_bytes({"b": [1, {"d": 1, "c": 2}], "a": None}) == key_bytes(
+        {"a": None, "b": [1, {"c": 2, "d": 1}]})
+    for i in range(30):
+        forward = {f"k{j}": j for j in range(i + 2)}
+        backward = dict(reversed(list(forward.items())))
+        assert router((forward,)) == router((backward,))
+        multi = make_router("fields", range(1, 1001), ["k", "n"], ["k", "n"])
+        assert multi((forward, i)) == multi((backward, i))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a multi-field key is encoded as a JSON list, and orjson cannot encode "
-    "bytes inside a list, so grouping on two fields one of which is bytes raises TypeError "
-    "although a single bytes field works",
-)
 @pytest.mark.parametrize("grouping", KEYED_GROUPINGS)
 def test_keyed_grouping_multi_field_with_bytes_value(grouping):
-    router = make_router(grouping, TARGETS, ["k", "n"], ["k", "n"])
-    assert router((b"raw", 1)) == router((b"raw", 1))
+    """A bytes value works in a multi-field key as it does alone."""
+    router = make_router(grouping, range(1, 6), ["k", "n"], ["k", "n"])
+    per_key: dict[tuple, set] = {}
+    for i in range(500):
+        key = (f"raw{i % 40}".encode(), i % 3)
+        per_key.setdefault(key, set()).update(router(key))
+    limit = 1 if grouping == "fields" else 2
+    assert all(len(tasks) <= limit for tasks in per_key.values())
+    assert set().union(*per_key.values()) == {1, 2, 3, 4, 5}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: key_bytes rejects ints outside the 64-bit range (orjson limit) with "
-    "'cannot group on a int value: grouping keys must be ... numbers ...'",
-)
-def test_fields_big_int_key():
+@pytest.mark.parametrize("key", [2**64, -(2**63) - 1, 10**40, -(10**40)])
+def test_fields_big_int_key(key):
+    """Ints of any size are keys (beyond orjson's 64-bit range too)."""
+    router = make_router("fields", range(1, 1001), ["k", "n"], ["k"])
+    assert router((key, 1)) == router((key, 2))
+    assert len({router((key + j, 1)) for j in range(20)}) > 15  # neighbours spread
+    multi = make_router("fields", range(1, 1001), ["k", "n"], ["k", "n"])
+    assert multi((key, 1)) == multi((key, 1))
+
+
+@pytest.mark.parametrize("key", [[b"x"], (1, b"x"), [2**64]], ids=["list-bytes", "tuple-bytes",
+                                                                   "list-big-int"])
+def test_fields_nested_bytes_and_big_ints(key):
     router = make_router("fields", TARGETS, ["k"], ["k"])
-    assert router((2**64,)) == router((2**64,))
+    assert router((key,)) == router((key,))
 
 
 # --------------------------------------------------------------------------- all / global
@@ -396,7 +432,7 @@ def test_key_bytes_encodings():
     assert key_bytes(42) == b"42"
     assert key_bytes(None) == b"null"
     assert key_bytes(True) == b"true"
-    assert key_bytes([1, "a"]) == b'[1,"a"]'
+    assert key_bytes([1, "a"]) == key_bytes((1, "a")) != key_bytes(["1a"])
     assert stable_hash("a") == stable_hash("a")
     assert 0 <= stable_hash("anything") < 2**32
 
@@ -430,12 +466,11 @@ from streamflow.groupings import make_router
 keys = json.loads(sys.stdin.read())
 router = make_router("fields", list(range(1, 8)), ["k"], ["k"])
 multi = make_router("fields", list(range(1, 8)), ["k", "n"], ["k", "n"])
-i_of = lambda key: key.hex() if isinstance(key, bytes) else key
 out = []
 for key in keys:
     if isinstance(key, dict):
         key = bytes(key["bytes"])
-    out.append([router((key,))[0], multi((i_of(key), 5))[0]])
+    out.append([router((key,))[0], multi((key, 5))[0]])
 print(json.dumps({"tasks": out, "hash_of_a": hash("a")}))
 """
 
@@ -454,8 +489,7 @@ def _route_in_process(keys):
     for key in keys:
         if isinstance(key, dict):
             key = bytes(key["bytes"])
-        multi_key = key.hex() if isinstance(key, bytes) else key
-        out.append([router((key,))[0], multi((multi_key, 5))[0]])
+        out.append([router((key,))[0], multi((key, 5))[0]])
     return out
 
 
