@@ -110,12 +110,12 @@ class JsonLinesSink(Bolt):
     def _record_of(self, fields: tuple[str, ...]) -> Callable[[Sequence[Any]], dict[str, Any]]:
         """How to turn the values of an input stream with ``fields`` into the written record."""
         if self.fields is None or self.fields == fields:
-            return lambda values: dict(zip(fields, values))
+            return lambda values: dict(zip(fields, values, strict=False))
         missing = [f for f in self.fields if f not in fields]
         if missing:
             raise KeyError(f"input has no field {missing[0]!r} (fields: {', '.join(fields)})")
         names, positions = self.fields, [fields.index(f) for f in self.fields]
-        return lambda values: {n: values[i] for n, i in zip(names, positions)}
+        return lambda values: {n: values[i] for n, i in zip(names, positions, strict=False)}
 
     def end_batch(self) -> None:
         if not self._batch:

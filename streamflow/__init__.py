@@ -5,7 +5,13 @@ in this process with :func:`run_local` (or ``streamflow local FILE``).
 """
 
 from streamflow.components import (
-    AsyncBasicBolt, AsyncBolt, AsyncSpout, BasicBolt, Bolt, Spout, TaskContext,
+    AsyncBasicBolt,
+    AsyncBolt,
+    AsyncSpout,
+    BasicBolt,
+    Bolt,
+    Spout,
+    TaskContext,
 )
 from streamflow.errors import ConfigError, LoadError, StreamflowError, TopologyError
 from streamflow.groupings import stable_hash

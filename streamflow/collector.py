@@ -216,6 +216,7 @@ class BoltOutputCollector(OutputCollector):
         anchor = self.current
         roots = anchor.anchors if anchor is not None else None
         buffers = self._buffers
+        msg: tuple[int, ...] | None
         for route in routers:
             for task in route(values):
                 if roots is None:
@@ -225,7 +226,7 @@ class BoltOutputCollector(OutputCollector):
                     anchor.ack_val ^= edge  # type: ignore[union-attr]
                     msg = (roots[0], edge)
                 else:
-                    msg = _anchor((anchor,))  # type: ignore[arg-type]
+                    msg = _anchor((anchor,))  # type: ignore[arg-type]  # roots implies anchor
                 tup = Tuple(values, origin, msg)
                 buf = buffers.get(task)
                 if buf is None:

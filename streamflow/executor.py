@@ -12,12 +12,17 @@ import copy
 import inspect
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping, cast
 
 from streamflow.acking import COMPLETED, FAILED, AckerState, PendingTrees
 from streamflow.collector import BoltOutputCollector, SpoutOutputCollector
 from streamflow.components import (
-    AsyncBasicBolt, AsyncBolt, AsyncSpout, BasicBolt, Bolt, Spout, TaskContext,
+    AsyncBasicBolt,
+    AsyncBolt,
+    BasicBolt,
+    Bolt,
+    Spout,
+    TaskContext,
 )
 from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT, TICK, TREE_DONE, TREE_FAILED, Inbox
 from streamflow.stats import TaskStats
@@ -60,9 +65,6 @@ class Executor(ABC):
     async def run(self) -> None:
         """Run the task until cancelled."""
 
-    async def close(self) -> None:
-        """Release the component's resources once the task has stopped."""
-
 
 class ComponentExecutor(Executor):
     """An executor of a user component: a deep copy of the prototype, per task."""
@@ -96,6 +98,10 @@ class ComponentExecutor(Executor):
             ) from exc
         self.started = True
 
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the component's resources once the task has stopped."""
+
     async def _close_with(self, method: str) -> None:
         if not self.started:
             return
@@ -123,7 +129,6 @@ class SpoutExecutor(ComponentExecutor):
         self._max_pending = self.config["topology.max.spout.pending"] or float("inf")
         self._batch = self.config["topology.producer.batch.size"]
         self._timeout = float(self.config["topology.message.timeout.secs"])
-        self._is_async = isinstance(self.spout, AsyncSpout)
         self._held = False
         self._resume_at = self._max_pending - min(self._batch, self._max_pending // 2)
 
@@ -197,10 +202,9 @@ class SpoutExecutor(ComponentExecutor):
                 break
             before = stats.emitted
             try:
-                if self._is_async:
-                    await next_tuple()
-                else:
-                    next_tuple()
+                done = next_tuple()
+                if done is not None:  # an AsyncSpout's coroutine
+                    await done
             except Exception as exc:
                 stats.record_error(exc, "next_tuple")
                 break
@@ -241,6 +245,7 @@ class SpoutExecutor(ComponentExecutor):
             self.stats.record_error(exc, method.__name__)
 
     async def close(self) -> None:
+        """Release the spout's resources once the task has stopped."""
         await self._close_with("close")
 
 
@@ -257,19 +262,20 @@ class BoltExecutor(ComponentExecutor):
         bolt.emit_direct = self.collector.emit_direct
         bolt.ack = self.collector.ack
         bolt.fail = self.collector.fail
-        self._is_async = isinstance(bolt, AsyncBolt)
-        if self._is_async:
+        self._process: Callable[[list[Tuple]], Awaitable[None] | None]
+        if isinstance(bolt, AsyncBolt):
             self._process = self._process_async_basic if basic else self._process_async
         else:
             self._process = self._process_basic if basic else self._process_plain
-        self._tick_every = self.config.get("topology.tick.tuple.freq.secs")
+        self._tick_every: float | None = self.config.get("topology.tick.tuple.freq.secs")
 
     async def run(self) -> None:
         await self._start("prepare")
         if self._tick_every:
-            self._schedule_tick()
+            self._schedule_tick(self._tick_every)
         inbox, collector, stats = self.inbox, self.collector, self.stats
-        is_async, process, end_batch = self._is_async, self._process, self.bolt.end_batch
+        process = self._process
+        end_batch: Callable[[], Awaitable[None] | None] = self.bolt.end_batch
         while True:
             message = inbox.get_nowait()
             if message is None:
@@ -283,32 +289,30 @@ class BoltExecutor(ComponentExecutor):
                 if kind == TICK:
                     payload = [Tuple((), TICK_ORIGIN, None)]
                 handled += len(payload)
-                if is_async:
-                    await process(payload)
-                else:
-                    process(payload)
+                done = process(payload)
+                if done is not None:  # an async bolt's batch
+                    await done
                 if handled >= MAX_TUPLES_PER_TURN:
                     break
                 message = inbox.get_nowait()
             stats.executed += handled
             try:
-                if is_async:
-                    await end_batch()
-                else:
-                    end_batch()
+                done = end_batch()
+                if done is not None:
+                    await done
             except Exception as exc:
                 stats.record_error(exc, "end_batch")
             await collector.flush()
             await asyncio.sleep(0)
 
-    def _schedule_tick(self) -> None:
+    def _schedule_tick(self, every: float) -> None:
         loop = asyncio.get_running_loop()
 
         def tick() -> None:
             self.inbox.put_control(TICK, None)
-            loop.call_later(self._tick_every, tick)
+            loop.call_later(every, tick)
 
-        loop.call_later(self._tick_every, tick)
+        loop.call_later(every, tick)
 
     def _process_plain(self, tuples: list[Tuple]) -> None:
         process, fail, record = self.bolt.process, self.collector.fail, self.stats.record_error
@@ -334,19 +338,21 @@ class BoltExecutor(ComponentExecutor):
         collector.current = None
 
     async def _process_async(self, tuples: list[Tuple]) -> None:
+        process = cast(AsyncBolt, self.bolt).process
         for tup in tuples:
             try:
-                await self.bolt.process(tup)
+                await process(tup)
             except Exception as exc:
                 self.collector.fail(tup)
                 self.stats.record_error(exc, "process")
 
     async def _process_async_basic(self, tuples: list[Tuple]) -> None:
         collector = self.collector
+        process = cast(AsyncBolt, self.bolt).process
         for tup in tuples:
             collector.current = tup
             try:
-                await self.bolt.process(tup)
+                await process(tup)
             except Exception as exc:
                 collector.fail(tup)
                 self.stats.record_error(exc, "process")
@@ -355,6 +361,7 @@ class BoltExecutor(ComponentExecutor):
         collector.current = None
 
     async def close(self) -> None:
+        """Release the bolt's resources once the task has stopped."""
         await self._close_with("cleanup")
 
 

@@ -105,7 +105,8 @@ def format_summary(summaries: list[ComponentSummary], seconds: float) -> str:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
-        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)  # names left, numbers right
+                  for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
         for r in rows
     ]
     for s in summaries:

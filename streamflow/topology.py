@@ -116,7 +116,8 @@ class BoltDeclarer:
     def grouping(
         self, source: str, grouping: str, fields: Sequence[str] = (), stream: str = DEFAULT_STREAM
     ) -> BoltDeclarer:
-        """Subscribe to ``source``'s ``stream`` with a grouping named as in :data:`~streamflow.groupings.GROUPINGS`."""
+        """Subscribe to ``source``'s ``stream`` with a grouping, by its name in
+        :data:`~streamflow.groupings.GROUPINGS`."""
         names = (fields,) if isinstance(fields, str) else tuple(fields)
         self._inputs.append(Subscription(source, stream, grouping, names))
         return self

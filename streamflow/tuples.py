@@ -89,7 +89,7 @@ class Tuple:
 
     def as_dict(self) -> dict[str, Any]:
         """The values keyed by field name."""
-        return dict(zip(self.origin.fields, self.values))
+        return dict(zip(self.origin.fields, self.values, strict=False))
 
     def __repr__(self) -> str:
         return f"Tuple({self.source}:{self.stream} task={self.source_task} values={list(self.values)!r})"

@@ -11,7 +11,12 @@ import asyncio
 from typing import Callable, Collection, Mapping
 
 from streamflow.executor import (
-    AckerExecutor, BoltExecutor, ComponentExecutor, Executor, SpoutExecutor, TaskFailed,
+    AckerExecutor,
+    BoltExecutor,
+    ComponentExecutor,
+    Executor,
+    SpoutExecutor,
+    TaskFailed,
 )
 from streamflow.inbox import Inbox
 from streamflow.stats import TaskStats

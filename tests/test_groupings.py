@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 
 from streamflow.groupings import (
-    GROUPINGS, KEYED_GROUPINGS, key_bytes, make_router, stable_hash,
+    GROUPINGS,
+    KEYED_GROUPINGS,
+    key_bytes,
+    make_router,
+    stable_hash,
 )
 
 TARGETS = (4, 5, 6, 7, 8)
@@ -108,7 +112,7 @@ def test_fields_spreads_distinct_keys():
     counts = Counter(single_targets(router((f"k{i}", 0, 0)) for i in range(5000)))
     assert set(counts) == set(TARGETS)
     expected = 5000 / len(TARGETS)
-    for task, n in counts.items():
+    for _task, n in counts.items():
         assert 0.8 * expected < n < 1.2 * expected, counts
 
 
@@ -351,7 +355,7 @@ def test_partial_key_balances_a_hot_key_over_two_tasks():
     hot = next(k for k in (f"hot{i}" for i in range(100)) if len(_candidates(k, n)) == 2)
     router = make_router("partial_key", range(1, n + 1), ["k"], ["k"])
     counts = Counter()
-    for i in range(1001):
+    for _i in range(1001):
         (task,) = router((hot,))
         counts[task] += 1
         assert max(counts.values()) - min(counts.values()) <= 1

@@ -9,7 +9,14 @@ from typing import Any, Mapping
 import pytest
 
 from streamflow import (
-    AsyncBasicBolt, BasicBolt, Bolt, Spout, TaskContext, TopologyBuilder, Tuple, run_local,
+    AsyncBasicBolt,
+    BasicBolt,
+    Bolt,
+    Spout,
+    TaskContext,
+    TopologyBuilder,
+    Tuple,
+    run_local,
 )
 from streamflow.executor import TaskFailed
 from streamflow.testing import CollectBolt, Ledger, ListSpout
@@ -327,7 +334,8 @@ def test_component_that_cannot_start_fails_the_run_with_its_error() -> None:
     builder = TopologyBuilder("broken")
     builder.set_spout("source", ListSpout([(1,)], ["n"]))
     builder.set_bolt("broken", BrokenPrepare()).shuffle_grouping("source")
-    with pytest.raises(TaskFailed, match=r"component 'broken' task \d+: prepare\(\) raised OSError: disk on fire"):
+    expected = r"component 'broken' task \d+: prepare\(\) raised OSError: disk on fire"
+    with pytest.raises(TaskFailed, match=expected):
         run_local(builder.build(), timeout=30)
 
 

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from streamflow import BasicBolt, TaskContext, Topology, TopologyBuilder, Tuple
 from streamflow_connectors.files import JsonLinesSink, LineSpout
+
+from streamflow import BasicBolt, TaskContext, Topology, TopologyBuilder, Tuple
 
 SAMPLE = Path(__file__).with_name("sample.txt")
 WORD = re.compile(r"[\w']+")
