@@ -211,7 +211,10 @@ class BoltOutputCollector(OutputCollector):
         The per-word path of most topologies, so the common case (one root, one target)
         is written out inline.
         """
-        routers, origin = self._stream(stream, values)
+        entry = self._streams.get(stream)
+        if entry is None or len(values) != entry[2]:
+            self._stream(stream, values)  # raises the error that names the problem
+        routers, origin, _ = entry  # type: ignore[misc]
         self.stats.emitted += 1
         anchor = self.current
         roots = anchor.anchors if anchor is not None else None
