@@ -1,51 +1,139 @@
-"""The ``streamflow`` command.
+"""The ``streamflow`` command: local runs, cluster roles, and the nimbus client commands.
 
 Exit codes: 0 success, 1 a run that failed (a component could not start), 2 bad input
-(one line on stderr, never a traceback), 130 interrupted by Ctrl-C.
+(one line on stderr, never a traceback), 130 interrupted by Ctrl-C. Every option of the
+server roles also reads an environment variable, ``STREAMFLOW_<OPTION>`` (for example
+``STREAMFLOW_ZK`` for ``--zk``), so containers need no command-line flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import logging
+import os
 import sys
-from typing import Sequence
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from streamflow import __version__
-from streamflow.config import parse_overrides
+from streamflow.config import parse_overrides, parse_value
 from streamflow.errors import StreamflowError
 from streamflow.executor import TaskFailed
 from streamflow.loader import load_topology
 from streamflow.local import run_local
+from streamflow.stats import ComponentSummary, format_summary
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+def _env(option: str, default: Any = None) -> Any:
+    return os.environ.get("STREAMFLOW_" + option.upper().replace("-", "_"), default)
+
+
+def _add(parser: argparse.ArgumentParser, option: str, help: str, default: Any = None,
+         kind: Callable[[str], Any] = str, required: bool = False) -> None:
+    """An option that falls back on its environment variable, then on ``default``."""
+    value = _env(option.lstrip("-"), default)
+    parser.add_argument(option, default=None if value is None else kind(value), type=kind,
+                        required=required and value is None,
+                        help=f"{help} (env STREAMFLOW_{option.lstrip('-').upper().replace('-', '_')})")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="streamflow",
-        description="Real-time stream processing in the model of Apache Storm.",
-    )
+        prog="streamflow", description="Real-time stream processing in the model of Apache Storm.")
     parser.add_argument("--version", action="version", version=f"streamflow {__version__}")
-    parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="level of the log lines written to stderr (default WARNING)")
+    _add(parser, "--log-level", "level of the log lines written to stderr", "WARNING")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    local = commands.add_parser(
-        "local", help="run a topology in this process, with no servers",
-        description="Run the topology that FILE defines (a function build(config) returning "
-                    "a Topology) in one process. Ends when every spout is exhausted and every "
-                    "tuple tree is done, after --timeout, or on Ctrl-C; then prints a summary "
-                    "per component on stderr.",
-    )
-    local.add_argument("file", metavar="FILE", help="Python file defining build(config)")
-    local.add_argument("-c", dest="config", action="append", default=[], metavar="KEY=VALUE",
-                       help="config value, given to build() and laid over the topology's config; "
-                            "VALUE is read as JSON when it parses (4, true, null), else as a string")
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str,
+                description: str | None = None) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=description or help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def topology_file(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("file", metavar="FILE", help="Python file defining build(config)")
+        sub.add_argument("-c", dest="config", action="append", default=[], metavar="KEY=VALUE",
+                         help="config value, given to build() and laid over the topology's config; "
+                              "VALUE is read as JSON when it parses (4, true, null), else as a string")
+
+    local = command("local", _local, "run a topology in this process, with no servers",
+                    "Run the topology that FILE defines (a function build(config) returning a "
+                    "Topology) in one process. Ends when every spout is exhausted and every tuple "
+                    "tree is done, after --timeout, or on Ctrl-C; then prints a summary per "
+                    "component on stderr.")
+    topology_file(local)
     local.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                        help="stop after this many seconds (default: run until finished)")
-    local.set_defaults(handler=_local)
+
+    describe = command("describe", _describe, "print a topology file's topology as JSON")
+    topology_file(describe)
+
+    def client(sub: argparse.ArgumentParser) -> None:
+        _add(sub, "--nimbus", "URL of any nimbus (standbys forward to the leader)")
+        _add(sub, "--token", "API token, when nimbus requires one")
+
+    submit = command("submit", _submit, "upload a topology to the cluster and start it",
+                     "Validate FILE's topology here, then upload the file and the directory it "
+                     "lives in to nimbus, which schedules it onto worker slots.")
+    topology_file(submit)
+    submit.add_argument("--name", required=True, help="name of the running topology")
+    submit.add_argument("--workers", type=_positive_int, help="worker processes (topology.workers)")
+    client(submit)
+
+    for name, handler, help in (
+        ("list", _list, "list the running topologies"),
+        ("status", _status, "workers, tasks, counters and last errors of a topology"),
+        ("kill", _kill, "deactivate a topology, let in-flight tuples finish, then stop it"),
+        ("activate", _activate, "let a topology's spouts emit again"),
+        ("deactivate", _deactivate, "stop a topology's spouts from emitting"),
+        ("rebalance", _rebalance, "move a topology to a new worker count or parallelism"),
+    ):
+        sub = command(name, handler, help)
+        if name != "list":
+            sub.add_argument("name", metavar="NAME")
+        if name in ("list", "status"):
+            sub.add_argument("--json", action="store_true", help="print the answer as JSON")
+        if name == "kill":
+            sub.add_argument("--wait", type=float, metavar="SECONDS",
+                             help="seconds to let tuples in flight finish (default: the message timeout)")
+        if name == "rebalance":
+            sub.add_argument("--workers", type=_positive_int)
+            sub.add_argument("--parallelism", action="append", default=[], metavar="COMPONENT=N")
+        client(sub)
+
+    def coordinated(sub: argparse.ArgumentParser) -> None:
+        _add(sub, "--zk", "ZooKeeper hosts, host:port[,host:port...]", required=True)
+        _add(sub, "--zk-root", "root znode of this streamflow cluster", "/streamflow")
+        _add(sub, "--zk-auth", "user:password: streamflow's znodes get a digest ACL for it")
+        _add(sub, "--zk-session-timeout", "ZooKeeper session timeout in seconds", 10.0, float)
+
+    nimbus = command("nimbus", _nimbus, "run a nimbus (master); several may run, one leads")
+    coordinated(nimbus)
+    _add(nimbus, "--host", "address other processes reach this nimbus at", "127.0.0.1")
+    _add(nimbus, "--port", "HTTP API port", 8080, int)
+    _add(nimbus, "--data-dir", "directory for nimbus's files", "streamflow-data/nimbus")
+    _add(nimbus, "--token-file", "file holding the API token; calls without it get 401")
+    _add(nimbus, "--worker-timeout", "seconds without heartbeat before a worker's tasks move", 30.0, float)
+    _add(nimbus, "--launch-timeout", "seconds a new worker has to send its first heartbeat", 120.0, float)
+
+    supervisor = command("supervisor", _supervisor, "run a supervisor: starts the workers of this node")
+    coordinated(supervisor)
+    _add(supervisor, "--slots", "worker slots (ports) this node offers", 4, int)
+    _add(supervisor, "--host", "address workers of other nodes reach this node at", "127.0.0.1")
+    _add(supervisor, "--base-port", "first worker port; slots use consecutive ports", 6700, int)
+    _add(supervisor, "--id", "supervisor id (default: HOST-BASE_PORT)")
+    _add(supervisor, "--data-dir", "directory for code packages and worker logs", "streamflow-data/supervisor")
+
+    worker = command("worker", _worker, "run one worker process (started by a supervisor)")
+    coordinated(worker)
+    for option in ("--topology", "--supervisor", "--host", "--code-dir"):
+        worker.add_argument(option, required=True)
+    worker.add_argument("--port", type=int, required=True)
     return parser
 
 
@@ -59,6 +147,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+# -- local mode ---------------------------------------------------------------------------
+
+
 def _local(args: argparse.Namespace) -> int:
     topology = load_topology(args.file, parse_overrides(args.config))
     result = run_local(topology, timeout=args.timeout)
@@ -66,10 +167,163 @@ def _local(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.outcome == "interrupted" else EXIT_OK
 
 
+def _describe(args: argparse.Namespace) -> int:
+    topology = load_topology(args.file, parse_overrides(args.config))
+    print(json.dumps(topology.describe(), indent=2))
+    return EXIT_OK
+
+
+# -- client commands ----------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from streamflow.client import NimbusClient
+
+    return NimbusClient(args.nimbus, args.token)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from streamflow.package import pack
+
+    overrides = parse_overrides(args.config)
+    if args.workers is not None:
+        overrides["topology.workers"] = args.workers
+    path = Path(args.file)
+    load_topology(path, overrides)  # refuse an invalid topology before uploading it
+    answer = _client(args).call("POST", "submit", body={
+        "name": args.name, "file": path.name, "config": overrides, "workers": args.workers,
+        "package": base64.b64encode(pack(path)).decode(),
+    })
+    print(f"submitted {answer['name']} as {answer['id']}")
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    answer = _client(args).call("GET", "list")
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return EXIT_OK
+    rows = [("name", "status", "workers", "tasks", "uptime")] + [
+        (t["name"], t["status"], str(t["workers"]), str(t["tasks"]), f"{t['uptime']:.0f} s")
+        for t in answer["topologies"]
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _client(args).call("GET", "status", args.name)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return EXIT_OK
+    print(f"{answer['name']} ({answer['id']}): {answer['status']}, up {answer['uptime']:.0f} s, "
+          f"{len(answer['workers'])} workers")
+    for w in answer["workers"]:
+        state = "alive" if w["alive"] else "not heard from"
+        print(f"  worker {w['host']}:{w['port']} ({w['slot']}) {state}, tasks {w['tasks']}")
+    summaries = [ComponentSummary(name, c["kind"], c["tasks"], c["emitted"], c["executed"], c["acked"],
+                                  c["failed"]) for name, c in answer["components"].items()]
+    print(format_summary(summaries, answer["uptime"]))
+    for component, errors in answer["errors"].items():
+        last = errors[-1]
+        when = time.strftime("%H:%M:%S", time.localtime(last["time"]))
+        print(f"last error of {component} at {when} on {last['worker']}: {last['message']}")
+    return EXIT_OK
+
+
+def _kill(args: argparse.Namespace) -> int:
+    answer = _client(args).call("POST", "kill", args.name, {"wait": args.wait})
+    print(f"killed {args.name}: its workers stop in {answer['wait']:g} s")
+    return EXIT_OK
+
+
+def _activate(args: argparse.Namespace) -> int:
+    _client(args).call("POST", "activate", args.name)
+    print(f"activated {args.name}")
+    return EXIT_OK
+
+
+def _deactivate(args: argparse.Namespace) -> int:
+    _client(args).call("POST", "deactivate", args.name)
+    print(f"deactivated {args.name}")
+    return EXIT_OK
+
+
+def _rebalance(args: argparse.Namespace) -> int:
+    parallelism = {}
+    for option in args.parallelism:
+        component, sep, value = option.partition("=")
+        parsed = parse_value(value)
+        if not sep or not component or not isinstance(parsed, int):
+            raise StreamflowError(f"malformed --parallelism {option!r}: expected COMPONENT=N")
+        parallelism[component] = parsed
+    answer = _client(args).call("POST", "rebalance", args.name,
+                                {"workers": args.workers, "parallelism": parallelism})
+    print(f"rebalancing {args.name} to {answer['workers']} workers")
+    return EXIT_OK
+
+
+# -- cluster roles ------------------------------------------------------------------------
+
+
+def _state(args: argparse.Namespace) -> Any:
+    from streamflow.zkstate import ClusterState
+
+    state = ClusterState(args.zk, args.zk_root, args.zk_auth, args.zk_session_timeout)
+    state.start()
+    return state
+
+
+def _nimbus(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from streamflow.nimbus import Nimbus, read_token
+
+    token = read_token(args.token_file)
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    state = _state(args)
+    nimbus = Nimbus(state, args.host, args.port, token, args.worker_timeout, args.launch_timeout)
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    server = nimbus.serve()
+    print(f"nimbus serving {nimbus.url}", file=sys.stderr, flush=True)
+    stopped.wait()
+    nimbus.stop()
+    server.shutdown()
+    state.stop()
+    return EXIT_OK
+
+
+def _supervisor(args: argparse.Namespace) -> int:
+    from streamflow.supervisor import Supervisor
+
+    state = _state(args)
+    ports = list(range(args.base_port, args.base_port + args.slots))
+    supervisor = Supervisor(state, args.id or f"{args.host}-{args.base_port}", args.host, ports,
+                            Path(args.data_dir), args.zk_auth)
+    try:
+        supervisor.run()
+    finally:
+        state.stop()
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streamflow.worker_process import WorkerSettings, run_worker
+
+    return run_worker(WorkerSettings(args.zk, args.zk_root, args.zk_auth, args.topology,
+                                     args.supervisor, args.host, args.port, Path(args.code_dir)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args))
     except StreamflowError as exc:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+import orjson
+
 from streamflow.components import Bolt, Component, Spout
 from streamflow.config import validate_config
 from streamflow.errors import ConfigError, TopologyError
@@ -94,17 +96,58 @@ class Topology:
         return int(configured)
 
     def task_layout(self) -> dict[str, tuple[int, ...]]:
-        """Task ids per component, as Storm numbers them: components sorted by name,
-        ids from 1, the acker tasks last. Every process derives the same layout."""
-        layout: dict[str, tuple[int, ...]] = {}
-        next_id = 1
-        for name in sorted(self.components):
-            n = self.components[name].parallelism
-            layout[name] = tuple(range(next_id, next_id + n))
-            next_id += n
-        ackers = self.acker_count()
-        layout[ACKER_COMPONENT] = tuple(range(next_id, next_id + ackers))
-        return layout
+        """Task ids per component (see :func:`task_layout`)."""
+        return task_layout(
+            {name: spec.parallelism for name, spec in self.components.items()}, self.acker_count()
+        )
+
+    def with_parallelism(self, parallelism: Mapping[str, int]) -> Topology:
+        """A copy with some components' task counts changed (a rebalance), re-validated."""
+        for name in parallelism:
+            if name not in self.components:
+                raise TopologyError(f"topology {self.name!r}: no component {name!r} to rebalance")
+        components = {
+            name: replace(spec, parallelism=parallelism.get(name, spec.parallelism))
+            for name, spec in self.components.items()
+        }
+        return _validated(replace(self, components=MappingProxyType(components)))
+
+    def describe(self) -> dict[str, Any]:
+        """The topology as JSON data: what nimbus stores, schedules and shows.
+
+        Config values that JSON cannot hold are given as their ``repr``.
+        """
+        components = {
+            name: {
+                "kind": spec.kind,
+                "class": f"{type(spec.component).__module__}.{type(spec.component).__qualname__}",
+                "parallelism": spec.parallelism,
+                "outputs": {stream: list(fields) for stream, fields in spec.outputs.items()},
+                "inputs": [
+                    {"source": s.source, "stream": s.stream, "grouping": s.grouping,
+                     "fields": list(s.fields)}
+                    for s in spec.inputs
+                ],
+            }
+            for name, spec in self.components.items()
+        }
+        config = orjson.loads(orjson.dumps(dict(self.config), default=repr))
+        layout = {name: list(tasks) for name, tasks in self.task_layout().items()}
+        return {"name": self.name, "components": components, "config": config, "tasks": layout}
+
+
+def task_layout(parallelism: Mapping[str, int], ackers: int) -> dict[str, tuple[int, ...]]:
+    """Task ids per component, as Storm numbers them: components sorted by name, ids from
+    1, the acker tasks last. Pure, so nimbus (from a topology's description) and every
+    worker (from its code) derive the same layout."""
+    layout: dict[str, tuple[int, ...]] = {}
+    next_id = 1
+    for name in sorted(parallelism):
+        n = parallelism[name]
+        layout[name] = tuple(range(next_id, next_id + n))
+        next_id += n
+    layout[ACKER_COMPONENT] = tuple(range(next_id, next_id + ackers))
+    return layout
 
 
 class BoltDeclarer:

@@ -1,0 +1,44 @@
+"""The CLI's side of the nimbus API: JSON over HTTP with a bearer token."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from streamflow.errors import StreamflowError
+
+
+class NimbusClient:
+    """Calls one nimbus (any of them: standbys forward to the leader)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 120.0) -> None:
+        if not url:
+            raise StreamflowError("no nimbus address: pass --nimbus URL or set STREAMFLOW_NIMBUS")
+        self.url = url.rstrip("/")
+        if "://" not in self.url:
+            self.url = "http://" + self.url
+        self.token = token
+        self.timeout = timeout
+
+    def call(self, method: str, op: str, name: str = "", body: dict[str, Any] | None = None) -> Any:
+        """One API call; raises :class:`StreamflowError` with nimbus's one-line reason."""
+        path = f"{self.url}/api/v1/{op}" + (f"/{name}" if name else "")
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = json.dumps(body or {}).encode() if method == "POST" else None
+        request = urllib.request.Request(path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                reason = json.loads(exc.read()).get("error") or exc.reason
+            except ValueError:
+                reason = exc.reason
+            raise StreamflowError(f"nimbus refused: {reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            why = getattr(exc, "reason", exc)
+            raise StreamflowError(f"cannot reach nimbus at {self.url}: {why}") from None

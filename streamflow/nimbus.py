@@ -1,0 +1,455 @@
+"""Nimbus: the master. Accepts topologies, schedules their tasks, follows their workers.
+
+Several nimbus processes can run; one is leader through ZooKeeper leader election
+(kazoo's Election recipe) and is the only writer of assignments. Every nimbus serves the
+same HTTP JSON API; a standby forwards each call to the leader, so any nimbus address
+works for the CLI. Running topologies keep running while no leader is up: workers and
+supervisors act on the assignments already in ZooKeeper.
+
+The API is a table of operations (:attr:`Nimbus.routes`), each a method that takes the
+request's JSON body and returns a JSON-able answer or raises :class:`ApiError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+from kazoo.protocol.states import KazooState
+
+from streamflow.errors import StreamflowError
+from streamflow.package import unpack
+from streamflow.scheduler import Slot, schedule
+from streamflow.topology import task_layout
+from streamflow.zkstate import ClusterState, slot_key
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SCHEDULE_SECS = 0.5
+DESCRIBE_TIMEOUT_SECS = 60
+
+
+class ApiError(Exception):
+    """An API call that cannot be done: the HTTP status and a one-line reason."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Nimbus:
+    def __init__(
+        self,
+        state: ClusterState,
+        host: str,
+        port: int,
+        token: str | None = None,
+        worker_timeout: float = 30.0,
+        launch_timeout: float = 120.0,
+    ) -> None:
+        self.state = state
+        self.host, self.port = host, port
+        self.url = f"http://{host}:{port}"
+        self.token = token
+        self.worker_timeout = worker_timeout
+        self.launch_timeout = launch_timeout
+        self.leading = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.RLock()
+        self.election = state.zk.Election(state.path("nimbus", "leader"), identifier=self.url)
+        self.routes: dict[tuple[str, str], Callable[[dict[str, Any], str], Any]] = {
+            ("POST", "submit"): self.submit,
+            ("GET", "list"): self.list,
+            ("GET", "status"): self.status,
+            ("POST", "kill"): self.kill,
+            ("POST", "activate"): self.activate,
+            ("POST", "deactivate"): self.deactivate,
+            ("POST", "rebalance"): self.rebalance,
+            ("GET", "cluster"): self.cluster,
+        }
+
+    # -- serving ----------------------------------------------------------------------
+
+    def serve(self) -> ThreadingHTTPServer:
+        """Start the HTTP API and the election on their own threads; returns the server."""
+        server = ThreadingHTTPServer(("0.0.0.0", self.port), _handler(self))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="nimbus-http", daemon=True).start()
+        self.state.register_nimbus(self.url)
+        self.state.zk.add_listener(self._connection_changed)
+        threading.Thread(target=self._campaign, name="nimbus-election", daemon=True).start()
+        return server
+
+    def stop(self) -> None:
+        """Give up leadership at once (a standby takes over) and stop."""
+        self._stopping.set()
+        self.leading.clear()
+        self.election.cancel()
+
+    def _connection_changed(self, state: str) -> None:
+        if state != KazooState.CONNECTED and self.leading.is_set():
+            log.warning("nimbus %s: ZooKeeper connection %s; no longer leading", self.url, state)
+            self.leading.clear()
+
+    def _campaign(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.election.run(self._lead)
+            except Exception:
+                log.exception("nimbus %s: election failed; retrying", self.url)
+                time.sleep(1)
+
+    def _lead(self) -> None:
+        """Runs while this nimbus holds the leader lock: schedule until it is lost."""
+        self.leading.set()
+        log.info("nimbus %s is the leader", self.url)
+        while self.leading.is_set() and not self._stopping.is_set():
+            try:
+                self.schedule_all()
+            except Exception:
+                log.exception("nimbus %s: scheduling failed; retrying", self.url)
+            time.sleep(SCHEDULE_SECS)
+        log.info("nimbus %s stopped leading", self.url)
+
+    def leader_url(self) -> str | None:
+        try:
+            contenders = self.election.contenders()
+        except Exception:
+            return None
+        return contenders[0] if contenders else None
+
+    def handle(self, method: str, op: str, name: str, body: dict[str, Any], auth: str | None
+               ) -> tuple[HTTPStatus, Any]:
+        """One API call: authenticate, forward to the leader if need be, dispatch."""
+        if self.token is not None and not hmac.compare_digest(auth or "", f"Bearer {self.token}"):
+            return HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong API token"}
+        route = self.routes.get((method, op))
+        if route is None:
+            return HTTPStatus.NOT_FOUND, {"error": f"no operation {method} {op}"}
+        if not self.leading.is_set() and op != "cluster":
+            return self._forward(method, op, name, body, auth)
+        try:
+            with self._lock:
+                return HTTPStatus.OK, route(body, name)
+        except ApiError as exc:
+            return exc.status, {"error": str(exc)}
+
+    def _forward(self, method: str, op: str, name: str, body: dict[str, Any], auth: str | None
+                 ) -> tuple[HTTPStatus, Any]:
+        leader = self.leader_url()
+        if leader is None or leader == self.url:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no nimbus leader at the moment; retry"}
+        path = f"/api/v1/{op}" + (f"/{name}" if name else "")
+        request = urllib.request.Request(
+            leader + path, method=method, data=json.dumps(body).encode() if method == "POST" else None,
+            headers={"Content-Type": "application/json", **({"Authorization": auth} if auth else {})},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return HTTPStatus(response.status), json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return HTTPStatus(exc.code), json.loads(exc.read() or b"{}")
+        except OSError as exc:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"cannot reach the leader {leader}: {exc}"}
+
+    # -- operations -------------------------------------------------------------------
+
+    def _find(self, name: str) -> tuple[str, dict[str, Any]]:
+        for topology_id in self.state.topology_ids():
+            record = self.state.read_topology(topology_id)
+            if record is not None and record["name"] == name and record["status"] != "killed":
+                return topology_id, record
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no topology named {name!r}")
+
+    def submit(self, body: dict[str, Any], _: str) -> Any:
+        name = body.get("name")
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"invalid topology name {name!r} "
+                           "(letters, digits, '_', '.', '-'; at most 64)")
+        try:
+            self._find(name)
+        except ApiError:
+            pass
+        else:
+            raise ApiError(HTTPStatus.CONFLICT, f"a topology named {name!r} is already running")
+        workers = body.get("workers")
+        config = body.get("config") or {}
+        if workers is not None:
+            config["topology.workers"] = workers
+        package = base64.b64decode(body["package"])
+        description = self._describe(package, body["file"], config)
+        topology_id = f"{name}-{int(time.time() * 1000)}"
+        record = {
+            "id": topology_id, "name": name, "status": "active", "file": body["file"],
+            "config": config, "workers": description["config"]["topology.workers"],
+            "parallelism": {}, "description": description, "secret": secrets.token_hex(16),
+            "submitted": time.time(),
+        }
+        self.state.write_code(topology_id, package)
+        self.state.write_topology(topology_id, record)
+        self.schedule_all()
+        log.info("nimbus: submitted %s as %s", name, topology_id)
+        return {"id": topology_id, "name": name}
+
+    def _describe(self, package: bytes, file: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Load the submitted code in a child process (user code never runs in nimbus)
+        and return its description, or refuse it with the same one line as the CLI."""
+        with tempfile.TemporaryDirectory(prefix="streamflow-submit-") as tmp:
+            unpack(package, Path(tmp))
+            args = [x for k, v in config.items() for x in ("-c", f"{k}={json.dumps(v)}")]
+            try:
+                result = subprocess.run(
+                    [sys.executable, "-m", "streamflow.cli", "describe", str(Path(tmp) / file), *args],
+                    capture_output=True, text=True, timeout=DESCRIBE_TIMEOUT_SECS, cwd=tmp,
+                )
+            except subprocess.TimeoutExpired:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"loading {file} took over "
+                               f"{DESCRIBE_TIMEOUT_SECS} s") from None
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["cannot load the topology"])[-1]
+            raise ApiError(HTTPStatus.BAD_REQUEST, reason.removeprefix("streamflow: error: "))
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    def list(self, body: dict[str, Any], _: str) -> Any:
+        topologies = []
+        for topology_id in self.state.topology_ids():
+            record = self.state.read_topology(topology_id)
+            if record is None:
+                continue
+            assignment = self.state.read_assignment(topology_id) or {}
+            topologies.append({
+                "name": record["name"], "id": topology_id, "status": record["status"],
+                "workers": len(assignment.get("workers", {})),
+                "tasks": sum(len(t) for t in record["description"]["tasks"].values()),
+                "uptime": time.time() - record["submitted"],
+            })
+        return {"topologies": topologies}
+
+    def status(self, body: dict[str, Any], name: str) -> Any:
+        topology_id, record = self._find(name)
+        assignment = self.state.read_assignment(topology_id) or {}
+        beats = self.state.heartbeats(topology_id)
+        layout = self._layout(record)
+        components = {
+            c: {"kind": record["description"]["components"].get(c, {}).get("kind", "acker"),
+                "tasks": len(tasks), "emitted": 0, "executed": 0, "acked": 0, "failed": 0}
+            for c, tasks in layout.items() if tasks
+        }
+        workers = []
+        now = time.time()
+        for key, w in sorted(assignment.get("workers", {}).items()):
+            beat = beats.get(key)
+            for s in (beat or {}).get("stats", []):
+                if s["component"] in components:
+                    for counter in ("emitted", "executed", "acked", "failed"):
+                        components[s["component"]][counter] += s[counter]
+            workers.append({
+                "slot": key, "host": w["host"], "port": w["port"], "tasks": w["tasks"],
+                "alive": beat is not None and now - beat["time"] < self.worker_timeout,
+                "uptime": now - beat["started"] if beat else None,
+            })
+        return {
+            "name": record["name"], "id": topology_id, "status": record["status"],
+            "uptime": now - record["submitted"], "workers": workers, "components": components,
+            "errors": self.state.errors(topology_id),
+        }
+
+    def _set_status(self, name: str, status: str) -> dict[str, Any]:
+        topology_id, record = self._find(name)
+        record["status"] = status
+        self.state.write_topology(topology_id, record)
+        return {"id": topology_id, "status": status}
+
+    def activate(self, body: dict[str, Any], name: str) -> Any:
+        return self._set_status(name, "active")
+
+    def deactivate(self, body: dict[str, Any], name: str) -> Any:
+        return self._set_status(name, "inactive")
+
+    def kill(self, body: dict[str, Any], name: str) -> Any:
+        """Deactivate, let in-flight tuples finish for ``wait`` seconds (default: the
+        message timeout), then stop the workers and forget the topology."""
+        topology_id, record = self._find(name)
+        wait = body.get("wait")
+        if wait is None:
+            wait = record["description"]["config"].get("topology.message.timeout.secs", 30)
+        if not isinstance(wait, (int, float)) or wait < 0:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"wait must be a number of seconds >= 0, got {wait!r}")
+        record["status"] = "killed"
+        self.state.write_topology(topology_id, record)
+        threading.Timer(wait, self._remove, args=(topology_id,)).start()
+        return {"id": topology_id, "status": "killed", "wait": wait}
+
+    def _remove(self, topology_id: str) -> None:
+        self.state.delete_assignment(topology_id)
+        time.sleep(1.0)  # let supervisors see the assignment go before the code goes
+        self.state.delete_topology(topology_id)
+        log.info("nimbus: removed %s", topology_id)
+
+    def rebalance(self, body: dict[str, Any], name: str) -> Any:
+        topology_id, record = self._find(name)
+        workers = body.get("workers")
+        parallelism = body.get("parallelism") or {}
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"workers must be an integer >= 1, got {workers!r}")
+        components = record["description"]["components"]
+        for component, n in parallelism.items():
+            if component not in components:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"topology {name!r} has no component {component!r}")
+            if not isinstance(n, int) or n < 1:
+                raise ApiError(HTTPStatus.BAD_REQUEST,
+                               f"component {component!r}: parallelism must be an integer >= 1, got {n!r}")
+        if workers is not None:
+            record["workers"] = workers
+            record["config"]["topology.workers"] = workers
+        record["parallelism"].update(parallelism)
+        self.state.write_topology(topology_id, record)
+        self.schedule_all()
+        return {"id": topology_id, "workers": record["workers"], "parallelism": record["parallelism"]}
+
+    def cluster(self, body: dict[str, Any], _: str) -> Any:
+        supervisors = self.state.supervisors()
+        used: dict[str, int] = {}
+        for assignment in self.state.assignments().values():
+            for w in assignment.get("workers", {}).values():
+                used[w["supervisor"]] = used.get(w["supervisor"], 0) + 1
+        return {
+            "leader": self.leader_url(), "nimbus": self.state.nimbus_urls(),
+            "supervisors": [
+                {"id": sid, "host": info["host"], "slots": len(info["ports"]),
+                 "used": used.get(sid, 0)} for sid, info in sorted(supervisors.items())
+            ],
+        }
+
+    # -- scheduling (leader only) -----------------------------------------------------
+
+    @staticmethod
+    def _layout(record: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        components = record["description"]["components"]
+        parallelism = {c: record["parallelism"].get(c, spec["parallelism"]) for c, spec in components.items()}
+        ackers = record["config"].get("topology.acker.executors")
+        if ackers is None:
+            ackers = record["description"]["config"].get("topology.acker.executors")
+        return task_layout(parallelism, record["workers"] if ackers is None else ackers)
+
+    def schedule_all(self) -> None:
+        """Bring every topology's assignment in line with live supervisors and workers."""
+        with self._lock:
+            supervisors = self.state.supervisors()
+            assignments = self.state.assignments()
+            taken: dict[str, set[int]] = {}
+            for a in assignments.values():
+                for w in a.get("workers", {}).values():
+                    taken.setdefault(w["supervisor"], set()).add(w["port"])
+            for topology_id in self.state.topology_ids():
+                record = self.state.read_topology(topology_id)
+                if record is None or record["status"] == "killed":
+                    continue
+                self._schedule(topology_id, record, supervisors, assignments.get(topology_id), taken)
+
+    def _schedule(self, topology_id: str, record: dict[str, Any], supervisors: dict[str, Any],
+                  assignment: dict[str, Any] | None, taken: dict[str, set[int]]) -> None:
+        now = time.time()
+        workers = (assignment or {}).get("workers", {})
+        current: dict[Slot, list[int]] = {(w["supervisor"], w["port"]): w["tasks"] for w in workers.values()}
+        beats = self.state.heartbeats(topology_id) if workers else {}
+        alive = set()
+        for (sup, port), _ in current.items():
+            key = slot_key(sup, port)
+            beat = beats.get(key)
+            fresh = beat is not None and now - beat["time"] < self.worker_timeout
+            launching = beat is None and now - workers[key]["since"] < self.launch_timeout
+            if sup in supervisors and (fresh or launching):
+                alive.add((sup, port))
+        free = {
+            sid: [p for p in info["ports"] if p not in taken.get(sid, set())]
+            for sid, info in supervisors.items()
+        }
+        tasks = [t for ts in self._layout(record).values() for t in ts]
+        new = schedule(tasks, record["workers"], free, current, alive)
+        if new == current:
+            return
+        for sup, port in current:  # this topology's old slots are free unless kept below
+            taken.get(sup, set()).discard(port)
+        new_workers = {}
+        for (sup, port), slot_tasks in new.items():
+            key = slot_key(sup, port)
+            old = workers.get(key)
+            since = old["since"] if old and sorted(old["tasks"]) == sorted(slot_tasks) else now
+            new_workers[key] = {"supervisor": sup, "host": supervisors[sup]["host"], "port": port,
+                                "tasks": sorted(slot_tasks), "since": since}
+            taken.setdefault(sup, set()).add(port)
+        version = (assignment or {}).get("version", 0) + 1
+        self.state.write_assignment(topology_id, {"version": version, "workers": new_workers})
+        log.info("nimbus: assigned %s (version %d) to %s", topology_id, version, sorted(new_workers))
+
+
+def _handler(nimbus: Nimbus) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "streamflow-nimbus"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("http %s", format % args)
+
+        def _serve(self, method: str) -> None:
+            parts = [p for p in self.path.split("?")[0].split("/") if p]
+            if parts[:2] == ["healthz"] or parts == ["healthz"]:
+                return self._reply(HTTPStatus.OK, {"ok": True})
+            if len(parts) < 3 or parts[:2] != ["api", "v1"]:
+                return self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
+            op, name = parts[2], "/".join(parts[3:])
+            body: dict[str, Any] = {}
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                try:
+                    body = json.loads(self.rfile.read(length))
+                except ValueError:
+                    return self._reply(HTTPStatus.BAD_REQUEST, {"error": "the body is not JSON"})
+            status, answer = nimbus.handle(method, op, name, body, self.headers.get("Authorization"))
+            self._reply(status, answer)
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def _reply(self, status: HTTPStatus, answer: Any) -> None:
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+def read_token(path: str | None) -> str | None:
+    """The API token from ``--token-file`` (first line, stripped)."""
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise StreamflowError(f"cannot read token file {path}: {exc.strerror}") from None
+    if not token:
+        raise StreamflowError(f"token file {path} is empty")
+    return token
+

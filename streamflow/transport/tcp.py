@@ -1,0 +1,247 @@
+"""Tuples between worker processes: batched frames over TCP.
+
+Every worker listens on its slot's port and opens one connection to each worker it
+sends to. A frame is a 4-byte big-endian length and a pickled list of ``(task, kind,
+payload)`` messages: everything a worker's tasks sent to one peer since the last frame
+(in the spirit of Dask's ``BatchedSend``), so one ``write`` carries many batches. Tuples
+travel as ``(values, source task, stream, anchors)`` and are rebuilt with the receiver's
+own :class:`~streamflow.tuples.Origin` objects.
+
+Pickle is the fastest encoding for arbitrary tuple values, and it runs code when loaded:
+the first frame of each connection is the topology's secret, and a worker drops a
+connection that does not present it. Worker ports should be reachable only by workers
+(the Kubernetes manifests add a NetworkPolicy).
+
+Backpressure: a receiver reads the next frame only once the target inbox took the last
+batch, so a slow task fills the TCP window, the sender's link queue fills, and the
+sending executor waits in :meth:`TcpTransport.send_tuples`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import pickle
+import struct
+from typing import Any, Mapping
+
+from streamflow.inbox import TUPLES, Inbox
+from streamflow.topology import Topology
+from streamflow.tuples import Origin, Tuple
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+Message = tuple[int, str, Any]
+
+_LENGTH = struct.Struct(">I")
+MAX_FRAME = 256 * 1024 * 1024
+LINK_CAPACITY = 16384
+"""Tuples queued for one peer before senders wait."""
+RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class Codec:
+    """Turns tuple batches into picklable rows and back, for one topology."""
+
+    def __init__(self, topology: Topology) -> None:
+        owner = {t: c for c, ts in topology.task_layout().items() for t in ts}
+        self._origins: dict[tuple[int, str], Origin] = {}
+        for task, component in owner.items():
+            spec = topology.components.get(component)
+            if spec is not None:
+                for stream, fields in spec.outputs.items():
+                    self._origins[(task, stream)] = Origin(component, task, stream, fields)
+
+    @staticmethod
+    def encode(messages: list[Message]) -> bytes:
+        rows = [
+            (task, kind, [(t.values, t.origin.source_task, t.origin.stream, t.anchors) for t in payload])
+            if kind == TUPLES else (task, kind, payload)
+            for task, kind, payload in messages
+        ]
+        body = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        return _LENGTH.pack(len(body)) + body
+
+    def tuples(self, rows: list[tuple[Any, int, str, Any]]) -> list[Tuple]:
+        origins = self._origins
+        return [Tuple(values, origins[(task, stream)], anchors) for values, task, stream, anchors in rows]
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    if length > MAX_FRAME:
+        raise ConnectionError(f"frame of {length} bytes exceeds the limit")
+    return await reader.readexactly(length)
+
+
+class PeerLink:
+    """The connection to one peer worker: a queue of messages and a writer that sends
+    them as one frame per wake-up, reconnecting after the peer restarts."""
+
+    def __init__(self, address: Address, secret: bytes) -> None:
+        self.address = address
+        self._secret = secret
+        self._queue: list[Message] = []
+        self._queued_tuples = 0
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._task = asyncio.create_task(self._run(), name=f"link-{address[0]}:{address[1]}")
+        self.connected = False
+
+    async def send_tuples(self, task: int, tuples: list[Tuple]) -> None:
+        while self._queued_tuples >= LINK_CAPACITY:
+            self._space.clear()
+            await self._space.wait()
+        self._queued_tuples += len(tuples)
+        self.enqueue((task, TUPLES, tuples))
+
+    def enqueue(self, message: Message) -> None:
+        self._queue.append(message)
+        self._wake.set()
+
+    def take_queue(self) -> list[Message]:
+        """Remove and return what was not sent yet (to route it elsewhere)."""
+        queue, self._queue = self._queue, []
+        self._queued_tuples = 0
+        self._space.set()
+        return queue
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._space.set()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(*self.address)
+            except OSError as exc:
+                delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+                if attempt == 2:
+                    log.warning("cannot connect to worker %s:%d (%s); retrying", *self.address, exc)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self.connected = True
+            try:
+                writer.write(_LENGTH.pack(len(self._secret)) + self._secret)
+                await self._write_loop(writer)
+            except (OSError, ConnectionError) as exc:
+                log.warning("connection to worker %s:%d lost (%s); reconnecting", *self.address, exc)
+            finally:
+                self.connected = False
+                writer.close()
+
+    async def _write_loop(self, writer: asyncio.StreamWriter) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = self._queue
+            self._queue = []
+            sent_tuples = sum(len(p) for _, kind, p in batch if kind == TUPLES)
+            try:
+                writer.write(Codec.encode(batch))
+                await writer.drain()
+            except BaseException:
+                self._queue[:0] = batch  # resend after reconnecting
+                raise
+            self._queued_tuples = max(self._queued_tuples - sent_tuples, 0)
+            self._space.set()
+
+
+class TcpTransport:
+    """Delivers to local inboxes directly and to other workers over :class:`PeerLink`\\ s."""
+
+    def __init__(self, inboxes: Mapping[int, Inbox], codec: Codec, secret: bytes) -> None:
+        self._inboxes = inboxes
+        self._codec = codec
+        self._secret = secret
+        self._routes: dict[int, Address] = {}
+        self._links: dict[Address, PeerLink] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self.dropped = 0
+        """Messages for tasks with no known address (their trees time out and replay)."""
+
+    def update_routes(self, routes: Mapping[int, Address]) -> None:
+        """Follow a new assignment: where each remote task now runs. Links to addresses no
+        longer used are closed and what they still held is routed anew."""
+        self._routes = dict(routes)
+        wanted = set(self._routes.values())
+        for address in [a for a in self._links if a not in wanted]:
+            link = self._links.pop(address)
+            leftover = link.take_queue()
+            asyncio.ensure_future(link.close())
+            for task, kind, payload in leftover:
+                self._deliver_later(task, kind, payload)
+
+    def _deliver_later(self, task: int, kind: str, payload: Any) -> None:
+        link = self._link(task)
+        if link is None:
+            self.dropped += 1
+        else:
+            link.enqueue((task, kind, payload))
+
+    def _link(self, task: int) -> PeerLink | None:
+        address = self._routes.get(task)
+        if address is None:
+            return None
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = PeerLink(address, self._secret)
+        return link
+
+    async def send_tuples(self, task: int, tuples: list[Tuple]) -> None:
+        inbox = self._inboxes.get(task)
+        if inbox is not None:
+            await inbox.put_tuples(tuples)
+            return
+        link = self._link(task)
+        if link is None:
+            self.dropped += 1
+            return
+        await link.send_tuples(task, tuples)
+
+    def send_control(self, task: int, kind: str, payload: Any) -> None:
+        inbox = self._inboxes.get(task)
+        if inbox is not None:
+            inbox.put_control(kind, payload)
+        else:
+            self._deliver_later(task, kind, payload)
+
+    async def serve(self, host: str, port: int) -> None:
+        """Accept connections from peer workers on ``host:port``."""
+        self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in self._links.values():
+            await link.close()
+        self._links.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            if not hmac.compare_digest(await read_frame(reader), self._secret):
+                log.warning("refused a connection from %s: wrong topology secret", peer)
+                return
+            inboxes, codec = self._inboxes, self._codec
+            while True:
+                for task, kind, payload in pickle.loads(await read_frame(reader)):
+                    inbox = inboxes.get(task)
+                    if inbox is None:
+                        self.dropped += 1  # the task moved: its trees time out and replay
+                    elif kind == TUPLES:
+                        await inbox.put_tuples(codec.tuples(payload))
+                    else:
+                        inbox.put_control(kind, payload)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass  # the peer went away; it reconnects if it comes back
+        finally:
+            writer.close()

@@ -1,0 +1,225 @@
+"""A cluster worker: the process that runs one slot's tasks of one topology.
+
+Started by a supervisor (``streamflow worker ...``). It loads the topology from the code
+package the supervisor unpacked, runs the tasks nimbus assigned to its slot in one
+:class:`~streamflow.worker.Worker` (one uvloop event loop) with the TCP transport, follows
+assignment changes (new addresses of peer tasks), activates and deactivates its spouts
+with the topology, and writes a heartbeat with its task counters to ZooKeeper.
+
+It exits, for its supervisor to act on, when its slot's tasks change (exit 0, restarted
+with the new tasks), when it cannot load the topology (:data:`EXIT_BAD_CODE`, restarted
+only after a back-off, the error kept in ZooKeeper for ``status``) or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from streamflow.errors import StreamflowError
+from streamflow.executor import SpoutExecutor, TaskFailed
+from streamflow.loader import load_topology
+from streamflow.topology import Topology
+from streamflow.transport.tcp import Address, Codec, TcpTransport
+from streamflow.worker import Worker
+from streamflow.zkstate import ClusterState, slot_key
+
+log = logging.getLogger(__name__)
+
+EXIT_BAD_CODE = 3
+HEARTBEAT_SECS = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a supervisor tells a worker on its command line."""
+
+    zk: str
+    zk_root: str
+    zk_auth: str | None
+    topology_id: str
+    supervisor: str
+    host: str
+    port: int
+    code_dir: Path
+
+
+def load_assigned_topology(record: dict[str, Any], code_dir: Path) -> Topology:
+    """The topology as nimbus runs it: the submitted code and config, with the current
+    worker count and any parallelism a rebalance set."""
+    topology = load_topology(code_dir / record["file"], record["config"])
+    if record.get("parallelism"):
+        topology = topology.with_parallelism(record["parallelism"])
+    return topology.with_config({"topology.workers": record["workers"]})
+
+
+def routes_of(assignment: dict[str, Any]) -> dict[int, Address]:
+    """Task id -> address of the worker that runs it."""
+    return {
+        task: (w["host"], w["port"])
+        for w in assignment.get("workers", {}).values()
+        for task in w["tasks"]
+    }
+
+
+def run_worker(settings: WorkerSettings) -> int:
+    """Run until the slot's assignment changes or SIGTERM; returns the exit code."""
+    state = ClusterState(settings.zk, settings.zk_root, settings.zk_auth)
+    state.start()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(WorkerProcess(settings, state).run())
+    finally:
+        state.stop()
+
+
+class WorkerProcess:
+    def __init__(self, settings: WorkerSettings, state: ClusterState) -> None:
+        self.settings = settings
+        self.state = state
+        self.slot = slot_key(settings.supervisor, settings.port)
+        self.started = time.time()
+        self._stop = asyncio.Event()
+        self._exit_code = 0
+        self._reported_errors: dict[int, int] = {}
+
+    async def run(self) -> int:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        record = self.state.read_topology(s.topology_id)
+        assignment = self.state.read_assignment(s.topology_id)
+        if record is None or assignment is None or self.slot not in assignment.get("workers", {}):
+            log.warning("worker %s: topology %s is not assigned here; exiting", self.slot, s.topology_id)
+            return 0
+        try:
+            topology = load_assigned_topology(record, s.code_dir)
+        except StreamflowError as exc:
+            self._report("__worker", f"cannot load the topology: {exc}")
+            return EXIT_BAD_CODE
+        tasks = frozenset(assignment["workers"][self.slot]["tasks"])
+        self.tasks = tasks
+        secret = bytes.fromhex(record["secret"])
+        transports: list[TcpTransport] = []
+
+        def make_transport(inboxes: Any) -> TcpTransport:
+            transport = TcpTransport(inboxes, Codec(topology), secret)
+            transports.append(transport)
+            return transport
+
+        worker = Worker(topology, tasks, transport=make_transport)
+        transport = transports[0]
+        transport.update_routes({t: a for t, a in routes_of(assignment).items() if t not in tasks})
+        await transport.serve("0.0.0.0", s.port)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self._watch(loop, worker, transport)
+        if record.get("status") == "inactive":
+            for spout in worker.spouts:
+                spout.deactivate()
+        worker.start()
+        log.info("worker %s runs tasks %s of %s", self.slot, sorted(tasks), s.topology_id)
+        beats = asyncio.create_task(self._heartbeats(worker))
+        try:
+            crashed = asyncio.create_task(self._watch_tasks(worker))
+            await asyncio.wait({crashed, asyncio.create_task(self._stop.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)
+            crashed.cancel()
+        finally:
+            beats.cancel()
+            await worker.stop()
+            await transport.close()
+            await loop.run_in_executor(None, self._beat, worker)
+        return self._exit_code
+
+    async def _watch_tasks(self, worker: Worker) -> None:
+        """Return when a task could not start (its error reported), so the worker exits."""
+        try:
+            await worker.run_until_finished()
+        except TaskFailed as exc:
+            self._report("__worker", str(exc))
+            self._exit_code = EXIT_BAD_CODE
+            return
+        await asyncio.Event().wait()  # finite spouts done: keep serving until told to stop
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, worker: Worker, transport: TcpTransport) -> None:
+        """Follow the assignment and the topology's status (kazoo calls back on its own
+        thread; the changes are applied on the event loop)."""
+        s = self.settings
+
+        def on_assignment(data: bytes | None, stat: Any) -> None:
+            loop.call_soon_threadsafe(self._assignment_changed, data, transport)
+
+        def on_topology(data: bytes | None, stat: Any) -> None:
+            loop.call_soon_threadsafe(self._status_changed, data, worker)
+
+        self.state.zk.DataWatch(self.state.path("assignments", s.topology_id), on_assignment)
+        self.state.zk.DataWatch(self.state.path("topologies", s.topology_id), on_topology)
+
+    def _assignment_changed(self, data: bytes | None, transport: TcpTransport) -> None:
+        import orjson
+
+        assignment = orjson.loads(data) if data else {}
+        mine = assignment.get("workers", {}).get(self.slot)
+        if mine is None or frozenset(mine["tasks"]) != self.tasks:
+            log.info("worker %s: tasks changed; exiting for a restart", self.slot)
+            self._stop.set()
+            return
+        transport.update_routes({t: a for t, a in routes_of(assignment).items() if t not in self.tasks})
+
+    def _status_changed(self, data: bytes | None, worker: Worker) -> None:
+        import orjson
+
+        record = orjson.loads(data) if data else {"status": "killed"}
+        active = record.get("status") == "active"
+        for spout in worker.spouts:
+            if spout.active != active:
+                (spout.activate if active else spout.deactivate)()
+
+    async def _heartbeats(self, worker: Worker) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await loop.run_in_executor(None, self._beat, worker)
+            await asyncio.sleep(HEARTBEAT_SECS)
+
+    def _beat(self, worker: Worker) -> None:
+        """Write the heartbeat, and new errors of this worker's tasks (runs off the loop)."""
+        s = self.settings
+        stats = []
+        for executor in worker.executors:
+            st = executor.stats
+            stats.append({
+                "task": st.task, "component": st.component, "emitted": st.emitted,
+                "executed": st.executed, "acked": st.acked, "failed": st.failed, "errors": st.errors,
+                "active": executor.active if isinstance(executor, SpoutExecutor) else None,
+            })
+            if st.last_error is not None and st.errors != self._reported_errors.get(st.task, 0):
+                self._reported_errors[st.task] = st.errors
+                self.state.record_error(s.topology_id, st.component, {
+                    "time": st.last_error.time, "task": st.task, "worker": self.slot,
+                    "host": s.host, "port": s.port, "message": st.last_error.message,
+                })
+        try:
+            self.state.write_heartbeat(s.topology_id, self.slot, {
+                "time": time.time(), "started": self.started, "pid": os.getpid(),
+                "host": s.host, "port": s.port, "hostname": socket.gethostname(),
+                "tasks": sorted(self.tasks), "stats": stats,
+            })
+        except Exception as exc:  # ZooKeeper briefly away: the next beat retries
+            log.warning("worker %s: heartbeat failed: %s", self.slot, exc)
+
+    def _report(self, component: str, message: str) -> None:
+        s = self.settings
+        log.error("worker %s: %s", self.slot, message)
+        self.state.record_error(s.topology_id, component, {
+            "time": time.time(), "task": None, "worker": self.slot, "host": s.host,
+            "port": s.port, "message": message,
+        })
