@@ -263,6 +263,7 @@ class Nimbus:
                 "slot": key, "host": w["host"], "port": w["port"], "tasks": w["tasks"],
                 "alive": beat is not None and now - beat["time"] < self.worker_timeout,
                 "uptime": now - beat["started"] if beat else None,
+                "pid": beat["pid"] if beat else None,
             })
         return {
             "name": record["name"], "id": topology_id, "status": record["status"],

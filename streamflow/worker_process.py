@@ -14,6 +14,7 @@ only after a back-off, the error kept in ZooKeeper for ``status``) or on SIGTERM
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -71,6 +72,15 @@ def routes_of(assignment: dict[str, Any]) -> dict[int, Address]:
     }
 
 
+def dump_tasks() -> None:
+    """Log the stack of every asyncio task (``kill -USR1 <worker pid>``): where each
+    executor and link waits, for a worker that looks stuck."""
+    for task in asyncio.all_tasks():
+        stream = io.StringIO()
+        task.print_stack(file=stream)
+        log.warning("task %s:\n%s", task.get_name(), stream.getvalue())
+
+
 def run_worker(settings: WorkerSettings) -> int:
     """Run until the slot's assignment changes or SIGTERM; returns the exit code."""
     state = ClusterState(settings.zk, settings.zk_root, settings.zk_auth)
@@ -121,6 +131,7 @@ class WorkerProcess:
         await transport.serve("0.0.0.0", s.port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         self._watch(loop, worker, transport)
         if record.get("status") == "inactive":
             for spout in worker.spouts:

@@ -131,8 +131,8 @@ class PeerLink:
             try:
                 writer.write(_LENGTH.pack(len(self._secret)) + self._secret)
                 await self._write_loop(writer)
-            except (OSError, ConnectionError) as exc:
-                log.warning("connection to worker %s:%d lost (%s); reconnecting", *self.address, exc)
+            except Exception as exc:  # uvloop raises RuntimeError on a transport closed under us
+                log.warning("connection to worker %s:%d lost (%r); reconnecting", *self.address, exc)
             finally:
                 self.connected = False
                 writer.close()
@@ -142,6 +142,8 @@ class PeerLink:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
+            if writer.is_closing():
+                raise ConnectionResetError("the peer closed the connection")
             batch = self._queue
             self._queue = []
             sent_tuples = sum(len(p) for _, kind, p in batch if kind == TUPLES)
@@ -151,6 +153,10 @@ class PeerLink:
             except BaseException:
                 self._queue[:0] = batch  # resend after reconnecting
                 raise
+            if writer.is_closing():
+                # asyncio's drain() does not raise once a write failed (the peer died): the
+                # transport just closes. What this batch carried is lost; trees replay.
+                raise ConnectionResetError("the peer closed the connection")
             self._queued_tuples = max(self._queued_tuples - sent_tuples, 0)
             self._space.set()
 

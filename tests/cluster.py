@@ -1,0 +1,170 @@
+"""A real streamflow cluster for tests: nimbus and supervisor processes against a real
+ZooKeeper, workers started by the supervisors, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port_run(count: int) -> int:
+    """A port p with p .. p+count-1 all free on 127.0.0.1."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count >= 65535:
+            continue
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+class Cluster:
+    """``nimbus_count`` nimbus and ``supervisors`` supervisors of ``slots`` slots each."""
+
+    def __init__(self, zk_hosts: str, zk_root: str, workdir: Path, nimbus_count: int = 2,
+                 supervisors: int = 2, slots: int = 2, token: str | None = None,
+                 zk_auth: str | None = None) -> None:
+        self.zk_hosts, self.zk_root, self.workdir = zk_hosts, zk_root, workdir
+        self.token, self.zk_auth = token, zk_auth
+        self.slots = slots
+        self.nimbus: dict[str, subprocess.Popen[bytes]] = {}
+        self.supervisors: dict[str, subprocess.Popen[bytes]] = {}
+        self._counts = (nimbus_count, supervisors)
+        self.env = dict(os.environ, STREAMFLOW_ZK=zk_hosts, STREAMFLOW_ZK_ROOT=zk_root,
+                        STREAMFLOW_LOG_LEVEL="INFO")
+        if zk_auth:
+            self.env["STREAMFLOW_ZK_AUTH"] = zk_auth
+
+    # -- processes --------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")
+        return subprocess.Popen([sys.executable, "-m", "streamflow.cli", *args], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+
+    def start_nimbus(self) -> str:
+        port = free_port_run(1)
+        url = f"http://127.0.0.1:{port}"
+        args = ["nimbus", "--port", str(port), "--zk-session-timeout", "3",
+                "--worker-timeout", "8", "--launch-timeout", "30"]
+        if self.token:
+            token_file = self.workdir / "token"
+            token_file.write_text(self.token)
+            args += ["--token-file", str(token_file)]
+        self.nimbus[url] = self._spawn(f"nimbus-{port}", args)
+        return url
+
+    def start_supervisor(self) -> str:
+        base = free_port_run(self.slots)
+        sid = f"sup{len(self.supervisors) + 1}-{base}"
+        self.supervisors[sid] = self._spawn(sid, [
+            "supervisor", "--id", sid, "--slots", str(self.slots), "--base-port", str(base),
+            "--data-dir", str(self.workdir / sid), "--zk-session-timeout", "3"])
+        return sid
+
+    def start(self) -> Cluster:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for _ in range(self._counts[0]):
+            self.start_nimbus()
+        for _ in range(self._counts[1]):
+            self.start_supervisor()
+        wait_for(lambda: self._registered(), 30, "nimbus leader and supervisors")
+        return self
+
+    def _registered(self) -> bool:
+        try:
+            answer = self.api("cluster")
+        except subprocess.CalledProcessError:
+            return False
+        return answer.get("leader") is not None and len(answer["supervisors"]) == len(self.supervisors)
+
+    def stop(self) -> None:
+        for process in list(self.supervisors.values()) + list(self.nimbus.values()):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in list(self.supervisors.values()) + list(self.nimbus.values()):
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for pid in self.worker_pids().values():  # workers of supervisors killed by a test
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # -- talking to it ----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return next(url for url, p in self.nimbus.items() if p.poll() is None)
+
+    def cli(self, *args: str, nimbus: str | None = None, token: str | None = "default",
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env, STREAMFLOW_NIMBUS=nimbus or self.url)
+        token = self.token if token == "default" else token
+        if token:
+            env["STREAMFLOW_TOKEN"] = token
+        else:
+            env.pop("STREAMFLOW_TOKEN", None)
+        return subprocess.run([sys.executable, "-m", "streamflow.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+    def api(self, op: str, name: str = "") -> Any:
+        """GET an API answer as JSON through the CLI's client."""
+        from streamflow.client import NimbusClient
+
+        try:
+            return NimbusClient(self.url, self.token, timeout=10).call("GET", op, name)
+        except Exception as exc:
+            raise subprocess.CalledProcessError(1, op, str(exc)) from None
+
+    def status(self, name: str) -> dict[str, Any]:
+        result = self.cli("status", name, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    def worker_pids(self) -> dict[int, int]:
+        """Port -> pid of every running ``streamflow worker`` process of this cluster."""
+        pids = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"worker" in cmd and b"streamflow.cli" in cmd and self.zk_root.encode() in cmd:
+                pids[int(cmd[cmd.index(b"--port") + 1])] = int(entry.name)
+        return pids

@@ -1,0 +1,343 @@
+"""The cluster with real parts: ZooKeeper, 2 nimbus, 2 supervisors of 2 slots, worker
+processes over TCP, and ``kill -9``."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from cluster import Cluster, wait_for
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDCOUNT = str(ROOT / "topologies" / "wordcount.py")
+ETL = str(ROOT / "topologies" / "etl.py")
+TOKEN = "s3cret-token"
+ZK_AUTH = "streamflow:zk-pass"
+FAST = ["-c", "topology.message.timeout.secs=5"]
+
+
+@pytest.fixture(scope="module")
+def cluster(zookeeper: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster shared by the tests that leave it whole, with an API token and ZK ACLs."""
+    root = f"/streamflow-shared-{os.getpid()}"
+    c = Cluster(zookeeper.hosts, root, tmp_path_factory.mktemp("cluster"), token=TOKEN, zk_auth=ZK_AUTH)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def own_cluster(zookeeper: Any, zk_root: str, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster for a test that kills part of it."""
+    c = Cluster(zookeeper.hosts, zk_root, tmp_path / "cluster")
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_topology_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    for name in ("cluster", "own_cluster"):
+        if name in request.fixturenames:
+            c: Cluster = request.getfixturevalue(name)
+            for t in c.api("list")["topologies"]:
+                if t["status"] != "killed":
+                    c.cli("kill", t["name"], "--wait", "0")
+            wait_for(lambda c=c: not c.api("list")["topologies"] and not c.worker_pids(), 60,
+                     "topologies and workers gone")
+
+
+def words_input(tmp_path: Path, lines: int) -> tuple[Path, Counter[str]]:
+    rng = random.Random(5)
+    vocabulary = [f"w{i}" for i in range(500)]
+    expected: Counter[str] = Counter()
+    path = tmp_path / "sentences.txt"
+    with path.open("w") as f:
+        for _ in range(lines):
+            words = rng.choices(vocabulary, k=rng.randint(1, 10))
+            expected.update(words)
+            f.write(" ".join(words) + "\n")
+    return path, expected
+
+
+def final_counts(path: Path) -> dict[str, int]:
+    best: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            best[r["word"]] = max(best.get(r["word"], 0), r["count"])
+    return best
+
+
+def events_input(tmp_path: Path, count: int) -> tuple[Path, set[int], list[str]]:
+    """Events with unique ids, 3% of them malformed."""
+    rng = random.Random(9)
+    valid: set[int] = set()
+    malformed: list[str] = []
+    path = tmp_path / "events.jsonl"
+    with path.open("w") as f:
+        for i in range(count):
+            if rng.random() < 0.03:
+                line = rng.choice([f'{{"id": {i}, "user": "u1"', f'{{"id": {i}, "user": "u2", "amount": "x"}}',
+                                   f'{{"id": "{i}", "user": "u3", "amount": 1}}', f"not json {i}"])
+                malformed.append(line)
+            else:
+                line = json.dumps({"id": i, "user": f"user{rng.randrange(50)}", "amount": rng.randint(1, 100)})
+                valid.add(i)
+            f.write(line + "\n")
+    return path, valid, malformed
+
+
+def ids_in(path: Path) -> Counter[int]:
+    if not path.exists():
+        return Counter()
+    return Counter(json.loads(line)["id"] for line in path.read_text().splitlines())
+
+
+def submit_etl(c: Cluster, tmp_path: Path, name: str, workers: int, events: int = 20000,
+               pending: int = 20) -> tuple[Path, Path, set[int], list[str]]:
+    source, valid, malformed = events_input(tmp_path, events)
+    out, dlq = tmp_path / "clean.jsonl", tmp_path / "dlq.jsonl"
+    result = c.cli("submit", ETL, "--name", name, "--workers", str(workers), *FAST,
+                   "-c", f"topology.max.spout.pending={pending}",
+                   "-c", f"input.path={source}", "-c", f"output.path={out}", "-c", f"deadletter.path={dlq}")
+    assert result.returncode == 0, result.stderr
+    return out, dlq, valid, malformed
+
+
+def assert_etl_complete(out: Path, dlq: Path, valid: set[int], malformed: list[str], timeout: float) -> int:
+    """Wait until every valid id is in OUT and every malformed line in DLQ; return duplicates."""
+    wait_for(lambda: set(ids_in(out)) >= valid, timeout, "every valid id in OUT")
+    wait_for(lambda: dlq.exists() and set(malformed) <= {json.loads(x)["line"] for x in
+                                                        dlq.read_text().splitlines()},
+             timeout, "every malformed line in DLQ")
+    ids = ids_in(out)
+    assert set(ids) == valid
+    return sum(n - 1 for n in ids.values())
+
+
+def test_wordcount_on_four_workers_counts_exactly(cluster: Cluster, tmp_path: Path) -> None:
+    source, expected = words_input(tmp_path, 20000)
+    out = tmp_path / "counts.jsonl"
+    result = cluster.cli("submit", WORDCOUNT, "--name", "wc", "--workers", "4",
+                         "-c", f"input.path={source}", "-c", f"output.path={out}")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: final_counts(out) == dict(expected), 180, "exact word counts")
+    status = cluster.status("wc")
+    assert len(status["workers"]) == 4 and all(w["alive"] for w in status["workers"])
+    assert len({w["slot"].split(":")[0] for w in status["workers"]}) == 2  # spread over both supervisors
+    wait_for(lambda: cluster.status("wc")["components"]["sentences"]["acked"] == 20000, 30,
+             "every sentence acked at the spout")
+
+
+def test_etl_survives_kill_9_of_a_worker(cluster: Cluster, tmp_path: Path) -> None:
+    out, dlq, valid, malformed = submit_etl(cluster, tmp_path, "etl-kill-worker", workers=4)
+    wait_for(lambda: len(ids_in(out)) > len(valid) // 10, 120, "a tenth of the events in OUT")
+    description = json.loads(cluster.cli("describe", ETL, "-c", "output.path=x", "-c",
+                                         "topology.workers=4").stdout)
+    spout_tasks = set(description["tasks"]["events"])
+    workers = cluster.status("etl-kill-worker")["workers"]
+    victim = next(w for w in workers if not spout_tasks & set(w["tasks"]))
+    os.kill(victim["pid"], signal.SIGKILL)
+    duplicates = assert_etl_complete(out, dlq, valid, malformed, 180)
+    print(f"\nkill -9 of worker {victim['slot']}: {duplicates} ids written twice or more "
+          f"of {len(valid)}")
+    restarted = wait_for(lambda: cluster.worker_pids().get(victim["port"]), 30, "worker restarted")
+    assert restarted != victim["pid"]
+
+
+def test_kill_9_of_a_supervisor_moves_its_tasks(own_cluster: Cluster, tmp_path: Path) -> None:
+    c = own_cluster
+    out, dlq, valid, malformed = submit_etl(c, tmp_path, "etl-kill-sup", workers=4)
+    wait_for(lambda: len(ids_in(out)) > len(valid) // 10, 120, "a tenth of the events in OUT")
+    victim = next(iter(c.supervisors))
+    ports = {w["port"] for w in c.status("etl-kill-sup")["workers"] if w["slot"].startswith(victim + ":")}
+    c.supervisors[victim].kill()
+    for port, pid in c.worker_pids().items():
+        if port in ports:
+            os.kill(pid, signal.SIGKILL)
+    duplicates = assert_etl_complete(out, dlq, valid, malformed, 180)
+    print(f"\nkill -9 of supervisor {victim} and its workers: {duplicates} ids written twice or more")
+    workers = c.status("etl-kill-sup")["workers"]
+    assert workers and all(not w["slot"].startswith(victim + ":") for w in workers)
+
+
+def test_kill_9_of_the_nimbus_leader(own_cluster: Cluster, tmp_path: Path) -> None:
+    c = own_cluster
+    out, dlq, valid, malformed = submit_etl(c, tmp_path, "etl-kill-nimbus", workers=2, events=40000, pending=5)
+    wait_for(lambda: len(ids_in(out)) > 500, 120, "events flowing")
+    leader = c.api("cluster")["leader"]
+    standby = next(url for url in c.nimbus if url != leader)
+    before = len(ids_in(out))
+    c.nimbus[leader].kill()
+    # Workers go on while the leader's session expires and the standby takes over.
+    wait_for(lambda: len(ids_in(out)) > before + 100, 30, "processing right after the leader died")
+    wait_for(lambda: c.cli("list", nimbus=standby).returncode == 0, 30, "list through the standby",
+             every=0.5)
+    assert c.api("cluster")["leader"] == standby
+    assert_etl_complete(out, dlq, valid, malformed, 180)
+    killed = c.cli("kill", "etl-kill-nimbus", "--wait", "0", nimbus=standby)
+    assert killed.returncode == 0, killed.stderr
+    wait_for(lambda: not c.worker_pids(), 30, "workers stopped after kill")
+
+
+def test_rebalance_from_two_to_four_workers(cluster: Cluster, tmp_path: Path) -> None:
+    out, dlq, valid, malformed = submit_etl(cluster, tmp_path, "etl-rebalance", workers=2)
+    wait_for(lambda: len(ids_in(out)) > len(valid) // 10, 120, "a tenth of the events in OUT")
+    result = cluster.cli("rebalance", "etl-rebalance", "--workers", "4")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: len(cluster.status("etl-rebalance")["workers"]) == 4, 30, "4 workers")
+    duplicates = assert_etl_complete(out, dlq, valid, malformed, 180)
+    print(f"\nrebalance 2 -> 4 workers: {duplicates} ids written twice or more")
+
+
+def test_deactivate_stops_the_spouts_and_activate_resumes(cluster: Cluster, tmp_path: Path) -> None:
+    out, dlq, valid, malformed = submit_etl(cluster, tmp_path, "etl-pause", workers=2, events=40000, pending=5)
+    wait_for(lambda: len(ids_in(out)) > 200, 120, "events flowing")
+    assert cluster.cli("deactivate", "etl-pause").returncode == 0
+
+    def emitted() -> int:
+        return int(cluster.status("etl-pause")["components"]["events"]["emitted"])
+
+    def stalled() -> bool:
+        first = emitted()
+        time.sleep(1.5)  # two heartbeats apart
+        return emitted() == first
+
+    wait_for(stalled, 30, "the spout to stop emitting")
+    assert len(ids_in(out)) < len(valid)
+    assert cluster.cli("activate", "etl-pause").returncode == 0
+    assert_etl_complete(out, dlq, valid, malformed, 180)
+
+
+def test_calls_without_the_token_are_refused_and_change_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    source, _ = words_input(tmp_path, 10)
+    for args in (["list"], ["submit", WORDCOUNT, "--name", "sneaky", "-c", f"input.path={source}"],
+                 ["kill", "anything"]):
+        result = cluster.cli(*args, token=None)
+        assert result.returncode == 2
+        assert "missing or wrong API token" in result.stderr and "Traceback" not in result.stderr
+        assert cluster.cli(*args, token="wrong").returncode == 2
+    assert cluster.api("list")["topologies"] == []
+
+
+def test_znodes_carry_acls_other_clients_cannot_write(cluster: Cluster, tmp_path: Path,
+                                                      zookeeper: Any) -> None:
+    source, _ = words_input(tmp_path, 10)
+    assert cluster.cli("submit", WORDCOUNT, "--name", "acl", "-c", f"input.path={source}").returncode == 0
+    topology_id = cluster.api("list")["topologies"][0]["id"]
+    intruder = KazooClient(hosts=zookeeper.hosts)
+    intruder.start(timeout=10)
+    try:
+        path = f"{cluster.zk_root}/assignments/{topology_id}"
+        with pytest.raises(NoAuthError):
+            intruder.set(path, b"{}")
+        with pytest.raises(NoAuthError):
+            intruder.get(path)
+    finally:
+        intruder.stop()
+
+
+CYCLIC = '''
+from streamflow import BasicBolt, TopologyBuilder
+from streamflow.testing import ListSpout
+
+class Echo(BasicBolt):
+    outputs = ["n"]
+    def process(self, tup):
+        self.emit(tup.values)
+
+def build(config):
+    b = TopologyBuilder("cyclic")
+    b.set_spout("source", ListSpout([(1,)], ["n"]))
+    b.set_bolt("a", Echo()).shuffle_grouping("source").shuffle_grouping("b")
+    b.set_bolt("b", Echo()).shuffle_grouping("a")
+    return b.build()
+'''
+
+
+def test_invalid_topology_is_refused_by_the_cli_and_by_nimbus_with_the_same_line(
+        cluster: Cluster, tmp_path: Path) -> None:
+    import base64
+
+    from streamflow.client import NimbusClient
+    from streamflow.errors import StreamflowError
+    from streamflow.package import pack
+
+    (tmp_path / "cyclic").mkdir()
+    topology = tmp_path / "cyclic" / "cyclic.py"
+    topology.write_text(CYCLIC)
+    result = cluster.cli("submit", str(topology), "--name", "cyclic")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    cli_line = result.stderr.strip()
+    assert cli_line.count("\n") == 0 and "cycle a -> b -> a" in cli_line
+    with pytest.raises(StreamflowError) as refused:  # past the CLI's check, straight to nimbus
+        NimbusClient(cluster.url, TOKEN).call("POST", "submit", body={
+            "name": "cyclic", "file": "cyclic.py", "config": {},
+            "package": base64.b64encode(pack(topology)).decode()})
+    assert str(refused.value) == "nimbus refused: " + cli_line.removeprefix("streamflow: error: ")
+    assert cluster.api("list")["topologies"] == []
+
+
+def test_bad_requests_give_one_line(cluster: Cluster, tmp_path: Path) -> None:
+    source, _ = words_input(tmp_path, 10)
+    assert cluster.cli("submit", WORDCOUNT, "--name", "dup", "-c", f"input.path={source}").returncode == 0
+    duplicate = cluster.cli("submit", WORDCOUNT, "--name", "dup", "-c", f"input.path={source}")
+    unknown = cluster.cli("status", "no-such-topology")
+    unreachable = cluster.cli("list", nimbus="http://127.0.0.1:9")
+    for result, needle in ((duplicate, "already running"), (unknown, "no topology named"),
+                           (unreachable, "cannot reach nimbus")):
+        assert result.returncode == 2, result.stderr
+        assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_zookeeper_is_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "streamflow.cli", "supervisor", "--zk", "127.0.0.1:9",
+         "--zk-session-timeout", "2"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == \
+        "streamflow: error: cannot reach ZooKeeper at 127.0.0.1:9 within 2 s"
+    assert "Traceback" not in result.stderr
+
+
+BROKEN_IN_WORKERS = '''
+import sys
+from streamflow import TopologyBuilder
+from streamflow.testing import CollectBolt, Ledger, ListSpout
+
+if "worker" in sys.argv:
+    raise RuntimeError("boom at import in the worker")
+
+def build(config):
+    b = TopologyBuilder("broken")
+    b.set_spout("source", ListSpout([(1,)], ["n"]))
+    b.set_bolt("sink", CollectBolt(Ledger())).shuffle_grouping("source")
+    return b.build()
+'''
+
+
+def test_worker_whose_code_raises_reports_it_and_backs_off(cluster: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()
+    topology = tmp_path / "broken" / "broken.py"
+    topology.write_text(BROKEN_IN_WORKERS)
+    assert cluster.cli("submit", str(topology), "--name", "broken").returncode == 0
+    errors = wait_for(lambda: cluster.status("broken")["errors"].get("__worker"), 30, "the error in status")
+    assert "boom at import in the worker" in errors[-1]["message"]
+    text = cluster.cli("status", "broken").stdout
+    assert "boom at import in the worker" in text
+    time.sleep(6)  # an observation window: how often is the failing worker started?
+    starts = sum(log.read_text().count("for broken-") for log in cluster.workdir.glob("sup*.log"))
+    assert starts <= 8  # back-off 1, 2, 4 s: a handful of starts, not a tight loop
