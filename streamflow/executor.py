@@ -220,6 +220,8 @@ class SpoutExecutor(ComponentExecutor):
             for msg_id in done:
                 stats.acked += 1
                 self._callback(spout.ack, msg_id)
+        now = time.monotonic()
+        latency = stats.complete_latency
         while (message := self.inbox.get_nowait()) is not None:
             kind, roots = message
             for root in roots:
@@ -228,6 +230,7 @@ class SpoutExecutor(ComponentExecutor):
                     continue  # already timed out and failed
                 if kind == TREE_DONE:
                     stats.acked += 1
+                    latency.add(now - tree[1])
                     self._callback(spout.ack, tree[0])
                 else:  # TREE_FAILED
                     stats.failed += 1

@@ -35,6 +35,7 @@ from kazoo.protocol.states import KazooState
 from streamflow.errors import StreamflowError
 from streamflow.package import unpack
 from streamflow.scheduler import Slot, schedule
+from streamflow.stats import Histogram
 from streamflow.topology import task_layout
 from streamflow.zkstate import ClusterState, slot_key
 
@@ -257,14 +258,25 @@ class Nimbus:
             beat = beats.get(key)
             for s in (beat or {}).get("stats", []):
                 if s["component"] in components:
+                    c = components[s["component"]]
                     for counter in ("emitted", "executed", "acked", "failed"):
-                        components[s["component"]][counter] += s[counter]
+                        c[counter] += s[counter]
+                    if s.get("complete_latency"):
+                        c.setdefault("complete_latency", Histogram()).merge(Histogram(s["complete_latency"]))
             workers.append({
                 "slot": key, "host": w["host"], "port": w["port"], "tasks": w["tasks"],
                 "alive": beat is not None and now - beat["time"] < self.worker_timeout,
                 "uptime": now - beat["started"] if beat else None,
                 "pid": beat["pid"] if beat else None,
             })
+        for c in components.values():
+            histogram = c.pop("complete_latency", None)
+            if histogram is not None:
+                c["complete_latency_ms"] = {
+                    q: (None if v is None else round(v * 1000, 2))
+                    for q, v in (("p50", histogram.quantile(0.5)), ("p99", histogram.quantile(0.99)))
+                }
+                c["complete_latency_histogram"] = histogram.counts
         return {
             "name": record["name"], "id": topology_id, "status": record["status"],
             "uptime": now - record["submitted"], "workers": workers, "components": components,

@@ -211,6 +211,8 @@ class WorkerProcess:
                 "task": st.task, "component": st.component, "emitted": st.emitted,
                 "executed": st.executed, "acked": st.acked, "failed": st.failed, "errors": st.errors,
                 "active": executor.active if isinstance(executor, SpoutExecutor) else None,
+                "complete_latency": st.complete_latency.counts if isinstance(executor, SpoutExecutor)
+                else None,
             })
             if st.last_error is not None and st.errors != self._reported_errors.get(st.task, 0):
                 self._reported_errors[st.task] = st.errors

@@ -343,3 +343,20 @@ def test_worker_whose_code_raises_reports_it_and_backs_off(cluster: Cluster, tmp
     time.sleep(6)  # an observation window: how often is the failing worker started?
     starts = sum(log.read_text().count("for broken-") for log in cluster.workdir.glob("sup*.log"))
     assert starts <= 8  # back-off 1, 2, 4 s: a handful of starts, not a tight loop
+
+
+def test_tasks_of_a_hung_worker_move_after_the_heartbeat_timeout(cluster: Cluster, tmp_path: Path) -> None:
+    out, dlq, valid, malformed = submit_etl(cluster, tmp_path, "etl-hung", workers=2)
+    wait_for(lambda: len(ids_in(out)) > len(valid) // 10, 120, "a tenth of the events in OUT")
+    workers = cluster.status("etl-hung")["workers"]
+    hung = workers[0]
+    os.kill(hung["pid"], signal.SIGSTOP)  # alive to its supervisor, silent to nimbus
+    try:
+        wait_for(lambda: hung["slot"] not in {w["slot"] for w in cluster.status("etl-hung")["workers"]},
+                 60, "nimbus to move the hung worker's tasks (worker timeout 8 s)")
+        assert_etl_complete(out, dlq, valid, malformed, 180)
+    finally:
+        try:
+            os.kill(hung["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -354,3 +354,50 @@ def test_emit_of_wrong_arity_or_undeclared_stream_fails_the_tuple_with_a_clear_e
     error = run.component("wrong").last_error
     assert error is not None and "emitted 1 values on stream 'default', which declares 2" in error.message
     assert ledger.failed == {0: 1}
+
+
+class Endless(Spout):
+    outputs = ["n"]
+
+    def open(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        self.n = 0
+
+    def next_tuple(self) -> None:
+        self.n += 1
+        self.emit((self.n,))
+
+
+class Slow(AsyncBasicBolt):
+    """Awaits I/O per tuple: the event loop is free, so the spout could run ahead."""
+
+    async def process(self, tup: Tuple) -> None:
+        await asyncio.sleep(0.0002)
+
+
+def test_a_slow_bolt_holds_its_senders_back_and_queues_stay_bounded() -> None:
+    from streamflow.worker import Worker
+
+    builder = TopologyBuilder("backpressure")
+    builder.set_spout("fast", Endless())
+    builder.set_bolt("slow", Slow()).shuffle_grouping("fast")
+    topology = builder.build({"topology.acker.executors": 0,  # nothing else bounds the spout
+                              "topology.executor.receive.buffer.size": 1000})
+    worker = Worker(topology)
+    slow_inbox = worker.inboxes[topology.task_layout()["slow"][0]]
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        worker.start()
+        for _ in range(300):
+            await asyncio.sleep(0.002)
+            peak = max(peak, slow_inbox.queued_tuples)
+        await worker.stop()
+
+    asyncio.run(watch())
+    batch = topology.config["topology.producer.batch.size"]
+    assert slow_inbox.blocked_puts > 0  # the spout had to wait
+    assert peak <= 1000 + batch
+    spout = next(s for s in worker.stats() if s.component == "fast")
+    bolt = next(s for s in worker.stats() if s.component == "slow")
+    assert spout.emitted - bolt.executed <= 1000 + 2 * batch  # emitted only as fast as consumed
