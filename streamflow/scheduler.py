@@ -55,17 +55,17 @@ def schedule(
     topology, a rebalance) the tasks are dealt afresh over the surviving and free slots.
     Runs on fewer workers than asked when slots are short; an empty result means none.
     """
-    current = {slot: list(ts) for slot, ts in (current or {}).items()}
-    survivors = {slot: ts for slot, ts in current.items() if slot in alive}
+    now: Assignment = {slot: list(ts) for slot, ts in (current or {}).items()}
+    survivors: Assignment = {slot: ts for slot, ts in now.items() if slot in alive}
     same_shape = (
-        len(current) == workers
-        and sorted(t for ts in current.values() for t in ts) == sorted(tasks)
+        len(now) == workers
+        and sorted(t for ts in now.values() for t in ts) == sorted(tasks)
     )
     if same_shape:
-        orphaned = [t for slot, ts in current.items() if slot not in survivors for t in ts]
+        orphaned = [t for slot, ts in now.items() if slot not in survivors for t in ts]
         if not orphaned:
             return survivors
-        lost = len(current) - len(survivors)
+        lost = len(now) - len(survivors)
         used = Counter(sup for sup, _ in survivors)
         new_slots = pick_slots(free, lost, used)
         if new_slots:

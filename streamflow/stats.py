@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from bisect import bisect_left
 import traceback
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Iterable
 

@@ -115,15 +115,12 @@ class Supervisor:
         """One round of making the worker processes match the assignments."""
         wanted = self.desired()
         now = time.monotonic()
-        for port in list(self.slots):
-            slot = self.slots[port]
-            if wanted.get(port) != (slot.topology, slot.tasks):
-                self._stop_worker(port, slot)
+        for port, old in list(self.slots.items()):
+            if wanted.get(port) != (old.topology, old.tasks):
+                self._stop_worker(port, old)
                 del self.slots[port]
         for port, (topology, tasks) in wanted.items():
-            slot = self.slots.get(port)
-            if slot is None:
-                slot = self.slots[port] = WorkerSlot(topology, tasks)
+            slot = self.slots.setdefault(port, WorkerSlot(topology, tasks))
             if slot.process is not None and slot.process.poll() is not None:
                 self._reap(port, slot, now)
             if slot.process is None and now >= slot.next_start:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import uvloop
 
 from streamflow.errors import StreamflowError
@@ -176,8 +177,6 @@ class WorkerProcess:
         self.state.zk.DataWatch(self.state.path("topologies", s.topology_id), on_topology)
 
     def _assignment_changed(self, data: bytes | None, transport: TcpTransport) -> None:
-        import orjson
-
         assignment = orjson.loads(data) if data else {}
         mine = assignment.get("workers", {}).get(self.slot)
         if mine is None or frozenset(mine["tasks"]) != self.tasks:
@@ -187,8 +186,6 @@ class WorkerProcess:
         transport.update_routes({t: a for t, a in routes_of(assignment).items() if t not in self.tasks})
 
     def _status_changed(self, data: bytes | None, worker: Worker) -> None:
-        import orjson
-
         record = orjson.loads(data) if data else {"status": "killed"}
         active = record.get("status") == "active"
         for spout in worker.spouts:
