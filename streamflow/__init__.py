@@ -22,7 +22,7 @@ from streamflow.tuples import DEFAULT_STREAM, Tuple
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncBasicBolt", "AsyncBolt", "AsyncSpout", "BasicBolt", "Bolt", "ConfigError",
-    "DEFAULT_STREAM", "LoadError", "LocalRun", "Spout", "StreamflowError", "TaskContext",
+    "AsyncBasicBolt", "AsyncBolt", "AsyncSpout", "BasicBolt", "Bolt", "BoltBase", "ConfigError",
+    "DEFAULT_STREAM", "LoadError", "LocalRun", "Spout", "SpoutBase", "StreamflowError", "TaskContext",
     "Topology", "TopologyBuilder", "TopologyError", "Tuple", "run_local", "stable_hash",
 ]

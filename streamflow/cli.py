@@ -92,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
         ("activate", _activate, "let a topology's spouts emit again"),
         ("deactivate", _deactivate, "stop a topology's spouts from emitting"),
         ("rebalance", _rebalance, "move a topology to a new worker count or parallelism"),
+        ("set-config", _set_config, "change config of a running topology (spouts apply it at once, "
+                                    "e.g. -c kafka.quotas='{\"CLIENT\": {\"records_per_sec\": 100}}')"),
     ):
         sub = command(name, handler, help)
         if name != "list":
@@ -101,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "kill":
             sub.add_argument("--wait", type=float, metavar="SECONDS",
                              help="seconds to let tuples in flight finish (default: the message timeout)")
+        if name == "set-config":
+            sub.add_argument("-c", dest="config", action="append", required=True, metavar="KEY=VALUE")
         if name == "rebalance":
             sub.add_argument("--workers", type=_positive_int)
             sub.add_argument("--parallelism", action="append", default=[], metavar="COMPONENT=N")
@@ -263,6 +267,12 @@ def _rebalance(args: argparse.Namespace) -> int:
     answer = _client(args).call("POST", "rebalance", args.name,
                                 {"workers": args.workers, "parallelism": parallelism})
     print(f"rebalancing {args.name} to {answer['workers']} workers")
+    return EXIT_OK
+
+
+def _set_config(args: argparse.Namespace) -> int:
+    _client(args).call("POST", "config", args.name, {"config": parse_overrides(args.config)})
+    print(f"changed the config of {args.name}")
     return EXIT_OK
 
 

@@ -43,13 +43,19 @@ class TaskContext:
 
 
 class Component:
-    """Common base: the declared output streams."""
+    """Common base: the declared output streams, and metrics of the component's own."""
 
     outputs: Outputs = ()
 
+    def metrics(self) -> Mapping[str, float]:
+        """Counters or gauges of this task beyond the engine's (a Kafka spout's consumed
+        bytes, say): they travel in heartbeats and show in ``status``, summed per
+        component. Called about once a second, off the hot path."""
+        return {}
 
-class Spout(Component):
-    """A source of tuples.
+
+class SpoutBase(Component):
+    """What every spout has, sync or async.
 
     ``next_tuple`` is called in a loop while fewer than ``topology.max.spout.pending``
     tuple trees are in flight; it emits zero or more tuples. A tuple emitted with a
@@ -57,18 +63,13 @@ class Spout(Component):
     ``fail(msg_id)`` when a bolt failed it or it timed out, and the spout decides whether
     to emit it again. A finite spout returns True from ``exhausted`` once it has nothing
     left to emit or replay; local mode ends when every spout is exhausted and idle.
+    Subclass :class:`Spout` or :class:`AsyncSpout`.
     """
 
     emit: Callable[..., None]
     """``emit(values, stream="default", msg_id=None)``: bound by the runtime."""
     emit_direct: Callable[..., None]
     """``emit_direct(task, values, stream="default", msg_id=None)``: bound by the runtime."""
-
-    def open(self, config: Mapping[str, Any], context: TaskContext) -> None:
-        """Acquire resources (files, connections) for this task."""
-
-    def next_tuple(self) -> None:
-        """Emit the next tuple(s), or nothing if none is ready."""
 
     def ack(self, msg_id: Any) -> None:
         """The tuple tree of ``msg_id`` was fully processed."""
@@ -86,29 +87,42 @@ class Spout(Component):
     def deactivate(self) -> None:
         """The topology was deactivated: ``next_tuple`` is not called until activation."""
 
+    def reconfigure(self, config: Mapping[str, Any]) -> None:
+        """The running topology's config changed (``streamflow set-config``): apply what
+        can change without a restart, such as quotas."""
+
+
+class Spout(SpoutBase):
+    """A source of tuples whose methods return at once."""
+
+    def open(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        """Acquire resources (files, connections) for this task."""
+
+    def next_tuple(self) -> None:
+        """Emit the next tuple(s), or nothing if none is ready."""
+
     def close(self) -> None:
         """Release resources; called once when the task stops."""
 
 
-class AsyncSpout(Spout):
-    """A spout whose ``open``, ``next_tuple`` and ``close`` are coroutines (for I/O).
-
+class AsyncSpout(SpoutBase):
+    """A spout whose ``open``, ``next_tuple`` and ``close`` are coroutines (for I/O):
     ``next_tuple`` may await data (a Kafka fetch, say); other tasks of the worker run
-    meanwhile.
-    """
+    meanwhile."""
 
-    async def open(self, config: Mapping[str, Any], context: TaskContext) -> None:  # type: ignore[override]
+    async def open(self, config: Mapping[str, Any], context: TaskContext) -> None:
         """Acquire resources for this task."""
 
-    async def next_tuple(self) -> None:  # type: ignore[override]
+    async def next_tuple(self) -> None:
         """Emit the next tuple(s), awaiting them if need be."""
 
-    async def close(self) -> None:  # type: ignore[override]
+    async def close(self) -> None:
         """Release resources."""
 
 
-class Bolt(Component):
-    """A processing step: receives tuples, emits new ones, acks or fails each input.
+class BoltBase(Component):
+    """What every bolt has, sync or async: receives tuples, emits new ones, acks or fails
+    each input.
 
     Emit with ``anchors=[input]`` to tie the new tuple into the input's tree, then
     ``ack(input)`` (or ``fail(input)``) exactly once. An exception raised by ``process``
@@ -117,6 +131,7 @@ class Bolt(Component):
 
     ``end_batch`` runs after each batch of input tuples, before the batch's emits and
     acks leave the task: a sink can write a whole batch at once and ack after the write.
+    Subclass :class:`Bolt`, :class:`BasicBolt`, :class:`AsyncBolt` or :class:`AsyncBasicBolt`.
     """
 
     emit: Callable[..., None]
@@ -127,6 +142,10 @@ class Bolt(Component):
     """``ack(tup)``: bound by the runtime."""
     fail: Callable[[Tuple], None]
     """``fail(tup)``: bound by the runtime."""
+
+
+class Bolt(BoltBase):
+    """A bolt whose methods return at once."""
 
     def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
         """Acquire resources for this task."""
@@ -146,20 +165,20 @@ class BasicBolt(Bolt):
     acked when ``process`` returns and failed when it raises."""
 
 
-class AsyncBolt(Bolt):
+class AsyncBolt(BoltBase):
     """A bolt whose methods are coroutines: ``process`` may await I/O. Tuples of one task
     are still processed one after another, in order."""
 
-    async def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:  # type: ignore[override]
+    async def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
         """Acquire resources for this task."""
 
-    async def process(self, tup: Tuple) -> None:  # type: ignore[override]
+    async def process(self, tup: Tuple) -> None:
         """Handle one input tuple."""
 
-    async def end_batch(self) -> None:  # type: ignore[override]
+    async def end_batch(self) -> None:
         """Called after each batch of input tuples."""
 
-    async def cleanup(self) -> None:  # type: ignore[override]
+    async def cleanup(self) -> None:
         """Release resources."""
 
 

@@ -19,6 +19,7 @@ from streamflow.collector import BoltOutputCollector, SpoutOutputCollector
 from streamflow.components import (
     AsyncBasicBolt,
     AsyncBolt,
+    AsyncSpout,
     BasicBolt,
     Bolt,
     Spout,
@@ -82,6 +83,7 @@ class ComponentExecutor(Executor):
                 f"component {component!r}: cannot copy its instance for task {task} "
                 f"({type(exc).__name__}: {exc}); open resources in open()/prepare(), not __init__"
             ) from None
+        self._component_config = spec.config
         self.config: Mapping[str, Any] = {**topology.config, **spec.config}
         self.context = TaskContext(topology.name, component, task, topology.task_layout())
         self._collector_args = (topology, component, task, transport, local_tasks, self.stats)
@@ -120,7 +122,7 @@ class SpoutExecutor(ComponentExecutor):
         super().__init__(*args, **kwargs)
         self.pending = PendingTrees()
         self.collector = SpoutOutputCollector(*self._collector_args, pending=self.pending)
-        self.spout: Spout = self.instance
+        self.spout: Spout | AsyncSpout = self.instance
         self.spout.emit = self.collector.emit
         self.spout.emit_direct = self.collector.emit_direct
         self.active = True
@@ -139,6 +141,11 @@ class SpoutExecutor(ComponentExecutor):
     def deactivate(self) -> None:
         self.active = False
         self.spout.deactivate()
+
+    def reconfigure(self, topology_config: Mapping[str, Any]) -> None:
+        """Lay a changed topology config under this component's own and tell the spout."""
+        self.config = {**self.config, **topology_config, **self._component_config}
+        self._callback(self.spout.reconfigure, self.config)
 
     async def run(self) -> None:
         await self._start("open")
@@ -258,7 +265,7 @@ class BoltExecutor(ComponentExecutor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.collector = BoltOutputCollector(*self._collector_args)
-        bolt: Bolt = self.instance
+        bolt: Bolt | AsyncBolt = self.instance
         self.bolt = bolt
         basic = isinstance(bolt, (BasicBolt, AsyncBasicBolt))
         bolt.emit = self.collector.emit_anchored if basic else self.collector.emit
@@ -318,7 +325,7 @@ class BoltExecutor(ComponentExecutor):
         loop.call_later(every, tick)
 
     def _process_plain(self, tuples: list[Tuple]) -> None:
-        process, fail, record = self.bolt.process, self.collector.fail, self.stats.record_error
+        process, fail, record = cast(Bolt, self.bolt).process, self.collector.fail, self.stats.record_error
         for tup in tuples:
             try:
                 process(tup)
@@ -328,7 +335,7 @@ class BoltExecutor(ComponentExecutor):
 
     def _process_basic(self, tuples: list[Tuple]) -> None:
         collector = self.collector
-        process, ack, fail = self.bolt.process, collector.ack, collector.fail
+        process, ack, fail = cast(Bolt, self.bolt).process, collector.ack, collector.fail
         for tup in tuples:
             collector.current = tup
             try:

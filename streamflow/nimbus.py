@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from kazoo.protocol.states import KazooState
 
+from streamflow.config import validate_config
 from streamflow.errors import StreamflowError
 from streamflow.package import unpack
 from streamflow.scheduler import Slot, schedule
@@ -82,6 +83,7 @@ class Nimbus:
             ("POST", "activate"): self.activate,
             ("POST", "deactivate"): self.deactivate,
             ("POST", "rebalance"): self.rebalance,
+            ("POST", "config"): self.set_config,
             ("GET", "cluster"): self.cluster,
         }
 
@@ -261,6 +263,8 @@ class Nimbus:
                     c = components[s["component"]]
                     for counter in ("emitted", "executed", "acked", "failed"):
                         c[counter] += s[counter]
+                    for metric, value in (s.get("metrics") or {}).items():
+                        c.setdefault("metrics", {})[metric] = c.get("metrics", {}).get(metric, 0) + value
                     if s.get("complete_latency"):
                         c.setdefault("complete_latency", Histogram()).merge(Histogram(s["complete_latency"]))
             workers.append({
@@ -335,6 +339,21 @@ class Nimbus:
         self.state.write_topology(topology_id, record)
         self.schedule_all()
         return {"id": topology_id, "workers": record["workers"], "parallelism": record["parallelism"]}
+
+    def set_config(self, body: dict[str, Any], name: str) -> Any:
+        """Change config keys of a running topology; spouts apply what they can at once
+        (``Spout.reconfigure``), such as Kafka client quotas."""
+        topology_id, record = self._find(name)
+        changes = body.get("config")
+        if not isinstance(changes, dict) or not changes:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "config must be a non-empty object")
+        try:
+            validate_config({**record["config"], **changes})
+        except StreamflowError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        record["config"].update(changes)
+        self.state.write_topology(topology_id, record)
+        return {"id": topology_id, "config": record["config"]}
 
     def cluster(self, body: dict[str, Any], _: str) -> Any:
         supervisors = self.state.supervisors()

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import orjson
 
-from streamflow.components import Bolt, Component, Spout
+from streamflow.components import BoltBase, Component, SpoutBase
 from streamflow.config import validate_config
 from streamflow.errors import ConfigError, TopologyError
 from streamflow.tuples import DEFAULT_STREAM
@@ -219,13 +219,13 @@ class TopologyBuilder:
         ] = []
 
     def set_spout(
-        self, name: str, spout: Spout, parallelism: int = 1, config: Mapping[str, Any] | None = None
+        self, name: str, spout: SpoutBase, parallelism: int = 1, config: Mapping[str, Any] | None = None
     ) -> None:
         """Declare a spout run by ``parallelism`` tasks, with optional per-component config."""
         self._declared.append((name, "spout", spout, parallelism, [], config))
 
     def set_bolt(
-        self, name: str, bolt: Bolt, parallelism: int = 1, config: Mapping[str, Any] | None = None
+        self, name: str, bolt: BoltBase, parallelism: int = 1, config: Mapping[str, Any] | None = None
     ) -> BoltDeclarer:
         """Declare a bolt; subscribe it to its inputs on the returned declarer."""
         inputs: list[Subscription] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from streamflow.components import Bolt, Spout
+from streamflow.components import BoltBase, SpoutBase
 from streamflow.config import validate_config
 from streamflow.errors import ConfigError, TopologyError
 from streamflow.groupings import GROUPINGS, KEYED_GROUPINGS
@@ -42,10 +42,9 @@ def _check_component(spec: ComponentSpec, prefix: str) -> dict[str, tuple[str, .
     if not _valid_name(spec.name) or spec.name.startswith("__"):
         raise TopologyError(f"{prefix}component name {spec.name!r} is invalid "
                             "(a non-empty printable string not starting with '__')")
-    expected = Spout if spec.is_spout else Bolt
+    expected, kind = (SpoutBase, "Spout") if spec.is_spout else (BoltBase, "Bolt")
     if not isinstance(spec.component, expected):
-        raise TopologyError(f"{where}expected a {expected.__name__} instance, "
-                            f"got {type(spec.component).__name__}")
+        raise TopologyError(f"{where}expected a {kind} instance, got {type(spec.component).__name__}")
     p = spec.parallelism
     if not isinstance(p, int) or isinstance(p, bool) or p < 1:
         raise TopologyError(f"{where}parallelism must be an integer >= 1, got {p!r}")

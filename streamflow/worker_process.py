@@ -28,7 +28,7 @@ import orjson
 import uvloop
 
 from streamflow.errors import StreamflowError
-from streamflow.executor import SpoutExecutor, TaskFailed
+from streamflow.executor import ComponentExecutor, SpoutExecutor, TaskFailed
 from streamflow.loader import load_topology
 from streamflow.topology import Topology
 from streamflow.transport.tcp import Address, Codec, TcpTransport
@@ -73,6 +73,17 @@ def routes_of(assignment: dict[str, Any]) -> dict[int, Address]:
     }
 
 
+def _metrics(executor: Any) -> dict[str, float]:
+    """The component's own metrics (empty for ackers, or when ``metrics()`` raises)."""
+    if not isinstance(executor, ComponentExecutor) or not executor.started:
+        return {}
+    try:
+        return dict(executor.instance.metrics())
+    except Exception as exc:
+        executor.stats.record_error(exc, "metrics")
+        return {}
+
+
 def dump_tasks() -> None:
     """Log the stack of every asyncio task (``kill -USR1 <worker pid>``): where each
     executor and link waits, for a worker that looks stuck."""
@@ -102,6 +113,7 @@ class WorkerProcess:
         self._stop = asyncio.Event()
         self._exit_code = 0
         self._reported_errors: dict[int, int] = {}
+        self._config: dict[str, Any] | None = None
 
     async def run(self) -> int:
         s = self.settings
@@ -116,6 +128,7 @@ class WorkerProcess:
         except StreamflowError as exc:
             self._report("__worker", f"cannot load the topology: {exc}")
             return EXIT_BAD_CODE
+        self._config = record["config"]
         tasks = frozenset(assignment["workers"][self.slot]["tasks"])
         self.tasks = tasks
         secret = bytes.fromhex(record["secret"])
@@ -186,11 +199,16 @@ class WorkerProcess:
         transport.update_routes({t: a for t, a in routes_of(assignment).items() if t not in self.tasks})
 
     def _status_changed(self, data: bytes | None, worker: Worker) -> None:
-        record = orjson.loads(data) if data else {"status": "killed"}
+        """Activate or deactivate the spouts, and hand them a changed config."""
+        record: dict[str, Any] = orjson.loads(data) if data else {"status": "killed"}
         active = record.get("status") == "active"
+        config: dict[str, Any] | None = record.get("config")
         for spout in worker.spouts:
             if spout.active != active:
                 (spout.activate if active else spout.deactivate)()
+            if config is not None and config != self._config:
+                spout.reconfigure(config)
+        self._config = config
 
     async def _heartbeats(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
@@ -210,6 +228,7 @@ class WorkerProcess:
                 "active": executor.active if isinstance(executor, SpoutExecutor) else None,
                 "complete_latency": st.complete_latency.counts if isinstance(executor, SpoutExecutor)
                 else None,
+                "metrics": _metrics(executor),
             })
             if st.last_error is not None and st.errors != self._reported_errors.get(st.task, 0):
                 self._reported_errors[st.task] = st.errors

@@ -1,0 +1,65 @@
+"""When to retry a failed record: exponential backoff with a retry limit, no I/O."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Generic, Hashable, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before retry ``n`` (1-based): ``initial * multiplier**(n-1)``, at most ``maximum``."""
+
+    initial: float = 0.5
+    multiplier: float = 2.0
+    maximum: float = 30.0
+    max_retries: int | None = 5
+    """Retries before the record is dead-lettered; None retries forever."""
+
+    def delay(self, retry: int) -> float:
+        return float(min(self.initial * self.multiplier ** (retry - 1), self.maximum))
+
+    def exhausted(self, failures: int) -> bool:
+        """True once a record has failed ``failures`` times and may not be retried again."""
+        return self.max_retries is not None and failures > self.max_retries
+
+
+@dataclass
+class RetrySchedule(Generic[K]):
+    """Failed keys waiting for their retry time, and how often each has failed."""
+
+    backoff: Backoff
+    failures: dict[K, int] = field(default_factory=dict)
+    _due: list[tuple[float, int, K]] = field(default_factory=list)
+    _seq: int = 0
+
+    def failed(self, key: K, now: float) -> bool:
+        """Record a failure. True if the key is scheduled for a retry, False if it has no
+        retries left (the caller dead-letters it)."""
+        n = self.failures.get(key, 0) + 1
+        self.failures[key] = n
+        if self.backoff.exhausted(n):
+            return False
+        self._seq += 1
+        heapq.heappush(self._due, (now + self.backoff.delay(n), self._seq, key))
+        return True
+
+    def due(self, now: float) -> list[K]:
+        """Remove and return the keys whose retry time has come."""
+        ready = []
+        while self._due and self._due[0][0] <= now:
+            ready.append(heapq.heappop(self._due)[2])
+        return ready
+
+    def forget(self, key: K) -> None:
+        """The key succeeded or was dead-lettered."""
+        self.failures.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def next_due(self) -> float | None:
+        return self._due[0][0] if self._due else None
