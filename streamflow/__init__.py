@@ -10,7 +10,9 @@ from streamflow.components import (
     AsyncSpout,
     BasicBolt,
     Bolt,
+    BoltBase,
     Spout,
+    SpoutBase,
     TaskContext,
 )
 from streamflow.errors import ConfigError, LoadError, StreamflowError, TopologyError

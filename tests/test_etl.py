@@ -147,4 +147,5 @@ def test_etl_on_the_sample(tmp_path: Path) -> None:
 def test_etl_without_an_output_path() -> None:
     result = streamflow("local", str(ETL))
     assert result.returncode == 2
-    assert result.stderr.strip() == "streamflow: error: etl: -c output.path=FILE is required"
+    assert result.stderr.strip() == (
+        "streamflow: error: etl: -c output.path=FILE (or -c kafka.bootstrap=HOST:PORT) is required")

@@ -28,8 +28,18 @@ from typing import Any, Mapping
 
 import orjson
 from streamflow_connectors.files import JsonLinesSink, LineSpout
+from streamflow_connectors.kafka import KafkaBolt, KafkaSpout
 
-from streamflow import BasicBolt, Bolt, ConfigError, Spout, TaskContext, Topology, TopologyBuilder, Tuple
+from streamflow import (
+    BasicBolt,
+    BoltBase,
+    ConfigError,
+    SpoutBase,
+    TaskContext,
+    Topology,
+    TopologyBuilder,
+    Tuple,
+)
 
 SAMPLE = Path(__file__).with_name("events-sample.jsonl")
 INVALID = "invalid"
@@ -124,20 +134,40 @@ class CountInvalid(BasicBolt):
         print(f"invalid lines: {self.count}", file=sys.stdout, flush=True)
 
 
+def _line_of(record: Any) -> tuple[str]:
+    """A Kafka record's value as the line the pipeline parses; a value that is not UTF-8
+    raises, so the spout sends the record to the dead-letter topic."""
+    return (record.value.decode("utf-8"),)
+
+
 def build(config: Mapping[str, Any]) -> Topology:
     def parallelism(name: str, default: int) -> int:
         return config.get(f"{name}.parallelism", default)  # type: ignore[no-any-return]
 
     # Where events come from and where they go: the one place that chooses.
-    if not config.get("output.path"):
-        raise ConfigError("etl: -c output.path=FILE is required")
-    source: Spout = LineSpout(str(config.get("input.path") or SAMPLE), field="line")
-    sink: Bolt = JsonLinesSink(str(config["output.path"]), fields=OUTPUT_FIELDS)
-    if config.get("deadletter.path"):
-        deadletter: Bolt = JsonLinesSink(str(config["deadletter.path"]), fields=["line", "error"])
+    source: SpoutBase
+    sink: BoltBase
+    deadletter: BoltBase
+    bootstrap = config.get("kafka.bootstrap")
+    if bootstrap:
+        dlq_topic = str(config.get("deadletter.topic", "events-dlq"))
+        source = KafkaSpout(str(bootstrap), [str(config.get("input.topic", "events"))],
+                            value_format="bytes", record_to_values=_line_of, fields=["line"],
+                            dead_letter_topic=dlq_topic)
+        sink = KafkaBolt(str(bootstrap), str(config.get("output.topic", "events-clean")),
+                         key_field="user", fields=OUTPUT_FIELDS)
+        deadletter = KafkaBolt(str(bootstrap), dlq_topic, fields=["line", "error"])
         deadletter_name, deadletter_tasks = "deadletter", parallelism("deadletter", 1)
     else:
-        deadletter, deadletter_name, deadletter_tasks = CountInvalid(), "invalid", 1
+        if not config.get("output.path"):
+            raise ConfigError("etl: -c output.path=FILE (or -c kafka.bootstrap=HOST:PORT) is required")
+        source = LineSpout(str(config.get("input.path") or SAMPLE), field="line")
+        sink = JsonLinesSink(str(config["output.path"]), fields=OUTPUT_FIELDS)
+        if config.get("deadletter.path"):
+            deadletter = JsonLinesSink(str(config["deadletter.path"]), fields=["line", "error"])
+            deadletter_name, deadletter_tasks = "deadletter", parallelism("deadletter", 1)
+        else:
+            deadletter, deadletter_name, deadletter_tasks = CountInvalid(), "invalid", 1
 
     builder = TopologyBuilder("etl")
     builder.set_spout("events", source, parallelism("spout", 1))

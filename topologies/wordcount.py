@@ -6,6 +6,11 @@
         reads IN, one sentence per line, and appends to OUT one JSON line
         {"word": ..., "count": ...} per counted word, with running counts: the highest
         count written for a word is its final count.
+    streamflow local topologies/wordcount.py -c kafka.bootstrap=HOST:PORT [-c kafka.stop_at_end=true]
+        reads the topic ``sentences`` (JSON values {"id": ..., "text": ...}) and writes
+        running counts to ``word-counts`` (JSON {"word": ..., "count": ...}, keyed by
+        word); ``-c input.topic=``, ``-c output.topic=``, ``-c deadletter.topic=`` change
+        the topics.
 
 Other options: ``-c spout.parallelism=N``, ``-c split.parallelism=N``,
 ``-c count.parallelism=N``, ``-c sink.parallelism=N``.
@@ -18,9 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import orjson
 from streamflow_connectors.files import JsonLinesSink, LineSpout
+from streamflow_connectors.kafka import KafkaBolt, KafkaSpout
 
-from streamflow import BasicBolt, TaskContext, Topology, TopologyBuilder, Tuple
+from streamflow import BasicBolt, BoltBase, SpoutBase, TaskContext, Topology, TopologyBuilder, Tuple
 
 SAMPLE = Path(__file__).with_name("sample.txt")
 WORD = re.compile(r"[\w']+")
@@ -71,18 +78,36 @@ class TopWords(BasicBolt):
             print(f"{count:8d}  {word}", file=sys.stdout, flush=True)
 
 
+def _sentence_of(record: Any) -> tuple[str]:
+    """The text of a Kafka record ``{"id": ..., "text": ...}``; anything else raises, so
+    the spout dead-letters the record."""
+    return (orjson.loads(record.value)["text"],)
+
+
 def build(config: Mapping[str, Any]) -> Topology:
     def parallelism(name: str, default: int) -> int:
         return config.get(f"{name}.parallelism", default)  # type: ignore[no-any-return]
 
+    # Where sentences come from and where counts go: the one place that chooses.
+    source: SpoutBase
+    sink: BoltBase | None = None
+    bootstrap = config.get("kafka.bootstrap")
+    if bootstrap:
+        source = KafkaSpout(str(bootstrap), [str(config.get("input.topic", "sentences"))],
+                            record_to_values=_sentence_of, fields=["sentence"],
+                            dead_letter_topic=config.get("deadletter.topic"))
+        sink = KafkaBolt(str(bootstrap), str(config.get("output.topic", "word-counts")),
+                         key_field="word", fields=["word", "count"])
+    else:
+        source = LineSpout(str(config.get("input.path") or SAMPLE), field="sentence")
+        if config.get("output.path"):
+            sink = JsonLinesSink(str(config["output.path"]), fields=["word", "count"])
+
     builder = TopologyBuilder("wordcount")
-    source = str(config.get("input.path") or SAMPLE)
-    builder.set_spout("sentences", LineSpout(source, field="sentence"), parallelism("spout", 1))
+    builder.set_spout("sentences", source, parallelism("spout", 1))
     builder.set_bolt("split", SplitSentence(), parallelism("split", 2)).shuffle_grouping("sentences")
     builder.set_bolt("count", CountWords(), parallelism("count", 2)).fields_grouping("split", ["word"])
-    output = config.get("output.path")
-    if output:
-        sink = JsonLinesSink(str(output), fields=["word", "count"])
+    if sink is not None:
         builder.set_bolt("sink", sink, parallelism("sink", 2)).shuffle_grouping("count")
     else:
         builder.set_bolt("top", TopWords(10)).global_grouping("count")
