@@ -152,8 +152,8 @@ def build(config: Mapping[str, Any]) -> Topology:
     if bootstrap:
         dlq_topic = str(config.get("deadletter.topic", "events-dlq"))
         source = KafkaSpout(str(bootstrap), [str(config.get("input.topic", "events"))],
-                            value_format="bytes", record_to_values=_line_of, fields=["line"],
-                            dead_letter_topic=dlq_topic)
+                            group_id=config.get("kafka.group_id"), value_format="bytes",
+                            record_to_values=_line_of, fields=["line"], dead_letter_topic=dlq_topic)
         sink = KafkaBolt(str(bootstrap), str(config.get("output.topic", "events-clean")),
                          key_field="user", fields=OUTPUT_FIELDS)
         deadletter = KafkaBolt(str(bootstrap), dlq_topic, fields=["line", "error"])

@@ -10,7 +10,7 @@
         reads the topic ``sentences`` (JSON values {"id": ..., "text": ...}) and writes
         running counts to ``word-counts`` (JSON {"word": ..., "count": ...}, keyed by
         word); ``-c input.topic=``, ``-c output.topic=``, ``-c deadletter.topic=`` change
-        the topics.
+        the topics, ``-c kafka.group_id=`` the group offsets are committed under.
 
 Other options: ``-c spout.parallelism=N``, ``-c split.parallelism=N``,
 ``-c count.parallelism=N``, ``-c sink.parallelism=N``.
@@ -94,6 +94,7 @@ def build(config: Mapping[str, Any]) -> Topology:
     bootstrap = config.get("kafka.bootstrap")
     if bootstrap:
         source = KafkaSpout(str(bootstrap), [str(config.get("input.topic", "sentences"))],
+                            group_id=config.get("kafka.group_id"),
                             record_to_values=_sentence_of, fields=["sentence"],
                             dead_letter_topic=config.get("deadletter.topic"))
         sink = KafkaBolt(str(bootstrap), str(config.get("output.topic", "word-counts")),
