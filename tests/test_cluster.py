@@ -360,3 +360,22 @@ def test_tasks_of_a_hung_worker_move_after_the_heartbeat_timeout(cluster: Cluste
             os.kill(hung["pid"], signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_sigterm_on_a_supervisor_stops_its_workers_and_deregisters_at_once(
+        own_cluster: Cluster, tmp_path: Path) -> None:
+    c = own_cluster
+    out, dlq, valid, malformed = submit_etl(c, tmp_path, "etl-sigterm", workers=2)
+    wait_for(lambda: len(ids_in(out)) > len(valid) // 10, 120, "a tenth of the events in OUT")
+    victim = next(iter(c.supervisors))
+    ports = {w["port"] for w in c.status("etl-sigterm")["workers"] if w["slot"].startswith(victim + ":")}
+    assert ports
+    c.supervisors[victim].send_signal(signal.SIGTERM)
+    c.supervisors[victim].wait(30)
+    assert not ports & set(c.worker_pids())  # its workers are gone with it
+    # Deregistered at once: nimbus moves the tasks before the 3 s session timeout could end.
+    wait_for(lambda: victim not in {s["id"] for s in c.api("cluster")["supervisors"]}, 2.5,
+             "the supervisor's znode gone")
+    wait_for(lambda: all(not w["slot"].startswith(victim + ":") for w in c.status("etl-sigterm")["workers"]),
+             30, "its tasks moved")
+    assert_etl_complete(out, dlq, valid, malformed, 180)
