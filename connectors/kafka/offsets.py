@@ -15,8 +15,9 @@ class PartitionOffsets:
     """The in-flight records of one partition, keyed by offset.
 
     ``in_flight`` holds each emitted record that is not done yet (it is needed again to
-    retry or dead-letter it), so its size is the partition's uncommitted count, which
-    the spout bounds by pausing the partition.
+    retry or dead-letter it). Records done past one still in flight cannot be committed
+    either: :meth:`uncommitted` counts every offset from the commit point on, what a
+    restart would read again, and the spout bounds it by pausing the partition.
     """
 
     __slots__ = ("committed", "fetched_to", "in_flight")
@@ -48,6 +49,10 @@ class PartitionOffsets:
     def commit_point(self) -> int:
         """The offset to commit: everything below it is done."""
         return min(self.in_flight) if self.in_flight else self.fetched_to
+
+    def uncommitted(self) -> int:
+        """How many offsets were fetched past the commit point (done or not)."""
+        return self.fetched_to - self.commit_point()
 
     def to_commit(self) -> int | None:
         """The new commit point if it moved past the last commit, else None."""

@@ -9,19 +9,21 @@ and drops nothing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
 @dataclass
 class Quota:
-    """Token buckets for bytes/s and records/s (None: unlimited), one second of burst."""
+    """Token buckets for bytes/s and records/s (None: unlimited), one second of burst
+    (and room for at least one record, so that a rate below 1 record/s still flows)."""
 
     bytes_rate: float | None = None
     records_rate: float | None = None
 
     def __post_init__(self) -> None:
         self._bytes = self.bytes_rate or 0.0
-        self._records = self.records_rate or 0.0
+        self._records = _records_burst(self.records_rate) if self.records_rate is not None else 0.0
         self._last: float | None = None
         self.throttled_seconds = 0.0
         self.consumed_bytes = 0
@@ -33,7 +35,7 @@ class Quota:
         if bytes_rate is not None:
             self._bytes = min(self._bytes, bytes_rate)
         if records_rate is not None:
-            self._records = min(self._records, records_rate)
+            self._records = min(self._records, _records_burst(records_rate))
 
     def _refill(self, now: float) -> None:
         if self._last is not None:
@@ -41,7 +43,8 @@ class Quota:
             if self.bytes_rate is not None:
                 self._bytes = min(self._bytes + elapsed * self.bytes_rate, self.bytes_rate)
             if self.records_rate is not None:
-                self._records = min(self._records + elapsed * self.records_rate, self.records_rate)
+                self._records = min(self._records + elapsed * self.records_rate,
+                                    _records_burst(self.records_rate))
         self._last = now
 
     def allowance(self, now: float) -> int | None:
@@ -61,11 +64,22 @@ class Quota:
             self._bytes -= size
 
     def throttle_delay(self, now: float) -> float:
-        """Seconds to wait before fetching again: 0 when within quota."""
+        """Seconds to wait before fetching again: 0 when within quota (infinite under a
+        rate of 0, which stops consumption until the rate changes)."""
         self._refill(now)
         delay = 0.0
         if self.records_rate is not None and self._records < 1:
-            delay = max(delay, (1 - self._records) / self.records_rate)
-        if self.bytes_rate is not None and self._bytes < 0:
-            delay = max(delay, -self._bytes / self.bytes_rate)
+            delay = max(delay, _wait(1 - self._records, self.records_rate))
+        if self.bytes_rate is not None and (self._bytes < 0 or self.bytes_rate <= 0):
+            delay = max(delay, _wait(-self._bytes, self.bytes_rate))
         return delay
+
+
+def _records_burst(rate: float) -> float:
+    """The records bucket's size: one second's worth, and at least one record."""
+    return max(rate, 1.0) if rate > 0 else 0.0
+
+
+def _wait(missing: float, rate: float) -> float:
+    """Seconds until a bucket filling at ``rate`` per second gains ``missing`` tokens."""
+    return missing / rate if rate > 0 else math.inf

@@ -20,7 +20,10 @@ class Backoff:
     """Retries before the record is dead-lettered; None retries forever."""
 
     def delay(self, retry: int) -> float:
-        return float(min(self.initial * self.multiplier ** (retry - 1), self.maximum))
+        try:
+            return float(min(self.initial * self.multiplier ** (retry - 1), self.maximum))
+        except OverflowError:  # a float power past 1e308, after a thousand retries or so
+            return float(self.maximum)
 
     def exhausted(self, failures: int) -> bool:
         """True once a record has failed ``failures`` times and may not be retried again."""
@@ -47,10 +50,10 @@ class RetrySchedule(Generic[K]):
         heapq.heappush(self._due, (now + self.backoff.delay(n), self._seq, key))
         return True
 
-    def due(self, now: float) -> list[K]:
-        """Remove and return the keys whose retry time has come."""
-        ready = []
-        while self._due and self._due[0][0] <= now:
+    def due(self, now: float, limit: int | None = None) -> list[K]:
+        """Remove and return the keys whose retry time has come (at most ``limit``)."""
+        ready: list[K] = []
+        while self._due and self._due[0][0] <= now and (limit is None or len(ready) < limit):
             ready.append(heapq.heappop(self._due)[2])
         return ready
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from typing import Any, Mapping, Sequence
 
 from aiokafka import AIOKafkaProducer
-
-from streamflow import AsyncBolt, TaskContext, Tuple
 from streamflow_connectors.kafka.records import encoder
 
+from streamflow import AsyncBolt, TaskContext, Tuple
+
 log = logging.getLogger(__name__)
+
+CONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class KafkaBolt(AsyncBolt):
@@ -22,7 +26,8 @@ class KafkaBolt(AsyncBolt):
     by default, the whole tuple as a dict, encoded as ``value_format`` (json, str,
     bytes). Sends of a batch share the producer's batching; the bolt awaits them at the
     end of the batch, acks each tuple whose write the broker acknowledged, and fails the
-    others, which their spout replays.
+    others, which their spout replays. An unreachable broker does not stop the task: its
+    tuples fail (the error shows in ``status``) and the bolt connects again, with backoff.
     """
 
     def __init__(
@@ -51,15 +56,44 @@ class KafkaBolt(AsyncBolt):
 
     async def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
         self._encode = encoder(self.value_format)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=self.linger_ms,
-            client_id=self.client_id or f"{context.topology}-{context.component}",
-        )
-        await self._producer.start()
+        self._client_id = self.client_id or f"{context.topology}-{context.component}"
+        self._producer: AIOKafkaProducer | None = None
+        self._connect_attempts = 0
+        self._next_connect = 0.0
         self._sent: list[tuple[Tuple, asyncio.Future[Any]]] = []
         self.produced = 0
+        try:
+            await self._connect()
+        except ConnectionError as exc:  # not fatal: the first tuples fail, and it tries again
+            log.warning("%s: %s", self._client_id, exc)
+
+    async def _connect(self) -> None:
+        """Start the producer; on failure raise ConnectionError and try again only after a
+        backoff (the tuples that come meanwhile fail at once)."""
+        now = time.monotonic()
+        if now < self._next_connect:
+            raise ConnectionError(f"Kafka at {self.bootstrap_servers} is unreachable; "
+                                  f"connecting again in {self._next_connect - now:.1f} s")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=self.linger_ms,
+            client_id=self._client_id,
+        )
+        try:
+            await producer.start()
+        except Exception as exc:
+            await asyncio.sleep(0)
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            delay = CONNECT_BACKOFF[min(self._connect_attempts, len(CONNECT_BACKOFF) - 1)]
+            self._connect_attempts += 1
+            self._next_connect = now + delay
+            raise ConnectionError(f"Kafka at {self.bootstrap_servers}: {exc}; retrying in {delay:g} s") from exc
+        self._producer, self._connect_attempts = producer, 0
 
     async def process(self, tup: Tuple) -> None:
+        if self._producer is None:
+            await self._connect()
+            assert self._producer is not None
         topic = self.topic if self.topic is not None else tup[self.topic_field]  # type: ignore[index]
         key = tup[self.key_field] if self.key_field else None
         if isinstance(key, str):
@@ -94,4 +128,5 @@ class KafkaBolt(AsyncBolt):
         return {"kafka.produced_records": self.produced}
 
     async def cleanup(self) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()

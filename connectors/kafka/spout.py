@@ -18,6 +18,7 @@ until it recovers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 MsgId = tuple[str, int, int]  # topic, partition, offset
 CONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 DEFAULT_BACKOFF = Backoff()
+COMMIT_TIMEOUT = 5.0
+"""Seconds a commit may take: aiokafka retries a commit for as long as the broker is away,
+and the spout must not hang in it (nor in ``close``) without a word."""
 
 
 class KafkaSpout(AsyncSpout):
@@ -56,7 +60,8 @@ class KafkaSpout(AsyncSpout):
     ``fields``. Topology config can override: ``kafka.stop_at_end`` (stop at the end
     offsets seen at start, so local mode finishes) and ``kafka.quotas``
     (``{client_id: {"bytes_per_sec": B, "records_per_sec": R}}``, also changeable on a
-    running topology).
+    running topology). A quota, given here or in ``kafka.quotas``, is the client id's: each
+    of the component's ``n`` tasks takes ``1/n`` of it.
     """
 
     def __init__(
@@ -107,12 +112,12 @@ class KafkaSpout(AsyncSpout):
         self.client_id = self.client_id or self._name
         self._index, self._tasks = context.task_index, context.parallelism
         self.stop_at_end = bool(config.get("kafka.stop_at_end", self.stop_at_end))
-        self.quota = Quota(*self.quota_rates)
-        self.reconfigure(config)
+        self.quota = Quota(*self._rates(config))
         self._decode = decoder(self.value_format)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[TopicPartition, PartitionOffsets] = {}
+        self._assigned: list[TopicPartition] = []
         self._end_offsets: dict[TopicPartition, int] = {}
         self._buffer: deque[ConsumerRecord] = deque()
         self._retries: RetrySchedule[MsgId] = RetrySchedule(self.backoff)
@@ -122,22 +127,42 @@ class KafkaSpout(AsyncSpout):
         self._next_commit = self._next_refresh = 0.0
         self.dead_lettered = self.dropped = 0
         self._throttled_since: float | None = None
+        self._rotation = 0
 
     def reconfigure(self, config: Mapping[str, Any]) -> None:
         """Apply ``kafka.quotas`` for this spout's client id (at open and on a change)."""
-        quota = (config.get("kafka.quotas") or {}).get(self.client_id)
-        if quota is not None:
-            self.quota.set_rates(quota.get("bytes_per_sec"), quota.get("records_per_sec"))
+        if getattr(self, "quota", None) is None:
+            return  # not open yet: open() reads the changed config
+        self.quota.set_rates(*self._rates(config))
+
+    def _rates(self, config: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """This task's (bytes/s, records/s): the client id's entry in ``kafka.quotas``, else
+        the constructor's rates, shared evenly by the component's tasks."""
+        quotas = config.get("kafka.quotas") or {}
+        if not isinstance(quotas, Mapping):
+            raise ValueError(f"kafka.quotas must be an object {{client id: {{...}}}}, got {quotas!r}")
+        quota = quotas.get(self.client_id)
+        if quota is None:
+            rates = self.quota_rates
+        elif isinstance(quota, Mapping):
+            rates = (quota.get("bytes_per_sec"), quota.get("records_per_sec"))
+        else:
+            raise ValueError(f"kafka.quotas[{self.client_id!r}] must be an object "
+                             f"{{\"bytes_per_sec\": B, \"records_per_sec\": R}}, got {quota!r}")
+        bytes_rate, records_rate = (None if rate is None else float(rate) / self._tasks for rate in rates)
+        return bytes_rate, records_rate
 
     async def close(self) -> None:
-        if self._consumer is not None:
-            try:
-                await self._commit()
-            except Exception as exc:
-                log.warning("%s: final commit failed: %s", self._name, exc)
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        try:
+            if self._consumer is not None:
+                try:
+                    await self._commit()
+                except Exception as exc:
+                    log.warning("%s: final commit failed: %s", self._name, exc)
+                await self._consumer.stop()
+        finally:
+            if self._producer is not None:
+                await self._producer.stop()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -149,14 +174,13 @@ class KafkaSpout(AsyncSpout):
             await self._connect(now)
         if self._dead:
             await self._flush_dead_letters()
-        for msg_id in self._retries.due(now):
-            record = self._partitions[TopicPartition(msg_id[0], msg_id[1])].record(msg_id[2])
-            if record is not None:
-                self._emit(record)
-        if not self._buffer:
-            await self._fetch(now)
-        for _ in range(min(len(self._buffer), 100)):
-            self._emit(self._buffer.popleft())
+        # One tuple per call, a due retry first: the executor checks max-spout-pending
+        # between calls, so a call that emitted a batch could overshoot it.
+        if not self._emit_retry(now):
+            if not self._buffer:
+                await self._fetch(now)
+            while self._buffer and not self._emit(self._buffer.popleft()):
+                pass  # undecodable: dead-lettered, try the next one
         if now >= self._next_commit:
             self._next_commit = now + self.commit_interval
             await self._commit()
@@ -164,7 +188,18 @@ class KafkaSpout(AsyncSpout):
             self._next_refresh = now + self.metadata_refresh
             await self._assign()
 
-    def _emit(self, record: ConsumerRecord) -> None:
+    def _emit_retry(self, now: float) -> bool:
+        """Emit the next record whose retry is due; False if none is."""
+        while due := self._retries.due(now, limit=1):
+            topic, partition, offset = due[0]
+            record = self._partitions[TopicPartition(topic, partition)].record(offset)
+            if record is not None:
+                self._emit(record)
+                return True
+        return False
+
+    def _emit(self, record: ConsumerRecord) -> bool:
+        """Emit a record as a tuple; False if it cannot be decoded (it goes to the dead letters)."""
         tp = TopicPartition(record.topic, record.partition)
         msg_id = (record.topic, record.partition, record.offset)
         try:
@@ -176,9 +211,10 @@ class KafkaSpout(AsyncSpout):
             reason = str(exc) if isinstance(exc, UndecodableRecord) else f"{type(exc).__name__}: {exc}"
             self._partitions[tp].fetched(record.offset, record)
             self._dead.append((record, reason))
-            return
+            return False
         self._partitions[tp].fetched(record.offset, record)
         self.emit(values, msg_id=msg_id)
+        return True
 
     def ack(self, msg_id: MsgId) -> None:
         topic, partition, offset = msg_id
@@ -213,12 +249,14 @@ class KafkaSpout(AsyncSpout):
             await consumer.start()
             self._consumer = consumer
             await self._assign()
-            if self.stop_at_end:
-                self._end_offsets = await consumer.end_offsets(list(self._partitions))
+            missing = [tp for tp in self._assigned if tp not in self._end_offsets]
+            if self.stop_at_end and missing:  # the ends seen at the first start stay the ends
+                self._end_offsets.update(await consumer.end_offsets(missing))
         except Exception as exc:
             self._consumer = None
             await asyncio.sleep(0)  # aiokafka's stop() right after a failed start() raises otherwise
-            await consumer.stop()
+            with contextlib.suppress(Exception):
+                await consumer.stop()
             delay = CONNECT_BACKOFF[min(self._connect_attempts, len(CONNECT_BACKOFF) - 1)]
             self._connect_attempts += 1
             self._next_connect = now + delay
@@ -227,7 +265,10 @@ class KafkaSpout(AsyncSpout):
 
     async def _topic_partitions(self) -> list[TopicPartition]:
         assert self._consumer is not None
-        topics = await self._consumer.topics()
+        # Fresh metadata of every topic: once partitions are assigned, the consumer's own
+        # metadata covers only their topics, so it would never show a new matching topic.
+        cluster = await self._consumer._client.fetch_all_metadata()
+        topics = cluster.topics()
         if self.topic_pattern is not None:
             names = sorted(t for t in topics if re.fullmatch(self.topic_pattern, t))
         else:
@@ -237,7 +278,7 @@ class KafkaSpout(AsyncSpout):
             names = self.topics
         found = []
         for topic in names:
-            for partition in sorted(self._consumer.partitions_for_topic(topic) or ()):
+            for partition in sorted(cluster.partitions_for_topic(topic) or ()):
                 found.append(TopicPartition(topic, partition))
         return found
 
@@ -245,13 +286,14 @@ class KafkaSpout(AsyncSpout):
         """Take this task's share of the partitions; new partitions join at the next refresh."""
         assert self._consumer is not None
         mine = (await self._topic_partitions())[self._index :: self._tasks]
-        new = [tp for tp in mine if tp not in self._partitions]
-        if not new:
+        if set(mine) == set(self._assigned) == self._consumer.assignment():
             return
         self._consumer.assign(mine)
+        for tp in mine:  # partitions read before (a new partition elsewhere, a reconnect): read on
+            if tp in self._partitions:
+                self._consumer.seek(tp, self._position(tp))
         for tp in mine:
             if tp in self._partitions:
-                self._consumer.seek(tp, self._partitions[tp].fetched_to)
                 continue
             committed = await self._consumer.committed(tp)
             if committed is None:
@@ -263,7 +305,14 @@ class KafkaSpout(AsyncSpout):
                 start = committed
             self._consumer.seek(tp, start)
             self._partitions[tp] = PartitionOffsets(start)
+        self._assigned = mine  # only now: a failure above leaves the change to the next refresh
         log.info("%s task %d reads %s", self._name, self._index, [f"{t.topic}/{t.partition}" for t in mine])
+
+    def _position(self, tp: TopicPartition) -> int:
+        """Where to read on in a partition this task already reads (after a reassignment or
+        a reconnect): past what it fetched, records still buffered included."""
+        buffered = [r.offset for r in self._buffer if r.topic == tp.topic and r.partition == tp.partition]
+        return max(buffered) + 1 if buffered else self._partitions[tp].fetched_to
 
     async def _fetch(self, now: float) -> None:
         """Fetch a batch within quota from the partitions below their uncommitted bound."""
@@ -276,22 +325,30 @@ class KafkaSpout(AsyncSpout):
             self.quota.throttled_seconds += now - self._throttled_since
             self._throttled_since = None
         ready = []
-        for tp, offsets in self._partitions.items():
-            over = len(offsets) >= self.max_uncommitted or (
-                self.stop_at_end and offsets.fetched_to >= self._end_offsets.get(tp, 0))
-            if over:
+        for tp in self._assigned:
+            offsets = self._partitions[tp]
+            room = self.max_uncommitted - offsets.uncommitted()
+            if self.stop_at_end:
+                room = min(room, self._end_offsets.get(tp, 0) - offsets.fetched_to)
+            if room <= 0:
                 if tp not in self._consumer.paused():
                     self._consumer.pause(tp)
             else:
                 if tp in self._consumer.paused():
                     self._consumer.resume(tp)
-                ready.append(tp)
+                ready.append((tp, room))
         if not ready:
             return
         allowance = self.quota.allowance(now)
         limit = self.fetch_records if allowance is None else max(1, min(self.fetch_records, allowance))
-        batches = await self._consumer.getmany(*ready, timeout_ms=0, max_records=limit)
-        for tp, records in batches.items():
+        # Partition by partition, from a different one each time: a partition with a backlog
+        # does not hold the others back, and none takes more than its room.
+        self._rotation = (self._rotation + 1) % len(ready)
+        for tp, room in ready[self._rotation:] + ready[:self._rotation]:
+            if limit <= 0:
+                break
+            records = (await self._consumer.getmany(tp, timeout_ms=0, max_records=min(limit, room))).get(tp, [])
+            limit -= len(records)
             end = self._end_offsets.get(tp) if self.stop_at_end else None
             for record in records:
                 if end is not None and record.offset >= end:
@@ -302,23 +359,33 @@ class KafkaSpout(AsyncSpout):
     async def _commit(self) -> None:
         assert self._consumer is not None
         offsets = {}
-        for tp, partition in self._partitions.items():
-            point = partition.to_commit()
+        for tp in self._assigned:  # aiokafka commits assigned partitions only
+            point = self._partitions[tp].to_commit()
             if point is not None:
                 offsets[tp] = OffsetAndMetadata(point, "")
         if offsets:
-            await self._consumer.commit(offsets)
+            try:
+                await asyncio.wait_for(self._consumer.commit(offsets), COMMIT_TIMEOUT)
+            except TimeoutError:
+                raise TimeoutError(f"commit to Kafka at {self.bootstrap_servers} took over {COMMIT_TIMEOUT:g} s "
+                                   "(broker unreachable?); retrying at the next commit interval") from None
             for tp, meta in offsets.items():
                 self._partitions[tp].committed = meta.offset
 
     async def _flush_dead_letters(self) -> None:
         """Send records past their retries (or undecodable) to the dead-letter topic, with
         their origin in headers; mark them done once the broker has them."""
-        dead, self._dead = self._dead, []
         if self.dead_letter_topic is not None and self._producer is None:
-            self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
-                                              client_id=f"{self.client_id}-dlq")
-            await self._producer.start()
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
+                                        client_id=f"{self.client_id}-dlq")
+            try:
+                await producer.start()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise  # the records stay in self._dead for the next round
+            self._producer = producer
+        dead, self._dead = self._dead, []
         for i, (record, reason) in enumerate(dead):
             if self._producer is None:
                 self.dropped += 1
@@ -343,7 +410,8 @@ class KafkaSpout(AsyncSpout):
             "kafka.consumed_records": self.quota.consumed_records,
             "kafka.consumed_bytes": self.quota.consumed_bytes,
             "kafka.throttled_seconds": round(self.quota.throttled_seconds, 3),
-            "kafka.uncommitted": sum(len(p) for p in self._partitions.values()),
+            "kafka.uncommitted": sum(p.uncommitted() for p in self._partitions.values()),
+            "kafka.in_flight": sum(len(p) for p in self._partitions.values()),
             "kafka.retrying": len(self._retries),
             "kafka.dead_lettered": self.dead_lettered,
             "kafka.dropped": self.dropped,
