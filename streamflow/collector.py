@@ -40,6 +40,7 @@ class OutputCollector:
         self.acking = topology.acker_count() > 0
         self._ackers = layout[ACKER_COMPONENT]
         self._transport = transport
+        self._local_tasks = local_tasks
         self._buffers: dict[int, list[Tuple]] = {}
         self._streams: dict[str, tuple[list[Router], Origin, int]] = {}
         """stream -> (routers of its non-direct subscriptions, origin of its tuples, arity)"""
@@ -138,13 +139,17 @@ class SpoutOutputCollector(OutputCollector):
         self.acked_at_once: list[Any] = []
         """Message ids complete as soon as emitted (acking off, or no receiving task)."""
         self._inits: list[tuple[int, int, int]] = []
+        n = len(self._ackers)
+        local = [i for i, acker in enumerate(self._ackers) if acker in self._local_tasks]
+        self._local_acker_slots = (n, local) if local and len(local) < n else None
+        """When only some ackers run in this worker: (ackers, indexes of the local ones)."""
 
     def emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, msg_id: Any = None) -> None:
         """Emit ``values`` on ``stream``; with a ``msg_id`` the tuple tree is tracked."""
         routers, origin = self._stream(stream, values)
         self.stats.emitted += 1
         tracked = msg_id is not None and self.acking
-        root = new_id(64) if tracked else 0
+        root = self._new_root() if tracked else 0
         xor = 0
         for route in routers:
             for task in route(values):
@@ -164,11 +169,20 @@ class SpoutOutputCollector(OutputCollector):
         origin = self._direct_target(task, stream, values)
         self.stats.emitted += 1
         tracked = msg_id is not None and self.acking
-        root = new_id(64) if tracked else 0
+        root = self._new_root() if tracked else 0
         edge = new_id(64) if tracked else 0
         anchors = (root, edge) if tracked else None
         self._buffer(task, Tuple(values, origin, anchors))
         self._track(root, edge, msg_id)
+
+    def _new_root(self) -> int:
+        """A random root id whose acker (root % ackers) runs in this worker, when one
+        does: the tree's init and completion then never cross the network."""
+        root: int = new_id(64)
+        if self._local_acker_slots is not None:
+            n, local = self._local_acker_slots
+            root += local[root % len(local)] - root % n  # as random as before in its high bits
+        return root
 
     def _track(self, root: int, xor: int, msg_id: Any) -> None:
         if msg_id is None:

@@ -1,4 +1,5 @@
-"""Word count: sentences -> split (shuffle) -> count (fields grouping on word) -> sink.
+"""Word count: sentences -> split (shuffle) -> count (fields grouping on word) -> sink
+(local-or-shuffle).
 
     streamflow local topologies/wordcount.py
         counts the sample text beside this file and prints the ten most frequent words;
@@ -109,7 +110,8 @@ def build(config: Mapping[str, Any]) -> Topology:
     builder.set_bolt("split", SplitSentence(), parallelism("split", 2)).shuffle_grouping("sentences")
     builder.set_bolt("count", CountWords(), parallelism("count", 2)).fields_grouping("split", ["word"])
     if sink is not None:
-        builder.set_bolt("sink", sink, parallelism("sink", 2)).shuffle_grouping("count")
+        # A count may be written by any sink task: keep it in its worker, off the network.
+        builder.set_bolt("sink", sink, parallelism("sink", 2)).local_or_shuffle_grouping("count")
     else:
         builder.set_bolt("top", TopWords(10)).global_grouping("count")
     return builder.build()

@@ -80,7 +80,8 @@ def build(config: Mapping[str, Any]) -> Topology:
     output = config.get("output.path")
     if output:
         sink = JsonLinesSink(str(output), fields=["word", "count"])
-        builder.set_bolt("sink", sink, parallelism("sink", 2)).shuffle_grouping("count")
+        # A count may be written by any sink task: keep it in its worker, off the network.
+        builder.set_bolt("sink", sink, parallelism("sink", 2)).local_or_shuffle_grouping("count")
     else:
         builder.set_bolt("top", TopWords(10)).global_grouping("count")
     return builder.build()

@@ -24,6 +24,7 @@ import hmac
 import logging
 import pickle
 import struct
+from itertools import repeat
 from typing import Any, Mapping
 
 from streamflow.inbox import TUPLES, Inbox
@@ -43,7 +44,12 @@ RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class Codec:
-    """Turns tuple batches into picklable rows and back, for one topology."""
+    """Turns tuple batches into picklable columns and back, for one topology.
+
+    A batch travels as one group per origin (source task and stream: nearly always a
+    single group, as a batch comes from one task's flush) holding a list of values and a
+    list of anchors, so no per-tuple row is built or pickled.
+    """
 
     def __init__(self, topology: Topology) -> None:
         owner = {t: c for c, ts in topology.task_layout().items() for t in ts}
@@ -56,17 +62,33 @@ class Codec:
 
     @staticmethod
     def encode(messages: list[Message]) -> bytes:
-        rows = [
-            (task, kind, [(t.values, t.origin.source_task, t.origin.stream, t.anchors) for t in payload])
-            if kind == TUPLES else (task, kind, payload)
-            for task, kind, payload in messages
-        ]
+        rows = [(task, kind, _columns(payload) if kind == TUPLES else payload)
+                for task, kind, payload in messages]
         body = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
         return _LENGTH.pack(len(body)) + body
 
-    def tuples(self, rows: list[tuple[Any, int, str, Any]]) -> list[Tuple]:
+    def tuples(self, groups: list[tuple[int, str, list[Any], list[Any]]]) -> list[Tuple]:
         origins = self._origins
-        return [Tuple(values, origins[(task, stream)], anchors) for values, task, stream, anchors in rows]
+        if len(groups) == 1:
+            task, stream, values, anchors = groups[0]
+            return list(map(Tuple, values, repeat(origins[(task, stream)]), anchors))
+        out: list[Tuple] = []
+        for task, stream, values, anchors in groups:
+            out.extend(map(Tuple, values, repeat(origins[(task, stream)]), anchors))
+        return out
+
+
+def _columns(tuples: list[Tuple]) -> list[tuple[int, str, list[Any], list[Any]]]:
+    """Group a batch by origin into (source task, stream, values, anchors) columns."""
+    first = tuples[0].origin
+    if all(t.origin is first for t in tuples):
+        return [(first.source_task, first.stream, [t.values for t in tuples], [t.anchors for t in tuples])]
+    groups: dict[Origin, tuple[list[Any], list[Any]]] = {}
+    for t in tuples:
+        values, anchors = groups.setdefault(t.origin, ([], []))
+        values.append(t.values)
+        anchors.append(t.anchors)
+    return [(o.source_task, o.stream, v, a) for o, (v, a) in groups.items()]
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes:
