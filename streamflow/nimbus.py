@@ -272,6 +272,7 @@ class Nimbus:
                 "alive": beat is not None and now - beat["time"] < self.worker_timeout,
                 "uptime": now - beat["started"] if beat else None,
                 "pid": beat["pid"] if beat else None,
+                "dropped": beat.get("dropped", 0) if beat else None,
             })
         for c in components.values():
             histogram = c.pop("complete_latency", None)

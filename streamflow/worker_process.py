@@ -140,7 +140,7 @@ class WorkerProcess:
             return transport
 
         worker = Worker(topology, tasks, transport=make_transport)
-        transport = transports[0]
+        transport = self._transport = transports[0]
         transport.update_routes({t: a for t, a in routes_of(assignment).items() if t not in tasks})
         await transport.serve("0.0.0.0", s.port)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -240,7 +240,7 @@ class WorkerProcess:
             self.state.write_heartbeat(s.topology_id, self.slot, {
                 "time": time.time(), "started": self.started, "pid": os.getpid(),
                 "host": s.host, "port": s.port, "hostname": socket.gethostname(),
-                "tasks": sorted(self.tasks), "stats": stats,
+                "tasks": sorted(self.tasks), "stats": stats, "dropped": self._transport.dropped,
             })
         except Exception as exc:  # ZooKeeper briefly away: the next beat retries
             log.warning("worker %s: heartbeat failed: %s", self.slot, exc)

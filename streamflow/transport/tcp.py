@@ -111,7 +111,6 @@ class PeerLink:
         self._space = asyncio.Event()
         self._space.set()
         self._task = asyncio.create_task(self._run(), name=f"link-{address[0]}:{address[1]}")
-        self.connected = False
 
     async def send_tuples(self, task: int, tuples: list[Tuple]) -> None:
         while self._queued_tuples >= LINK_CAPACITY:
@@ -149,14 +148,12 @@ class PeerLink:
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
-            self.connected = True
             try:
                 writer.write(_LENGTH.pack(len(self._secret)) + self._secret)
                 await self._write_loop(writer)
             except Exception as exc:  # uvloop raises RuntimeError on a transport closed under us
                 log.warning("connection to worker %s:%d lost (%r); reconnecting", *self.address, exc)
             finally:
-                self.connected = False
                 writer.close()
 
     async def _write_loop(self, writer: asyncio.StreamWriter) -> None:
