@@ -76,10 +76,19 @@ def produce(kafka: KafkaBroker, topic: str, values: Sequence[bytes], partitions:
     asyncio.run(write())
 
 
+SEAL = b"__seal__"
+
+
 class TopicReader:
     """Reads a topic from the beginning, picking up where it stopped at each ``poll()``.
 
     Its consumer lives on an event loop of its own, driven only inside ``poll()``.
+
+    Tansu serves records only up to its high watermark, the base offset of a partition's
+    last batch + 1, so the records after the first of a last batch stay invisible until
+    another batch lands. Each poll therefore first appends a one-record "seal" batch to
+    every partition (records keyed :data:`SEAL`, left out of ``records``). A real broker
+    needs none of this.
     """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
@@ -87,6 +96,7 @@ class TopicReader:
         self.records: list[ConsumerRecord] = []
         self._loop = asyncio.new_event_loop()
         self._consumer: AIOKafkaConsumer | None = None
+        self._sealer: AIOKafkaProducer | None = None
 
     async def _start(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
@@ -100,12 +110,25 @@ class TopicReader:
         await consumer.seek_to_beginning(*assignment)
         return consumer
 
+    async def _seal(self) -> None:
+        assert self._consumer is not None
+        if self._sealer is None:
+            self._sealer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0,
+                                            enable_idempotence=False)
+            await self._sealer.start()
+        for partition in sorted(self._consumer.partitions_for_topic(self.topic) or ()):
+            await self._sealer.send_and_wait(self.topic, b"{}", key=SEAL, partition=partition)
+
     async def _poll(self, wait: float) -> list[ConsumerRecord]:
         assert self._consumer is not None
+        try:
+            await self._seal()
+        except Exception:
+            pass  # the broker is away (an outage test): read what can be read
         new: list[ConsumerRecord] = []
         while True:
             batches = await self._consumer.getmany(timeout_ms=int(wait * 1000), max_records=20000)
-            got = [record for records in batches.values() for record in records]
+            got = [record for records in batches.values() for record in records if record.key != SEAL]
             if not got:
                 return new
             new += got
@@ -120,13 +143,15 @@ class TopicReader:
         return new
 
     def close(self) -> None:
-        async def stop(consumer: AIOKafkaConsumer) -> None:
+        async def stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
             await asyncio.sleep(0)
-            await consumer.stop()
+            await client.stop()
 
-        if self._consumer is not None:
+        for client in (self._consumer, self._sealer):
+            if client is None:
+                continue
             try:
-                self._loop.run_until_complete(stop(self._consumer))
+                self._loop.run_until_complete(stop(client))
             except (Exception, asyncio.CancelledError):
                 pass  # aiokafka's stop() may raise after its broker went away; nothing to keep
         leftovers = asyncio.all_tasks(self._loop)
