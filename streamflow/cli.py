@@ -133,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     _add(supervisor, "--base-port", "first worker port; slots use consecutive ports", 6700, int)
     _add(supervisor, "--id", "supervisor id (default: HOST-BASE_PORT)")
     _add(supervisor, "--data-dir", "directory for code packages and worker logs", "streamflow-data/supervisor")
+    _add(supervisor, "--health-port", "port of GET /healthz and /readyz (0: none)", 8081, int)
 
     worker = command("worker", _worker, "run one worker process (started by a supervisor)")
     coordinated(worker)
@@ -316,6 +317,10 @@ def _supervisor(args: argparse.Namespace) -> int:
     ports = list(range(args.base_port, args.base_port + args.slots))
     supervisor = Supervisor(state, args.id or f"{args.host}-{args.base_port}", args.host, ports,
                             Path(args.data_dir), args.zk_auth)
+    if args.health_port:
+        from streamflow.health import serve_probes
+
+        serve_probes(args.health_port, supervisor.ready)
     try:
         supervisor.run()
     finally:

@@ -34,6 +34,7 @@ from kazoo.protocol.states import KazooState
 
 from streamflow.config import validate_config
 from streamflow.errors import StreamflowError
+from streamflow.health import probe
 from streamflow.package import unpack
 from streamflow.scheduler import Slot, schedule
 from streamflow.stats import Histogram
@@ -129,6 +130,15 @@ class Nimbus:
                 log.exception("nimbus %s: scheduling failed; retrying", self.url)
             time.sleep(SCHEDULE_SECS)
         log.info("nimbus %s stopped leading", self.url)
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when connected to ZooKeeper and a leader (this nimbus or another) is known."""
+        if self.state.zk.state != KazooState.CONNECTED:
+            return False, f"ZooKeeper connection {self.state.zk.state}"
+        leader = self.leader_url()
+        if leader is None:
+            return False, "no nimbus leader elected"
+        return True, "leader" if leader == self.url else f"standby of {leader}"
 
     def leader_url(self) -> str | None:
         try:
@@ -441,9 +451,10 @@ def _handler(nimbus: Nimbus) -> type[BaseHTTPRequestHandler]:
             log.debug("http %s", format % args)
 
         def _serve(self, method: str) -> None:
+            answer = probe(self.path.split("?")[0], nimbus.ready)
+            if answer is not None:
+                return self._reply(*answer)
             parts = [p for p in self.path.split("?")[0].split("/") if p]
-            if parts[:2] == ["healthz"] or parts == ["healthz"]:
-                return self._reply(HTTPStatus.OK, {"ok": True})
             if len(parts) < 3 or parts[:2] != ["api", "v1"]:
                 return self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
             op, name = parts[2], "/".join(parts[3:])

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kazoo.protocol.states import KazooState
+
 from streamflow.package import unpack
 from streamflow.zkstate import ClusterState
 
@@ -90,6 +92,14 @@ class Supervisor:
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when its slots are registered and ZooKeeper is connected."""
+        if not self.registered or self._stopping.is_set():
+            return False, "slots not registered"
+        if self.state.zk.state != KazooState.CONNECTED:
+            return False, f"ZooKeeper connection {self.state.zk.state}"
+        return True, f"{len(self.ports)} slots registered"
 
     def _assignments_changed(self, children: list[str]) -> bool:
         for topology in set(children) - self._watched:  # a DataWatch wakes us on its changes

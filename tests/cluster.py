@@ -60,6 +60,7 @@ class Cluster:
         self.slots = slots
         self.nimbus: dict[str, subprocess.Popen[bytes]] = {}
         self.supervisors: dict[str, subprocess.Popen[bytes]] = {}
+        self.health_ports: dict[str, int] = {}
         self._counts = (nimbus_count, supervisors)
         self.env = dict(os.environ, STREAMFLOW_ZK=zk_hosts, STREAMFLOW_ZK_ROOT=zk_root,
                         STREAMFLOW_LOG_LEVEL="INFO")
@@ -86,10 +87,12 @@ class Cluster:
         return url
 
     def start_supervisor(self) -> str:
-        base = free_port_run(self.slots)
+        base = free_port_run(self.slots + 1)  # the slots, then the health port
         sid = f"sup{len(self.supervisors) + 1}-{base}"
+        self.health_ports[sid] = base + self.slots
         self.supervisors[sid] = self._spawn(sid, [
             "supervisor", "--id", sid, "--slots", str(self.slots), "--base-port", str(base),
+            "--health-port", str(base + self.slots),
             "--data-dir", str(self.workdir / sid), "--zk-session-timeout", "3"])
         return sid
 

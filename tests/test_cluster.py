@@ -379,3 +379,39 @@ def test_sigterm_on_a_supervisor_stops_its_workers_and_deregisters_at_once(
     wait_for(lambda: all(not w["slot"].startswith(victim + ":") for w in c.status("etl-sigterm")["workers"]),
              30, "its tasks moved")
     assert_etl_complete(out, dlq, valid, malformed, 180)
+
+
+def probe(url: str) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return 0, {}
+
+
+def test_probes_follow_a_leader_change_and_a_zookeeper_outage(own_cluster: Cluster, zookeeper: Any) -> None:
+    c = own_cluster
+    sup = next(iter(c.supervisors))
+    sup_probe = f"http://127.0.0.1:{c.health_ports[sup]}"
+    for url in list(c.nimbus) + [sup_probe]:
+        assert probe(url + "/healthz")[0] == 200
+        assert wait_for(lambda url=url: probe(url + "/readyz")[0] == 200, 30, f"{url} ready")
+    leader = c.api("cluster")["leader"]
+    standby = next(url for url in c.nimbus if url != leader)
+    assert "standby" in probe(standby + "/readyz")[1]["reason"]
+    c.nimbus[leader].kill()
+    wait_for(lambda: probe(standby + "/readyz")[1].get("reason") == "leader", 30, "the standby to lead")
+    zookeeper.kill()
+    try:
+        wait_for(lambda: probe(standby + "/readyz")[0] == 503 and probe(sup_probe + "/readyz")[0] == 503,
+                 30, "not ready while ZooKeeper is down")
+        assert probe(standby + "/healthz")[0] == 200 and probe(sup_probe + "/healthz")[0] == 200
+    finally:
+        zookeeper.start()
+    wait_for(lambda: probe(standby + "/readyz")[0] == 200 and probe(sup_probe + "/readyz")[0] == 200,
+             60, "ready again after ZooKeeper is back")
