@@ -415,3 +415,33 @@ def test_probes_follow_a_leader_change_and_a_zookeeper_outage(own_cluster: Clust
         zookeeper.start()
     wait_for(lambda: probe(standby + "/readyz")[0] == 200 and probe(sup_probe + "/readyz")[0] == 200,
              60, "ready again after ZooKeeper is back")
+
+
+def test_roles_take_every_setting_from_the_environment(zookeeper: Any, zk_root: str, tmp_path: Path) -> None:
+    """As a container runs them: the same entrypoint, no flags, settings only from env."""
+    from cluster import free_port_run
+
+    nimbus_port, base = free_port_run(1), free_port_run(3)
+    (tmp_path / "token").write_text("env-token\n")
+    env = dict(os.environ, STREAMFLOW_ZK=zookeeper.hosts, STREAMFLOW_ZK_ROOT=zk_root,
+               STREAMFLOW_ZK_SESSION_TIMEOUT="3", STREAMFLOW_HOST="127.0.0.1", STREAMFLOW_PORT=str(nimbus_port),
+               STREAMFLOW_TOKEN_FILE=str(tmp_path / "token"), STREAMFLOW_DATA_DIR=str(tmp_path / "data"),
+               STREAMFLOW_SLOTS="2", STREAMFLOW_BASE_PORT=str(base), STREAMFLOW_HEALTH_PORT=str(base + 2),
+               STREAMFLOW_ID="env-sup")
+    roles = [subprocess.Popen([sys.executable, "-m", "streamflow.cli", role], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for role in ("nimbus", "supervisor")]
+    try:
+        for url in (f"http://127.0.0.1:{nimbus_port}", f"http://127.0.0.1:{base + 2}"):
+            wait_for(lambda url=url: probe(url + "/readyz")[0] == 200, 30, f"{url} ready")
+        listed = subprocess.run([sys.executable, "-m", "streamflow.cli", "list", "--json"], capture_output=True,
+                                text=True, timeout=60, env=dict(
+                                    env, STREAMFLOW_NIMBUS=f"http://127.0.0.1:{nimbus_port}",
+                                    STREAMFLOW_TOKEN="env-token"))
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout) == {"topologies": []}
+    finally:
+        for role in roles:
+            role.send_signal(signal.SIGTERM)
+        for role in roles:
+            role.wait(30)
