@@ -445,3 +445,13 @@ def test_roles_take_every_setting_from_the_environment(zookeeper: Any, zk_root: 
             role.send_signal(signal.SIGTERM)
         for role in roles:
             role.wait(30)
+
+
+def test_sigterm_on_the_nimbus_leader_hands_over_at_once(own_cluster: Cluster) -> None:
+    c = own_cluster
+    leader = c.api("cluster")["leader"]
+    standby = next(url for url in c.nimbus if url != leader)
+    c.nimbus[leader].send_signal(signal.SIGTERM)
+    # Well before the 3 s session timeout that a kill -9 would have to wait for.
+    wait_for(lambda: probe(standby + "/readyz")[1].get("reason") == "leader", 2.5, "the standby to lead")
+    assert c.nimbus[leader].wait(10) == 0
