@@ -129,6 +129,18 @@ class KafkaSpout(AsyncSpout):
         self._throttled_since: float | None = None
         self._rotation = 0
 
+    def deactivate(self) -> None:
+        """Commit what is acked now: ``next_tuple``, which commits, is not called while
+        the topology is inactive."""
+        if self._consumer is not None:
+            self._final_commit = asyncio.get_running_loop().create_task(self._commit_quietly())
+
+    async def _commit_quietly(self) -> None:
+        try:
+            await self._commit()
+        except Exception as exc:
+            log.warning("%s: commit on deactivation failed: %s", self._name, exc)
+
     def reconfigure(self, config: Mapping[str, Any]) -> None:
         """Apply ``kafka.quotas`` for this spout's client id (at open and on a change)."""
         if getattr(self, "quota", None) is None:
