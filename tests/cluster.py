@@ -50,7 +50,8 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: flo
 
 
 class Cluster:
-    """``nimbus_count`` nimbus and ``supervisors`` supervisors of ``slots`` slots each."""
+    """``nimbus_count`` nimbus and ``supervisors`` supervisors of ``slots`` slots each,
+    started as their containers are (see :meth:`_spawn`)."""
 
     def __init__(self, zk_hosts: str, zk_root: str, workdir: Path, nimbus_count: int = 2,
                  supervisors: int = 2, slots: int = 2, token: str | None = None,
@@ -69,31 +70,33 @@ class Cluster:
 
     # -- processes --------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, role: str, settings: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start a role as its container does: ``streamflow ROLE``, every setting in the
+        environment (``STREAMFLOW_<OPTION>``), none on the command line."""
         log = open(self.workdir / f"{name}.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", "streamflow.cli", *args], env=self.env,
+        env = dict(self.env, **{f"STREAMFLOW_{k.upper().replace('-', '_')}": v for k, v in settings.items()})
+        return subprocess.Popen([sys.executable, "-m", "streamflow.cli", role], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
 
     def start_nimbus(self) -> str:
         port = free_port_run(1)
         url = f"http://127.0.0.1:{port}"
-        args = ["nimbus", "--port", str(port), "--zk-session-timeout", "3",
-                "--worker-timeout", "8", "--launch-timeout", "30"]
+        settings = {"port": str(port), "zk-session-timeout": "3", "worker-timeout": "8",
+                    "launch-timeout": "30", "data-dir": str(self.workdir / f"nimbus-{port}")}
         if self.token:
             token_file = self.workdir / "token"
             token_file.write_text(self.token)
-            args += ["--token-file", str(token_file)]
-        self.nimbus[url] = self._spawn(f"nimbus-{port}", args)
+            settings["token-file"] = str(token_file)
+        self.nimbus[url] = self._spawn(f"nimbus-{port}", "nimbus", settings)
         return url
 
     def start_supervisor(self) -> str:
         base = free_port_run(self.slots + 1)  # the slots, then the health port
         sid = f"sup{len(self.supervisors) + 1}-{base}"
         self.health_ports[sid] = base + self.slots
-        self.supervisors[sid] = self._spawn(sid, [
-            "supervisor", "--id", sid, "--slots", str(self.slots), "--base-port", str(base),
-            "--health-port", str(base + self.slots),
-            "--data-dir", str(self.workdir / sid), "--zk-session-timeout", "3"])
+        self.supervisors[sid] = self._spawn(sid, "supervisor", {
+            "id": sid, "slots": str(self.slots), "base-port": str(base), "health-port": str(base + self.slots),
+            "data-dir": str(self.workdir / sid), "zk-session-timeout": "3"})
         return sid
 
     def start(self) -> Cluster:
