@@ -60,6 +60,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,7 +254,7 @@ def _kill_live_servers() -> None:
         server.kill()
 
 
-class _ChildServer:
+class _ChildServer(ABC):
     """A server run as a child process on a loopback port, logging to a file (shared code)."""
 
     host = "127.0.0.1"
@@ -424,18 +425,20 @@ class _ChildServer:
         self._process = None
         _live.discard(self)
 
-    # Subclasses define these.
+    @abstractmethod
     def _command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
     def _environment(self) -> dict[str, str]:
         return dict(os.environ)
 
+    @abstractmethod
     def _bound(self, log: str) -> bool:
-        raise NotImplementedError
+        """Whether the server's log says it bound its port."""
 
+    @abstractmethod
     def _probe(self) -> None:
-        raise NotImplementedError
+        """Raise unless the server answers its protocol."""
 
 
 # --------------------------------------------------------------------------- S3
