@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     _add(supervisor, "--base-port", "first worker port; slots use consecutive ports", 6700, int)
     _add(supervisor, "--id", "supervisor id (default: HOST-BASE_PORT)")
     _add(supervisor, "--data-dir", "directory for code packages and worker logs", "streamflow-data/supervisor")
-    _add(supervisor, "--health-port", "port of GET /healthz and /readyz (0: none)", 8081, int)
+    _add(supervisor, "--health-port", "port of GET /healthz, /readyz and /metrics (0: none)", 8081, int)
 
     worker = command("worker", _worker, "run one worker process (started by a supervisor)")
     coordinated(worker)
@@ -319,8 +319,9 @@ def _supervisor(args: argparse.Namespace) -> int:
                             Path(args.data_dir), args.zk_auth)
     if args.health_port:
         from streamflow.health import serve_probes
+        from streamflow.metrics import exposition
 
-        serve_probes(args.health_port, supervisor.ready)
+        serve_probes(args.health_port, supervisor.ready, lambda: exposition(supervisor.metrics.registry))
     try:
         supervisor.run()
     finally:

@@ -2,7 +2,8 @@
 
 ``GET /healthz`` answers 200 while the process serves at all; ``GET /readyz`` answers
 200 when the role can do its job (its ``ready()`` says why not, with a 503, otherwise).
-Nimbus serves both on its API port; a supervisor on its own ``--health-port``.
+Nimbus serves both on its API port; a supervisor on its own ``--health-port``, with
+``GET /metrics`` beside them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Callable
 from streamflow.errors import StreamflowError
 
 Readiness = Callable[[], tuple[bool, str]]
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def probe(path: str, ready: Readiness) -> tuple[HTTPStatus, dict[str, Any]] | None:
@@ -28,14 +30,22 @@ def probe(path: str, ready: Readiness) -> tuple[HTTPStatus, dict[str, Any]] | No
     return None
 
 
-def serve_probes(port: int, ready: Readiness) -> ThreadingHTTPServer:
-    """Serve /healthz and /readyz on ``port`` from a daemon thread."""
+def serve_probes(port: int, ready: Readiness, metrics: Callable[[], bytes]) -> ThreadingHTTPServer:
+    """Serve /healthz, /readyz and /metrics (Prometheus text) on ``port`` from a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def do_GET(self) -> None:
+            if self.path.split("?")[0] == "/metrics":
+                data = metrics()
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", PROMETHEUS_TEXT)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             answer = probe(self.path.split("?")[0], ready)
             status, body = answer if answer else (HTTPStatus.NOT_FOUND, {"error": "no such path"})
             data = json.dumps(body).encode()

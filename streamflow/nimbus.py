@@ -28,13 +28,15 @@ import urllib.request
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from kazoo.protocol.states import KazooState
+from prometheus_client import CollectorRegistry, Counter
 
 from streamflow.config import validate_config
 from streamflow.errors import StreamflowError
-from streamflow.health import probe
+from streamflow.health import PROMETHEUS_TEXT, probe
+from streamflow.metrics import TopologyCollector, exposition
 from streamflow.package import unpack
 from streamflow.scheduler import Slot, schedule
 from streamflow.stats import Histogram
@@ -76,6 +78,10 @@ class Nimbus:
         self._stopping = threading.Event()
         self._lock = threading.RLock()
         self.election = state.zk.Election(state.path("nimbus", "leader"), identifier=self.url)
+        self.registry = CollectorRegistry()
+        self.registry.register(TopologyCollector(self._statuses))
+        self.reassignments = Counter("streamflow_reassignments", "Assignments changed for a running topology",
+                                     ["topology"], registry=self.registry)
         self.routes: dict[tuple[str, str], Callable[[dict[str, Any], str], Any]] = {
             ("POST", "submit"): self.submit,
             ("GET", "list"): self.list,
@@ -298,6 +304,18 @@ class Nimbus:
             "errors": self.state.errors(topology_id),
         }
 
+    def _statuses(self) -> Sequence[dict[str, Any]]:
+        """``status`` of every running topology, for /metrics."""
+        statuses = []
+        for topology_id in self.state.topology_ids():
+            record = self.state.read_topology(topology_id)
+            if record is not None and record["status"] != "killed":
+                try:
+                    statuses.append(self.status({}, record["name"]))
+                except ApiError:
+                    continue  # killed meanwhile
+        return statuses
+
     def _set_status(self, name: str, status: str) -> dict[str, Any]:
         topology_id, record = self._find(name)
         record["status"] = status
@@ -438,6 +456,8 @@ class Nimbus:
             new_workers[key] = {"supervisor": sup, "host": supervisors[sup]["host"], "port": port,
                                 "tasks": sorted(slot_tasks), "since": since}
             taken.setdefault(sup, set()).add(port)
+        if assignment is not None:
+            self.reassignments.labels(record["name"]).inc()
         version = (assignment or {}).get("version", 0) + 1
         self.state.write_assignment(topology_id, {"version": version, "workers": new_workers})
         log.info("nimbus: assigned %s (version %d) to %s", topology_id, version, sorted(new_workers))
@@ -451,6 +471,14 @@ def _handler(nimbus: Nimbus) -> type[BaseHTTPRequestHandler]:
             log.debug("http %s", format % args)
 
         def _serve(self, method: str) -> None:
+            if method == "GET" and self.path.split("?")[0] == "/metrics":
+                data = exposition(nimbus.registry)
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", PROMETHEUS_TEXT)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return None
             answer = probe(self.path.split("?")[0], nimbus.ready)
             if answer is not None:
                 return self._reply(*answer)

@@ -24,6 +24,7 @@ from typing import Any
 
 from kazoo.protocol.states import KazooState
 
+from streamflow.metrics import SupervisorMetrics
 from streamflow.package import unpack
 from streamflow.zkstate import ClusterState
 
@@ -67,6 +68,7 @@ class Supervisor:
         self.zk_auth = zk_auth
         self.slots: dict[int, WorkerSlot] = {}
         self.registered = False
+        self.metrics = SupervisorMetrics()
         self._watched: set[str] = set()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -146,6 +148,7 @@ class Supervisor:
         else:
             slot.failures, delay = 0, 0.0
         slot.next_start = now + delay
+        self.metrics.worker_restarts.labels(slot.topology).inc()
         log.warning("supervisor %s: worker on port %d (%s) exited with %s after %.1f s; "
                     "restarting in %.1f s", self.id, port, slot.topology, code, lived, delay)
         slot.process = None
@@ -175,6 +178,7 @@ class Supervisor:
             slot.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                             cwd=code_dir)
         slot.started = time.monotonic()
+        self.metrics.worker_starts.labels(slot.topology).inc()
         log.info("supervisor %s: started worker pid %d on port %d for %s tasks %s",
                  self.id, slot.process.pid, port, slot.topology, list(slot.tasks))
 

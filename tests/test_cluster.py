@@ -455,3 +455,33 @@ def test_sigterm_on_the_nimbus_leader_hands_over_at_once(own_cluster: Cluster) -
     # Well before the 3 s session timeout that a kill -9 would have to wait for.
     wait_for(lambda: probe(standby + "/readyz")[1].get("reason") == "leader", 2.5, "the standby to lead")
     assert c.nimbus[leader].wait(10) == 0
+
+
+def test_nimbus_and_supervisors_serve_prometheus_metrics(cluster: Cluster, tmp_path: Path) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    source, expected = words_input(tmp_path, 2000)
+    out = tmp_path / "counts.jsonl"
+    assert cluster.cli("submit", WORDCOUNT, "--name", "wc-metrics", "--workers", "2",
+                       "-c", f"input.path={source}", "-c", f"output.path={out}").returncode == 0
+    wait_for(lambda: final_counts(out) == dict(expected), 120, "exact counts")
+
+    def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def acked() -> float:
+        key = ("streamflow_tuples_acked_total", (("component", "sentences"), ("topology", "wc-metrics")))
+        return samples(cluster.url).get(key, 0)
+
+    wait_for(lambda: acked() == 2000, 30, "the spout's acks in nimbus's /metrics")
+    nimbus = samples(cluster.url)
+    latency = [k for k in nimbus if k[0] == "streamflow_complete_latency_seconds_count"]
+    assert latency and sum(nimbus[k] for k in latency) == 2000
+    assert nimbus[("streamflow_workers", (("state", "alive"), ("topology", "wc-metrics")))] == 2
+    supervisor = samples(f"http://127.0.0.1:{next(iter(cluster.health_ports.values()))}")
+    assert any(name == "streamflow_worker_starts_total" for name, _ in supervisor)
