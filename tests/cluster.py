@@ -130,6 +130,14 @@ class Cluster:
             except ProcessLookupError:
                 pass
 
+    def kill_all(self) -> None:
+        """Kill every topology at once and wait until their workers are gone."""
+        for t in self.api("list")["topologies"]:
+            if t["status"] != "killed":
+                self.cli("kill", t["name"], "--wait", "0")
+        wait_for(lambda: not self.api("list")["topologies"] and not self.worker_pids(), 60,
+                 "topologies and workers gone")
+
     # -- talking to it ----------------------------------------------------------------
 
     @property

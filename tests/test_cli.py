@@ -69,28 +69,11 @@ def test_build_that_returns_something_else(tmp_path: Path) -> None:
     assert_one_line_error(streamflow("local", str(wrong)), "returned int")
 
 
-CYCLE = """
-from streamflow import BasicBolt, TopologyBuilder
-from streamflow.testing import ListSpout
-
-class Echo(BasicBolt):
-    outputs = ["n"]
-    def process(self, tup):
-        self.emit(tup.values)
-
-def build(config):
-    b = TopologyBuilder("cyclic")
-    b.set_spout("source", ListSpout([(1,)], ["n"]))
-    b.set_bolt("a", Echo()).shuffle_grouping("source").shuffle_grouping("b")
-    b.set_bolt("b", Echo()).shuffle_grouping("a")
-    return b.build()
-"""
+CYCLIC = ROOT / "tests" / "topologies" / "cyclic" / "cyclic.py"
 
 
-def test_invalid_topology(tmp_path: Path) -> None:
-    cyclic = tmp_path / "cyclic.py"
-    cyclic.write_text(CYCLE)
-    assert_one_line_error(streamflow("local", str(cyclic)), "cyclic", "cycle a -> b -> a")
+def test_invalid_topology() -> None:
+    assert_one_line_error(streamflow("local", str(CYCLIC)), "cyclic", "cycle a -> b -> a")
 
 
 @pytest.mark.parametrize("option", ["novalue", "=x"])

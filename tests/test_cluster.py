@@ -41,12 +41,7 @@ def shared_cluster(zookeeper: Any, tmp_path_factory: pytest.TempPathFactory) -> 
 def cluster(shared_cluster: Cluster) -> Iterator[Cluster]:
     """The shared cluster, emptied of topologies after the test."""
     yield shared_cluster
-    c = shared_cluster
-    for t in c.api("list")["topologies"]:
-        if t["status"] != "killed":
-            c.cli("kill", t["name"], "--wait", "0")
-    wait_for(lambda: not c.api("list")["topologies"] and not c.worker_pids(), 60,
-             "topologies and workers gone")
+    shared_cluster.kill_all()
 
 
 @pytest.fixture
@@ -252,22 +247,7 @@ def test_znodes_carry_acls_other_clients_cannot_write(cluster: Cluster, tmp_path
         intruder.stop()
 
 
-CYCLIC = '''
-from streamflow import BasicBolt, TopologyBuilder
-from streamflow.testing import ListSpout
-
-class Echo(BasicBolt):
-    outputs = ["n"]
-    def process(self, tup):
-        self.emit(tup.values)
-
-def build(config):
-    b = TopologyBuilder("cyclic")
-    b.set_spout("source", ListSpout([(1,)], ["n"]))
-    b.set_bolt("a", Echo()).shuffle_grouping("source").shuffle_grouping("b")
-    b.set_bolt("b", Echo()).shuffle_grouping("a")
-    return b.build()
-'''
+CYCLIC = ROOT / "tests" / "topologies" / "cyclic" / "cyclic.py"
 
 
 def test_invalid_topology_is_refused_by_the_cli_and_by_nimbus_with_the_same_line(
@@ -278,9 +258,7 @@ def test_invalid_topology_is_refused_by_the_cli_and_by_nimbus_with_the_same_line
     from streamflow.errors import StreamflowError
     from streamflow.package import pack
 
-    (tmp_path / "cyclic").mkdir()
-    topology = tmp_path / "cyclic" / "cyclic.py"
-    topology.write_text(CYCLIC)
+    topology = CYCLIC
     result = cluster.cli("submit", str(topology), "--name", "cyclic")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     cli_line = result.stderr.strip()

@@ -396,12 +396,7 @@ def kafka_cluster(zookeeper: Any, tmp_path_factory: pytest.TempPathFactory) -> I
 def cluster(kafka_cluster: Cluster) -> Iterator[Cluster]:
     """The shared cluster, emptied of topologies after the test."""
     yield kafka_cluster
-    c = kafka_cluster
-    for t in c.api("list")["topologies"]:
-        if t["status"] != "killed":
-            c.cli("kill", t["name"], "--wait", "0")
-    wait_for(lambda: not c.api("list")["topologies"] and not c.worker_pids(), 60,
-             "topologies and workers gone")
+    kafka_cluster.kill_all()
 
 
 def submit(c: Cluster, topology: str, name: str, *options: str) -> None:
