@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping, Sequence
 from streamflow.tuples import Tuple
 
 Outputs = Sequence[str] | Mapping[str, Sequence[str]]
+ComponentMetric = float | Mapping[str, float]
+"""One value of :meth:`Component.metrics`: a number, or numbers by ``"label=value"``."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,15 @@ class Component:
 
     outputs: Outputs = ()
 
-    def metrics(self) -> Mapping[str, float]:
+    def metrics(self) -> Mapping[str, ComponentMetric]:
         """Counters or gauges of this task beyond the engine's (a Kafka spout's consumed
-        bytes, say): they travel in heartbeats and show in ``status``, summed per
-        component. Called about once a second, off the hot path."""
+        bytes, say): they travel in heartbeats, show in ``status`` summed per component,
+        and are exported at ``/metrics`` as ``streamflow_<name>`` (dots become ``_``) with
+        topology, component and task labels. A value that is itself a mapping from
+        ``"label=value"`` to a number adds that one label: ``{"kafka.lag":
+        {"partition=events/0": 12, "partition=events/1": 0}}``. Keep label values bounded
+        (partitions, client ids; never keys or tuples). Called about once a second, off
+        the hot path."""
         return {}
 
 
