@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
 
 import orjson
 
@@ -18,9 +18,13 @@ log = logging.getLogger(__name__)
 class LineSpout(Spout):
     """Emits each line of a text file as a one-field tuple, reliably.
 
-    The lines are split among the spout's tasks: task ``i`` of ``n`` emits lines
-    ``i, i+n, i+2n, ...``, so every line is read by exactly one task. The message id is
-    the line number (from 1). A failed line is emitted again, up to ``max_retries``
+    The file is split among the spout's tasks by bytes: task ``i`` of ``n`` emits the lines
+    whose first byte lies in ``[size * i // n, size * (i + 1) // n)``, so each task reads
+    about ``1/n`` of the file (and the rest of its last line), and every line is emitted by
+    exactly one task. Lines end at ``\\n``, ``\\r\\n`` or a lone ``\\r``, as text mode reads
+    them (universal newlines); the end is not part of the tuple. The message id is the byte
+    offset of the line's first byte: unlike a line number, a task knows it without reading
+    the lines before its share. A failed line is emitted again, up to ``max_retries``
     times, then counted in ``dropped`` and logged. Bytes that are not UTF-8 are replaced
     (U+FFFD) rather than stopping the spout.
     """
@@ -32,31 +36,34 @@ class LineSpout(Spout):
         self.dropped = 0
 
     def open(self, config: Mapping[str, Any], context: TaskContext) -> None:
-        self._file = open(self.path, encoding="utf-8", errors="replace", newline=None)
-        self._lines = iter(self._file)
-        self._index, self._tasks = context.task_index, context.parallelism
-        self._lineno = 0
-        self._eof = False
+        self._file = open(self.path, "rb")
+        size = os.fstat(self._file.fileno()).st_size
+        index, tasks = context.task_index, context.parallelism
+        start, self._end = size * index // tasks, size * (index + 1) // tasks
+        # The line that holds byte start - 1 began before this share: the task before
+        # emits it, and this task's first line is the one after it.
+        self._file.seek(max(start - 1, 0))
+        self._lines = _lines(self._file)
+        self._offset = start - 1 + len(next(self._lines, b"")) if start else 0
         self._in_flight: dict[int, str] = {}
         self._retries: dict[int, int] = {}
         self._replay: deque[int] = deque()
 
     def next_tuple(self) -> None:
         if self._replay:
-            lineno = self._replay.popleft()
-            self.emit((self._in_flight[lineno],), msg_id=lineno)
+            offset = self._replay.popleft()
+            self.emit((self._in_flight[offset],), msg_id=offset)
             return
-        while not self._eof:
-            line = next(self._lines, None)
-            if line is None:
-                self._eof = True
-                return
-            self._lineno += 1
-            if (self._lineno - 1) % self._tasks == self._index:
-                text = line.rstrip("\n")
-                self._in_flight[self._lineno] = text
-                self.emit((text,), msg_id=self._lineno)
-                return
+        if self._offset >= self._end:
+            return
+        line = next(self._lines, b"")
+        if not line:  # the file was cut shorter since it was opened
+            self._end = self._offset
+            return
+        offset, self._offset = self._offset, self._offset + len(line)
+        text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+        self._in_flight[offset] = text
+        self.emit((text,), msg_id=offset)
 
     def ack(self, msg_id: int) -> None:
         del self._in_flight[msg_id]
@@ -68,16 +75,27 @@ class LineSpout(Spout):
             self.dropped += 1
             del self._in_flight[msg_id]
             del self._retries[msg_id]
-            log.warning("%s line %d failed %d times; dropped", self.path, msg_id, retries)
+            log.warning("%s: the line at byte %d failed %d times; dropped", self.path, msg_id, retries)
             return
         self._retries[msg_id] = retries
         self._replay.append(msg_id)
 
     def exhausted(self) -> bool:
-        return self._eof and not self._replay
+        return self._offset >= self._end and not self._replay
 
     def close(self) -> None:
         self._file.close()
+
+
+def _lines(file: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``file`` from where it stands, each with its end: ``\\n``, ``\\r\\n``
+    or a lone ``\\r``, the line ends of text mode's universal newlines. Bytes, so that
+    their lengths are the offsets in the file."""
+    for chunk in file:  # cut after each b"\n" only, so never inside a b"\r\n"
+        if b"\r" in chunk:
+            yield from chunk.splitlines(keepends=True)
+        else:
+            yield chunk
 
 
 class JsonLinesSink(Bolt):

@@ -1,0 +1,130 @@
+"""LineSpout: how a file's lines are shared among tasks, and replay; run without a worker."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from streamflow_connectors.files import LineSpout
+
+from streamflow import TaskContext
+
+TASKS = (1, 2, 3, 4, 7, 16)
+
+
+def open_task(path: Path, index: int, tasks: int, max_retries: int = 3) -> tuple[LineSpout, list[tuple[int, str]]]:
+    """Task ``index`` of ``tasks`` of a LineSpout on ``path``, opened, and the list its
+    emits go to as (message id, line)."""
+    spout = LineSpout(str(path), max_retries=max_retries)
+    emitted: list[tuple[int, str]] = []
+
+    def emit(values: tuple[Any, ...], stream: str = "default", msg_id: Any = None) -> None:
+        emitted.append((msg_id, values[0]))
+
+    spout.emit = emit
+    spout.open({}, TaskContext("t", "lines", index, {"lines": tuple(range(tasks))}))
+    return spout, emitted
+
+
+def drain(spout: LineSpout, calls: int) -> None:
+    """Call next_tuple until the spout says it is exhausted, at most ``calls`` times."""
+    for _ in range(calls):
+        if spout.exhausted():
+            return
+        spout.next_tuple()
+    assert spout.exhausted(), f"not exhausted after {calls} calls"
+
+
+def read_as_text(path: Path) -> list[str]:
+    """The lines as text mode reads them (universal newlines, invalid UTF-8 replaced), as
+    the spout read them before it shared the file out by bytes."""
+    with path.open(encoding="utf-8", errors="replace", newline=None) as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def assert_shared_exactly(path: Path, tasks: int) -> None:
+    """Across ``tasks`` tasks, every line is emitted once, in file order from task 0 on,
+    with its first byte's offset as message id, by the task whose byte range holds it."""
+    data = path.read_bytes()
+    size, everything = len(data), []
+    for index in range(tasks):
+        spout, emitted = open_task(path, index, tasks)
+        drain(spout, size + 2)
+        spout.close()
+        low, high = size * index // tasks, size * (index + 1) // tasks
+        assert all(low <= offset < high for offset, _ in emitted), (index, emitted)
+        everything += emitted
+    starts, offset = [], 0
+    for line in data.splitlines(keepends=True):
+        starts.append(offset)
+        offset += len(line)
+    assert everything == list(zip(starts, read_as_text(path), strict=True))
+
+
+CASES = {
+    "empty": b"",
+    "one line": b"one line\n",
+    "one line, no newline": b"one line",
+    "no trailing newline": b"first\nsecond\nthird",
+    "empty lines": b"\n\n\na\n\n",
+    "lines longer than a range": b"x" * 1000 + b"\nshort\n" + b"y" * 500 + b"\nz",
+    "CRLF": b"a\r\nbb\r\n\r\nccc\r\n",
+    "lone CR": b"a\rbb\r\rccc",
+    "mixed ends": b"a\r\n\rb\n\r\nc\r",
+    "not UTF-8": "café\n".encode() + b"\xff\xfe\nok\n\xe2\x82\n",
+}
+
+
+@pytest.mark.parametrize("tasks", TASKS)
+@pytest.mark.parametrize("case", CASES)
+def test_every_line_is_emitted_once_across_the_tasks(tmp_path: Path, case: str, tasks: int) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(CASES[case])
+    assert_shared_exactly(path, tasks)
+
+
+def test_random_files_with_every_kind_of_line_end_are_shared_exactly(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    pieces = [b"a", b"bc", b" ", "é".encode(), b"\xe2", b"\x82", b"\xff", b"\n", b"\r", b"\r\n"]
+    path = tmp_path / "in.txt"
+    for _ in range(300):
+        path.write_bytes(b"".join(rng.choices(pieces, k=rng.randint(0, 60))))
+        assert_shared_exactly(path, rng.randint(1, 9))
+
+
+def test_a_file_cut_shorter_after_open_ends_the_task(tmp_path: Path) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"a\n" + b"b" * 100_000 + b"\nc\n")
+    spout, emitted = open_task(path, 0, 1)
+    path.write_bytes(b"a\n")
+    drain(spout, 10)
+    assert emitted == [(0, "a")]
+
+
+def test_a_failed_line_is_replayed_first_then_dropped_after_max_retries(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"a\nb\nc\n")
+    spout, emitted = open_task(path, 0, 1, max_retries=2)
+    spout.next_tuple()
+    spout.next_tuple()
+    spout.fail(0)
+    spout.next_tuple()
+    spout.next_tuple()
+    assert emitted == [(0, "a"), (2, "b"), (0, "a"), (4, "c")]
+    spout.ack(2)
+    spout.ack(4)
+    assert spout.exhausted()
+    spout.fail(0)
+    assert not spout.exhausted()  # a replay is due
+    spout.next_tuple()
+    with caplog.at_level(logging.WARNING):
+        spout.fail(0)
+    assert emitted[-1] == (0, "a") and len(emitted) == 5
+    assert spout.dropped == 1 and spout.exhausted()
+    assert "the line at byte 0 failed 3 times; dropped" in caplog.text
+    spout.next_tuple()
+    assert len(emitted) == 5
