@@ -125,3 +125,36 @@ class PendingTrees:
             old.append(root)
         for root in old:
             yield self._trees.pop(root)[0]
+
+
+class RecentFailures:
+    """Message ids of a spout task's failed trees, so that emitting one again counts as
+    a replay. Bounded: past ``limit`` ids the oldest are forgotten (a spout may give a
+    message up instead of replaying it)."""
+
+    __slots__ = ("_ids", "_limit")
+
+    def __init__(self, limit: int = 65536) -> None:
+        self._ids: dict[Any, None] = {}
+        self._limit = limit
+
+    def __bool__(self) -> bool:
+        return bool(self._ids)
+
+    def add(self, msg_id: Any) -> None:
+        try:
+            self._ids[msg_id] = None
+        except TypeError:  # an unhashable message id: its replays are not counted
+            return
+        if len(self._ids) > self._limit:
+            del self._ids[next(iter(self._ids))]
+
+    def take(self, msg_id: Any) -> bool:
+        """Forget ``msg_id`` and say whether it had failed."""
+        try:
+            return self._ids.pop(msg_id, _ABSENT) is not _ABSENT
+        except TypeError:
+            return False
+
+
+_ABSENT = object()

@@ -24,7 +24,8 @@ from streamflow.errors import StreamflowError
 from streamflow.executor import TaskFailed
 from streamflow.loader import load_topology
 from streamflow.local import run_local
-from streamflow.stats import ComponentSummary, format_summary
+from streamflow.logs import LEVELS, format_line
+from streamflow.status_view import format_status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -88,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, handler, help in (
         ("list", _list, "list the running topologies"),
         ("status", _status, "workers, tasks, counters and last errors of a topology"),
+        ("top", _top, "the status table of a topology, refreshed until Ctrl-C (status --watch)"),
+        ("logs", _logs, "log lines of a topology's workers, from every node"),
+        ("set-log-level", _set_log_level, "change the log level of a topology's workers at run time"),
         ("kill", _kill, "deactivate a topology, let in-flight tuples finish, then stop it"),
         ("activate", _activate, "let a topology's spouts emit again"),
         ("deactivate", _deactivate, "stop a topology's spouts from emitting"),
@@ -98,8 +102,16 @@ def _parser() -> argparse.ArgumentParser:
         sub = command(name, handler, help)
         if name != "list":
             sub.add_argument("name", metavar="NAME")
-        if name in ("list", "status"):
+        if name in ("list", "status", "logs"):
             sub.add_argument("--json", action="store_true", help="print the answer as JSON")
+        if name in ("status", "top"):
+            sub.add_argument("--watch", type=_positive_float, nargs="?", const=2.0, default=2.0 if name == "top"
+                             else None, metavar="SECONDS", help="refresh every SECONDS (default 2) until Ctrl-C")
+        if name == "logs":
+            sub.add_argument("--component", metavar="C", help="only the lines of this component's tasks")
+            sub.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until Ctrl-C")
+        if name == "set-log-level":
+            sub.add_argument("level", metavar="LEVEL", type=str.upper, choices=LEVELS)
         if name == "kill":
             sub.add_argument("--wait", type=float, metavar="SECONDS",
                              help="seconds to let tuples in flight finish (default: the message timeout)")
@@ -220,22 +232,46 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    answer = _client(args).call("GET", "status", args.name)
-    if args.json:
-        print(json.dumps(answer, indent=2))
-        return EXIT_OK
-    print(f"{answer['name']} ({answer['id']}): {answer['status']}, up {answer['uptime']:.0f} s, "
-          f"{len(answer['workers'])} workers")
-    for w in answer["workers"]:
-        state = "alive" if w["alive"] else "not heard from"
-        print(f"  worker {w['host']}:{w['port']} ({w['slot']}) {state}, tasks {w['tasks']}")
-    summaries = [ComponentSummary(name, c["kind"], c["tasks"], c["emitted"], c["executed"], c["acked"],
-                                  c["failed"]) for name, c in answer["components"].items()]
-    print(format_summary(summaries, answer["uptime"]))
-    for component, errors in answer["errors"].items():
-        last = errors[-1]
-        when = time.strftime("%H:%M:%S", time.localtime(last["time"]))
-        print(f"last error of {component} at {when} on {last['worker']}: {last['message']}")
+    client = _client(args)
+    while True:
+        answer = client.call("GET", "status", args.name)
+        text = json.dumps(answer, indent=2) if args.json else format_status(answer)
+        if args.watch is None:
+            print(text)
+            return EXIT_OK
+        if sys.stdout.isatty():
+            print("\033[H\033[2J", end="")  # clear the terminal, as top does
+        print(text + "\n", flush=True)
+        time.sleep(args.watch)
+
+
+def _top(args: argparse.Namespace) -> int:
+    args.json = False
+    return _status(args)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    query = {"component": args.component} if args.component else {}
+    cursor: dict[str, int] | None = None
+    while True:
+        answer = client.call("GET", "logs", args.name,
+                             query={**query, **({"cursor": json.dumps(cursor)} if cursor else {})})
+        for line in answer["lines"]:
+            print(json.dumps(line) if args.json else format_line(line))
+        for missing in answer["unreachable"]:
+            print(f"streamflow: cannot read the logs of worker {missing['worker']}: {missing['error']}",
+                  file=sys.stderr)
+        sys.stdout.flush()
+        if not args.follow:
+            return EXIT_OK
+        cursor = answer["cursor"]
+        time.sleep(1.0)
+
+
+def _set_log_level(args: argparse.Namespace) -> int:
+    _client(args).call("POST", "log-level", args.name, {"level": args.level})
+    print(f"log level of {args.name} is now {args.level}")
     return EXIT_OK
 
 
@@ -315,13 +351,15 @@ def _supervisor(args: argparse.Namespace) -> int:
 
     state = _state(args)
     ports = list(range(args.base_port, args.base_port + args.slots))
+    logs_url = f"http://{args.host}:{args.health_port}" if args.health_port else None
     supervisor = Supervisor(state, args.id or f"{args.host}-{args.base_port}", args.host, ports,
-                            Path(args.data_dir), args.zk_auth)
+                            Path(args.data_dir), args.zk_auth, logs_url)
     if args.health_port:
         from streamflow.health import serve_probes
         from streamflow.metrics import exposition
 
-        serve_probes(args.health_port, supervisor.ready, lambda: exposition(supervisor.metrics.registry))
+        serve_probes(args.health_port, supervisor.ready, lambda: exposition(supervisor.metrics.registry),
+                     {"/logs": supervisor.logs})
     try:
         supervisor.run()
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -22,9 +23,13 @@ class NimbusClient:
         self.token = token
         self.timeout = timeout
 
-    def call(self, method: str, op: str, name: str = "", body: dict[str, Any] | None = None) -> Any:
-        """One API call; raises :class:`StreamflowError` with nimbus's one-line reason."""
-        path = f"{self.url}/api/v1/{op}" + (f"/{name}" if name else "")
+    def call(self, method: str, op: str, name: str = "", body: dict[str, Any] | None = None,
+             query: dict[str, str] | None = None) -> Any:
+        """One API call (``body`` for a POST, ``query`` parameters for a GET); raises
+        :class:`StreamflowError` with nimbus's one-line reason."""
+        path = f"{self.url}/api/v1/{op}" + (f"/{urllib.parse.quote(name)}" if name else "")
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

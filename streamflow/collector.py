@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Sequence
 
-from streamflow.acking import PendingTrees, new_id
+from streamflow.acking import PendingTrees, RecentFailures, new_id
 from streamflow.groupings import Router, make_router
 from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT
 from streamflow.stats import TaskStats
@@ -138,6 +138,8 @@ class SpoutOutputCollector(OutputCollector):
         """Set by the executor once per round: the emit time of this round's trees."""
         self.acked_at_once: list[Any] = []
         """Message ids complete as soon as emitted (acking off, or no receiving task)."""
+        self.failed_ids = RecentFailures()
+        """Message ids of failed trees: the executor adds them, an emit of one is a replay."""
         self._inits: list[tuple[int, int, int]] = []
         n = len(self._ackers)
         local = [i for i, acker in enumerate(self._ackers) if acker in self._local_tasks]
@@ -187,6 +189,8 @@ class SpoutOutputCollector(OutputCollector):
     def _track(self, root: int, xor: int, msg_id: Any) -> None:
         if msg_id is None:
             return
+        if self.failed_ids and self.failed_ids.take(msg_id):
+            self.stats.replayed += 1
         if xor:
             self.pending.add(root, msg_id, self.now)
             self._inits.append((root, xor, self.task))

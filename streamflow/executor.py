@@ -27,6 +27,7 @@ from streamflow.components import (
 )
 from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT, TICK, TREE_DONE, TREE_FAILED, Inbox
 from streamflow.stats import TaskStats
+from streamflow.telemetry import Report, TaskHistory, task_report
 from streamflow.topology import Topology
 from streamflow.transport.base import Transport
 from streamflow.tuples import TICK_ORIGIN, Tuple
@@ -54,17 +55,32 @@ async def _call(result: Any) -> Any:
 class Executor(ABC):
     """What every task's executor has: its inbox, stats and state flags."""
 
+    kind = "acker"
+    """What the task runs, as reports name it: "spout", "bolt" or "acker"."""
+
     def __init__(self, component: str, task: int, inbox: Inbox) -> None:
         self.component = component
         self.task = task
         self.inbox = inbox
         self.stats = TaskStats(component, task)
+        self.history = TaskHistory(self.stats, time.monotonic())
         self.idle = False
         """True while waiting on an empty inbox with nothing left to send."""
 
     @abstractmethod
     async def run(self) -> None:
         """Run the task until cancelled."""
+
+    def metrics(self) -> Mapping[str, Any]:
+        """The component's own metrics (none for ackers)."""
+        return {}
+
+    def report(self) -> Report:
+        """The task's figures now, since start and over the recent windows (about once
+        a second: each call may keep a snapshot for the windows)."""
+        return task_report(self.stats, self.kind, self.history, time.monotonic(),
+                           queue=self.inbox.queued_tuples, backpressure=self.inbox.blocked_seconds,
+                           metrics=self.metrics())
 
 
 class ComponentExecutor(Executor):
@@ -88,6 +104,17 @@ class ComponentExecutor(Executor):
         self.context = TaskContext(topology.name, component, task, topology.task_layout())
         self._collector_args = (topology, component, task, transport, local_tasks, self.stats)
         self.started = False
+
+    def metrics(self) -> Mapping[str, Any]:
+        """The component's ``metrics()`` once it started; an exception there is the
+        component's error, not the worker's."""
+        if not self.started:
+            return {}
+        try:
+            return dict(self.instance.metrics())
+        except Exception as exc:
+            self.stats.record_error(exc, "metrics")
+            return {}
 
     async def _start(self, method: str) -> None:
         try:
@@ -117,6 +144,8 @@ class SpoutExecutor(ComponentExecutor):
     """Calls ``next_tuple`` while fewer than max-spout-pending trees are in flight, hands
     tree completions and failures from the ackers to ``ack``/``fail``, and fails trees
     that exceed the message timeout."""
+
+    kind = "spout"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -241,11 +270,13 @@ class SpoutExecutor(ComponentExecutor):
                     self._callback(spout.ack, tree[0])
                 else:  # TREE_FAILED
                     stats.failed += 1
+                    self.collector.failed_ids.add(tree[0])
                     self._callback(spout.fail, tree[0])
 
     def _expire(self, cutoff: float) -> None:
         for msg_id in self.pending.expired(cutoff):
             self.stats.failed += 1
+            self.collector.failed_ids.add(msg_id)
             self._callback(self.spout.fail, msg_id)
 
     def _callback(self, method: Any, msg_id: Any) -> None:
@@ -261,6 +292,8 @@ class SpoutExecutor(ComponentExecutor):
 
 class BoltExecutor(ComponentExecutor):
     """Runs ``process`` on each tuple of each inbox batch, then ``end_batch``, then flushes."""
+
+    kind = "bolt"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -286,6 +319,7 @@ class BoltExecutor(ComponentExecutor):
         inbox, collector, stats = self.inbox, self.collector, self.stats
         process = self._process
         end_batch: Callable[[], Awaitable[None] | None] = self.bolt.end_batch
+        clock, latency = time.perf_counter, stats.execute_latency
         while True:
             message = inbox.get_nowait()
             if message is None:
@@ -294,6 +328,7 @@ class BoltExecutor(ComponentExecutor):
                 self.idle = False
                 continue
             handled = 0
+            started = clock()
             while message is not None:  # drain the inbox: one flush for all queued batches
                 kind, payload = message
                 if kind == TICK:
@@ -312,6 +347,9 @@ class BoltExecutor(ComponentExecutor):
                     await done
             except Exception as exc:
                 stats.record_error(exc, "end_batch")
+            took = clock() - started
+            stats.busy += took
+            latency.add_many(took / handled, handled)
             await collector.flush()
             await asyncio.sleep(0)
 
@@ -388,13 +426,14 @@ class AckerExecutor(Executor):
 
     async def run(self) -> None:
         state, inbox, stats = self.state, self.inbox, self.stats
-        loop_time = time.monotonic
+        loop_time, clock = time.monotonic, time.perf_counter
         next_expiry = loop_time() + self._timeout
         while True:
             if not len(inbox):
                 self.idle = True
                 await inbox.wait(max(next_expiry - loop_time(), 0.0))
                 self.idle = False
+            started = clock()
             now = loop_time()
             if now >= next_expiry:
                 state.expire(now - self._timeout)
@@ -427,4 +466,5 @@ class AckerExecutor(Executor):
             for spout, roots in failed.items():
                 stats.failed += len(roots)
                 self._transport.send_control(spout, TREE_FAILED, roots)
+            stats.busy += clock() - started
             await asyncio.sleep(0)

@@ -3,7 +3,7 @@
 ``GET /healthz`` answers 200 while the process serves at all; ``GET /readyz`` answers
 200 when the role can do its job (its ``ready()`` says why not, with a 503, otherwise).
 Nimbus serves both on its API port; a supervisor on its own ``--health-port``, with
-``GET /metrics`` beside them.
+``GET /metrics`` and its own JSON routes (its workers' logs) beside them.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ import json
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+from urllib.parse import parse_qsl, urlsplit
 
 from streamflow.errors import StreamflowError
 
 Readiness = Callable[[], tuple[bool, str]]
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+Route = Callable[[dict[str, str], str | None], tuple[HTTPStatus, Any]]
+"""A JSON GET route: (query parameters, Authorization header) -> (status, answer)."""
 
 
 def probe(path: str, ready: Readiness) -> tuple[HTTPStatus, dict[str, Any]] | None:
@@ -30,15 +33,19 @@ def probe(path: str, ready: Readiness) -> tuple[HTTPStatus, dict[str, Any]] | No
     return None
 
 
-def serve_probes(port: int, ready: Readiness, metrics: Callable[[], bytes]) -> ThreadingHTTPServer:
-    """Serve /healthz, /readyz and /metrics (Prometheus text) on ``port`` from a daemon thread."""
+def serve_probes(port: int, ready: Readiness, metrics: Callable[[], bytes],
+                 routes: Mapping[str, Route] | None = None) -> ThreadingHTTPServer:
+    """Serve /healthz, /readyz, /metrics (Prometheus text) and ``routes`` on ``port`` from
+    a daemon thread."""
+    extra: Mapping[str, Route] = routes or {}
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def do_GET(self) -> None:
-            if self.path.split("?")[0] == "/metrics":
+            url = urlsplit(self.path)
+            if url.path == "/metrics":
                 data = metrics()
                 self.send_response(HTTPStatus.OK)
                 self.send_header("Content-Type", PROMETHEUS_TEXT)
@@ -46,7 +53,11 @@ def serve_probes(port: int, ready: Readiness, metrics: Callable[[], bytes]) -> T
                 self.end_headers()
                 self.wfile.write(data)
                 return
-            answer = probe(self.path.split("?")[0], ready)
+            route = extra.get(url.path)
+            answer: tuple[HTTPStatus, Any] | None = (
+                route(dict(parse_qsl(url.query)), self.headers.get("Authorization")) if route
+                else probe(url.path, ready)
+            )
             status, body = answer if answer else (HTTPStatus.NOT_FOUND, {"error": "no such path"})
             data = json.dumps(body).encode()
             self.send_response(status)

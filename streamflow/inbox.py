@@ -55,6 +55,8 @@ class Inbox:
         self._putters: deque[asyncio.Future[None]] = deque()
         self.blocked_puts = 0
         """How many times a sender had to wait: the backpressure count."""
+        self.blocked_seconds = 0.0
+        """How long senders waited in all (a sum over senders): the backpressure time."""
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -68,14 +70,18 @@ class Inbox:
         n = len(tuples)
         while self._queued and self._queued + n > self.capacity:
             self.blocked_puts += 1
-            fut = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
             self._putters.append(fut)
+            since = loop.time()
             try:
                 await fut
             except asyncio.CancelledError:
                 if fut in self._putters:
                     self._putters.remove(fut)
                 raise
+            finally:
+                self.blocked_seconds += loop.time() - since
         self._queued += n
         self._messages.append((TUPLES, tuples))
         self._wake_getter()

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,13 +34,15 @@ from typing import Any, Callable, Sequence
 from kazoo.protocol.states import KazooState
 from prometheus_client import CollectorRegistry, Counter
 
+from streamflow import webui
 from streamflow.config import validate_config
 from streamflow.errors import StreamflowError
 from streamflow.health import PROMETHEUS_TEXT, probe
+from streamflow.logs import LEVELS
 from streamflow.metrics import TopologyCollector, exposition
 from streamflow.package import unpack
 from streamflow.scheduler import Slot, schedule
-from streamflow.stats import Histogram
+from streamflow.telemetry import Report, combine
 from streamflow.topology import task_layout
 from streamflow.zkstate import ClusterState, slot_key
 
@@ -48,6 +51,9 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCHEDULE_SECS = 0.5
 DESCRIBE_TIMEOUT_SECS = 60
+LOGS_TIMEOUT_SECS = 5.0
+READ_ANYWHERE = frozenset({"cluster", "logs"})
+"""Operations a standby answers itself (they read ZooKeeper and supervisors only)."""
 
 
 class ApiError(Exception):
@@ -91,6 +97,8 @@ class Nimbus:
             ("POST", "deactivate"): self.deactivate,
             ("POST", "rebalance"): self.rebalance,
             ("POST", "config"): self.set_config,
+            ("POST", "log-level"): self.set_log_level,
+            ("GET", "logs"): self.logs,
             ("GET", "cluster"): self.cluster,
         }
 
@@ -161,7 +169,7 @@ class Nimbus:
         route = self.routes.get((method, op))
         if route is None:
             return HTTPStatus.NOT_FOUND, {"error": f"no operation {method} {op}"}
-        if not self.leading.is_set() and op != "cluster":
+        if not self.leading.is_set() and op not in READ_ANYWHERE:
             return self._forward(method, op, name, body, auth)
         try:
             with self._lock:
@@ -174,7 +182,9 @@ class Nimbus:
         leader = self.leader_url()
         if leader is None or leader == self.url:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no nimbus leader at the moment; retry"}
-        path = f"/api/v1/{op}" + (f"/{name}" if name else "")
+        path = f"/api/v1/{op}" + (f"/{urllib.parse.quote(name)}" if name else "")
+        if method == "GET" and body:
+            path += "?" + urllib.parse.urlencode(body)
         request = urllib.request.Request(
             leader + path, method=method, data=json.dumps(body).encode() if method == "POST" else None,
             headers={"Content-Type": "application/json", **({"Authorization": auth} if auth else {})},
@@ -265,24 +275,15 @@ class Nimbus:
         assignment = self.state.read_assignment(topology_id) or {}
         beats = self.state.heartbeats(topology_id)
         layout = self._layout(record)
-        components = {
-            c: {"kind": record["description"]["components"].get(c, {}).get("kind", "acker"),
-                "tasks": len(tasks), "emitted": 0, "executed": 0, "acked": 0, "failed": 0}
-            for c, tasks in layout.items() if tasks
-        }
+        specs = record["description"]["components"]
+        reports: dict[str, list[Report]] = {c: [] for c, tasks in layout.items() if tasks}
         workers = []
         now = time.time()
         for key, w in sorted(assignment.get("workers", {}).items()):
             beat = beats.get(key)
-            for s in (beat or {}).get("stats", []):
-                if s["component"] in components:
-                    c = components[s["component"]]
-                    for counter in ("emitted", "executed", "acked", "failed"):
-                        c[counter] += s[counter]
-                    for metric, value in (s.get("metrics") or {}).items():
-                        c.setdefault("metrics", {})[metric] = c.get("metrics", {}).get(metric, 0) + value
-                    if s.get("complete_latency"):
-                        c.setdefault("complete_latency", Histogram()).merge(Histogram(s["complete_latency"]))
+            for report in (beat or {}).get("stats", []):
+                if report["component"] in reports:
+                    reports[report["component"]].append(report)
             workers.append({
                 "slot": key, "host": w["host"], "port": w["port"], "tasks": w["tasks"],
                 "alive": beat is not None and now - beat["time"] < self.worker_timeout,
@@ -290,18 +291,17 @@ class Nimbus:
                 "pid": beat["pid"] if beat else None,
                 "dropped": beat.get("dropped", 0) if beat else None,
             })
-        for c in components.values():
-            histogram = c.pop("complete_latency", None)
-            if histogram is not None:
-                c["complete_latency_ms"] = {
-                    q: (None if v is None else round(v * 1000, 2))
-                    for q, v in (("p50", histogram.quantile(0.5)), ("p99", histogram.quantile(0.99)))
-                }
-                c["complete_latency_histogram"] = histogram.counts
+        errors = self.state.errors(topology_id)
+        components = {}
+        for c, tasks in reports.items():
+            spec = specs.get(c, {"kind": "acker", "inputs": []})
+            view = combine(spec["kind"], tasks)
+            last = errors[c][-1] if errors.get(c) else None
+            components[c] = {"tasks": len(layout[c]), "inputs": spec["inputs"], **view, "last_error": last}
         return {
             "name": record["name"], "id": topology_id, "status": record["status"],
-            "uptime": now - record["submitted"], "workers": workers, "components": components,
-            "errors": self.state.errors(topology_id),
+            "uptime": now - record["submitted"], "log_level": record.get("log_level", "INFO"),
+            "workers": workers, "components": components, "errors": errors,
         }
 
     def _statuses(self) -> Sequence[dict[str, Any]]:
@@ -384,18 +384,79 @@ class Nimbus:
         self.state.write_topology(topology_id, record)
         return {"id": topology_id, "config": record["config"]}
 
+    def set_log_level(self, body: dict[str, Any], name: str) -> Any:
+        """Set the log level of every worker of a topology (they follow it at once)."""
+        level = str(body.get("level", "")).upper()
+        if level not in LEVELS:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"level must be one of {', '.join(LEVELS)}, "
+                           f"got {body.get('level')!r}")
+        topology_id, record = self._find(name)
+        record["log_level"] = level
+        self.state.write_topology(topology_id, record)
+        return {"id": topology_id, "log_level": level}
+
+    def logs(self, body: dict[str, Any], name: str) -> Any:
+        """New log lines of a topology's workers, read from their supervisors and merged
+        by time. ``component`` keeps that component's lines; ``cursor`` (the JSON of a
+        previous answer's cursor) returns only lines written since."""
+        topology_id, record = self._find(name)
+        try:
+            cursor = json.loads(body.get("cursor") or "{}")
+        except ValueError:
+            cursor = None
+        if not isinstance(cursor, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "cursor must be the cursor of an earlier answer")
+        component = body.get("component")
+        supervisors = self.state.supervisors()
+        assignment = self.state.read_assignment(topology_id) or {}
+        timed: list[tuple[float, dict[str, Any]]] = []
+        next_cursor, unreachable = {}, []
+        for slot, w in sorted(assignment.get("workers", {}).items()):
+            url = supervisors.get(w["supervisor"], {}).get("logs_url")
+            query = {"topology": topology_id, "port": w["port"]}
+            if isinstance(cursor.get(slot), int):
+                query["offset"] = cursor[slot]
+            try:
+                if url is None:
+                    raise OSError("its supervisor serves no logs (--health-port 0)")
+                answer = _get_json(f"{url}/logs?{urllib.parse.urlencode(query)}", record["secret"])
+            except (OSError, ValueError) as exc:
+                unreachable.append({"worker": slot, "error": str(exc)})
+                if slot in cursor:
+                    next_cursor[slot] = cursor[slot]
+                continue
+            next_cursor[slot] = answer["offset"]
+            when = 0.0
+            for line in answer["lines"]:
+                when = line["time"] if line.get("time") is not None else when  # raw lines keep their place
+                line.setdefault("worker", slot)
+                if component is None or line.get("component") == component:
+                    timed.append((when, line))
+        timed.sort(key=lambda pair: pair[0])
+        return {"lines": [line for _, line in timed], "cursor": next_cursor, "unreachable": unreachable}
+
     def cluster(self, body: dict[str, Any], _: str) -> Any:
         supervisors = self.state.supervisors()
         used: dict[str, int] = {}
         for assignment in self.state.assignments().values():
             for w in assignment.get("workers", {}).values():
                 used[w["supervisor"]] = used.get(w["supervisor"], 0) + 1
+        topologies = []
+        for status in self._statuses():
+            spouts = [c for c in status["components"].values() if c["kind"] == "spout"]
+            topologies.append({
+                "name": status["name"], "id": status["id"], "status": status["status"],
+                "uptime": status["uptime"], "workers": len(status["workers"]),
+                "tasks": sum(c["tasks"] for c in status["components"].values()),
+                "rate": round(sum(c["rate"] for c in spouts), 1),
+            })
         return {
             "leader": self.leader_url(), "nimbus": self.state.nimbus_urls(),
             "supervisors": [
                 {"id": sid, "host": info["host"], "slots": len(info["ports"]),
                  "used": used.get(sid, 0)} for sid, info in sorted(supervisors.items())
             ],
+            "topologies": topologies,
         }
 
     # -- scheduling (leader only) -----------------------------------------------------
@@ -471,22 +532,22 @@ def _handler(nimbus: Nimbus) -> type[BaseHTTPRequestHandler]:
             log.debug("http %s", format % args)
 
         def _serve(self, method: str) -> None:
-            if method == "GET" and self.path.split("?")[0] == "/metrics":
-                data = exposition(nimbus.registry)
-                self.send_response(HTTPStatus.OK)
-                self.send_header("Content-Type", PROMETHEUS_TEXT)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                return None
-            answer = probe(self.path.split("?")[0], nimbus.ready)
+            url = urllib.parse.urlsplit(self.path)
+            if method == "GET" and url.path == "/metrics":
+                return self._send(HTTPStatus.OK, PROMETHEUS_TEXT, exposition(nimbus.registry))
+            answer = probe(url.path, nimbus.ready)
             if answer is not None:
                 return self._reply(*answer)
-            parts = [p for p in self.path.split("?")[0].split("/") if p]
-            if len(parts) < 3 or parts[:2] != ["api", "v1"]:
-                return self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
-            op, name = parts[2], "/".join(parts[3:])
-            body: dict[str, Any] = {}
+            parts = [p for p in url.path.split("/") if p]
+            if parts[:2] != ["api", "v1"]:
+                page = webui.page(url.path) if method == "GET" else None
+                if page is None:
+                    return self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}"})
+                return self._send(HTTPStatus.OK, *page)
+            if len(parts) < 3:
+                return self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}"})
+            op, name = parts[2], urllib.parse.unquote("/".join(parts[3:]))
+            body: dict[str, Any] = dict(urllib.parse.parse_qsl(url.query)) if method == "GET" else {}
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 try:
@@ -503,14 +564,27 @@ def _handler(nimbus: Nimbus) -> type[BaseHTTPRequestHandler]:
             self._serve("POST")
 
         def _reply(self, status: HTTPStatus, answer: Any) -> None:
-            data = json.dumps(answer).encode()
+            self._send(status, "application/json", json.dumps(answer).encode())
+
+        def _send(self, status: HTTPStatus, content_type: str, data: bytes) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
     return Handler
+
+
+def _get_json(url: str, token: str) -> Any:
+    """GET a JSON answer with a bearer token; raises OSError (unreachable, refused) or
+    ValueError (not JSON)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=LOGS_TIMEOUT_SECS) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise OSError(f"{url.split('?')[0]} answered {exc.code}: {exc.read()[:200]!r}") from None
 
 
 def read_token(path: str | None) -> str | None:

@@ -45,6 +45,22 @@ class Histogram:
     def add(self, seconds: float) -> None:
         self.counts[bisect_left(self.BOUNDS, seconds)] += 1
 
+    def add_many(self, seconds: float, n: int) -> None:
+        """Count ``n`` observations of ``seconds`` (a batch's mean time per tuple)."""
+        self.counts[bisect_left(self.BOUNDS, seconds)] += n
+
+    def sparse(self) -> list[list[int]]:
+        """``[[bucket, count], ...]`` of the non-empty buckets: how histograms travel in
+        heartbeats, where most of the ~110 buckets are empty."""
+        return [[i, n] for i, n in enumerate(self.counts) if n]
+
+    @classmethod
+    def from_sparse(cls, pairs: Iterable[Iterable[int]]) -> Histogram:
+        histogram = cls()
+        for i, n in pairs:
+            histogram.counts[i] += n
+        return histogram
+
     def merge(self, other: Histogram) -> None:
         for i, n in enumerate(other.counts):
             self.counts[i] += n
@@ -80,10 +96,18 @@ class TaskStats:
     executed: int = 0
     acked: int = 0
     failed: int = 0
+    replayed: int = 0
+    """Spout tasks: emits of a message id that had failed (a replay)."""
     errors: int = 0
+    busy: float = 0.0
+    """Bolt and acker tasks: seconds spent handling input; over elapsed time, the
+    task's capacity (Storm's UI figure: near 1, the task is the bottleneck)."""
     last_error: ErrorRecord | None = None
     complete_latency: Histogram = field(default_factory=Histogram, repr=False)
     """Spout tasks: seconds from emit to the whole tree acked."""
+    execute_latency: Histogram = field(default_factory=Histogram, repr=False)
+    """Bolt tasks: seconds per input tuple, timed per batch (a batch's time over its
+    tuples) so that the hot path pays two clock reads per batch, not per tuple."""
     _last_logged: float = field(default=0.0, repr=False)
 
     def record_error(self, exc: BaseException, doing: str) -> None:

@@ -7,10 +7,15 @@ assigned here, restarts one that died (at once if it had run a while; with a gro
 back-off if it keeps dying young, as when its topology's code cannot load), and stops
 workers whose slot is no longer assigned here. On SIGTERM it stops its workers and
 removes its znode at once, so nimbus reschedules without waiting for the session to expire.
+
+Each worker's output (JSON log lines, :mod:`streamflow.logs`) goes to a file per
+topology and slot, which the supervisor serves to nimbus at ``GET /logs`` on its health
+port, behind the topology's secret.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import signal
@@ -18,12 +23,14 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from kazoo.protocol.states import KazooState
 
+from streamflow.logs import read_new_lines, rotate
 from streamflow.metrics import SupervisorMetrics
 from streamflow.package import unpack
 from streamflow.zkstate import ClusterState
@@ -47,7 +54,6 @@ class WorkerSlot:
     started: float = 0.0
     failures: int = 0
     next_start: float = 0.0
-    log_path: Path | None = field(default=None, repr=False)
 
 
 class Supervisor:
@@ -59,6 +65,7 @@ class Supervisor:
         ports: list[int],
         data_dir: Path,
         zk_auth: str | None = None,
+        logs_url: str | None = None,
     ) -> None:
         self.state = state
         self.id = supervisor_id
@@ -66,6 +73,8 @@ class Supervisor:
         self.ports = ports
         self.data_dir = data_dir
         self.zk_auth = zk_auth
+        self.logs_url = logs_url
+        """Where nimbus reads this node's worker logs (the health port), if served."""
         self.slots: dict[int, WorkerSlot] = {}
         self.registered = False
         self.metrics = SupervisorMetrics()
@@ -78,7 +87,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
         self.state.register_supervisor(self.id, {"host": self.host, "ports": self.ports,
-                                                 "started": time.time(), "pid": os.getpid()})
+                                                 "started": time.time(), "pid": os.getpid(),
+                                                 "logs_url": self.logs_url})
         self.registered = True
         self.state.zk.ChildrenWatch(self.state.path("assignments"), self._assignments_changed)
         log.info("supervisor %s on %s offers ports %s", self.id, self.host, self.ports)
@@ -102,6 +112,24 @@ class Supervisor:
         if self.state.zk.state != KazooState.CONNECTED:
             return False, f"ZooKeeper connection {self.state.zk.state}"
         return True, f"{len(self.ports)} slots registered"
+
+    def logs(self, query: dict[str, str], auth: str | None) -> tuple[HTTPStatus, Any]:
+        """``GET /logs?topology=ID&port=P[&offset=N]``: new lines of a worker's log file,
+        for the caller that presents the topology's secret (nimbus)."""
+        topology, port, offset = query.get("topology", ""), query.get("port", ""), query.get("offset")
+        if not port.isdigit() or int(port) not in self.ports or (offset is not None and not offset.isdigit()):
+            return HTTPStatus.BAD_REQUEST, {"error": "expected topology, one of this node's ports, offset"}
+        record = self.state.read_topology(topology)
+        if record is None:
+            return HTTPStatus.NOT_FOUND, {"error": f"no topology {topology!r}"}
+        if not hmac.compare_digest(auth or "", f"Bearer {record['secret']}"):
+            return HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong topology secret"}
+        lines, next_offset = read_new_lines(self._log_path(topology, int(port)),
+                                            None if offset is None else int(offset))
+        return HTTPStatus.OK, {"lines": lines, "offset": next_offset}
+
+    def _log_path(self, topology: str, port: int) -> Path:
+        return self.data_dir / "logs" / f"{topology}-{port}.log"
 
     def _assignments_changed(self, children: list[str]) -> bool:
         for topology in set(children) - self._watched:  # a DataWatch wakes us on its changes
@@ -162,9 +190,9 @@ class Supervisor:
 
     def _start_worker(self, port: int, slot: WorkerSlot) -> None:
         code_dir = self._code_dir(slot.topology)
-        logs = self.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        slot.log_path = logs / f"{slot.topology}-{port}.log"
+        log_path = self._log_path(slot.topology, port)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate(log_path)
         cmd = [
             sys.executable, "-m", "streamflow.cli", "worker",
             "--zk", self.state.hosts, "--zk-root", self.state.root,
@@ -174,7 +202,7 @@ class Supervisor:
         env = dict(os.environ)
         if self.zk_auth:
             env["STREAMFLOW_ZK_AUTH"] = self.zk_auth  # not on the command line, where ps shows it
-        with open(slot.log_path, "ab") as out:
+        with open(log_path, "ab") as out:
             slot.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                             cwd=code_dir)
         slot.started = time.monotonic()

@@ -8,6 +8,7 @@ task and connects them through a :class:`~streamflow.transport.Transport`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Callable, Collection, Mapping
 
 from streamflow.executor import (
@@ -19,6 +20,7 @@ from streamflow.executor import (
     TaskFailed,
 )
 from streamflow.inbox import Inbox
+from streamflow.logs import TASK
 from streamflow.stats import TaskStats
 from streamflow.topology import ACKER_COMPONENT, Topology
 from streamflow.transport import InProcessTransport, Transport
@@ -67,10 +69,13 @@ class Worker:
         return [e.stats for e in self.executors]
 
     def start(self) -> None:
-        """Start every executor as a task of the running loop."""
-        self._running = [
-            asyncio.create_task(e.run(), name=f"{e.component}[{e.task}]") for e in self.executors
-        ]
+        """Start every executor as a task of the running loop, each in a context that
+        names its component and task (for log lines)."""
+        self._running = []
+        for e in self.executors:
+            context = contextvars.copy_context()
+            context.run(TASK.set, (e.component, e.task))
+            self._running.append(asyncio.create_task(e.run(), name=f"{e.component}[{e.task}]", context=context))
 
     def finished(self) -> bool:
         """True when every spout is exhausted with no tree in flight and every task is idle

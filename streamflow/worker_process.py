@@ -26,10 +26,13 @@ from typing import Any
 
 import orjson
 import uvloop
+from prometheus_client import CollectorRegistry
 
 from streamflow.errors import StreamflowError
-from streamflow.executor import ComponentExecutor, SpoutExecutor, TaskFailed
+from streamflow.executor import TaskFailed
 from streamflow.loader import load_topology
+from streamflow.logs import log_to_stderr_as_json
+from streamflow.metrics import WorkerCollector, exposition
 from streamflow.topology import Topology
 from streamflow.transport.tcp import Address, Codec, TcpTransport
 from streamflow.worker import Worker
@@ -73,17 +76,6 @@ def routes_of(assignment: dict[str, Any]) -> dict[int, Address]:
     }
 
 
-def _metrics(executor: Any) -> dict[str, float]:
-    """The component's own metrics (empty for ackers, or when ``metrics()`` raises)."""
-    if not isinstance(executor, ComponentExecutor) or not executor.started:
-        return {}
-    try:
-        return dict(executor.instance.metrics())
-    except Exception as exc:
-        executor.stats.record_error(exc, "metrics")
-        return {}
-
-
 def dump_tasks() -> None:
     """Log the stack of every asyncio task (``kill -USR1 <worker pid>``): where each
     executor and link waits, for a worker that looks stuck."""
@@ -95,6 +87,8 @@ def dump_tasks() -> None:
 
 def run_worker(settings: WorkerSettings) -> int:
     """Run until the slot's assignment changes or SIGTERM; returns the exit code."""
+    log_to_stderr_as_json({"topology": settings.topology_id,
+                           "worker": slot_key(settings.supervisor, settings.port)}, "INFO")
     state = ClusterState(settings.zk, settings.zk_root, settings.zk_auth)
     state.start()
     try:
@@ -114,6 +108,8 @@ class WorkerProcess:
         self._exit_code = 0
         self._reported_errors: dict[int, int] = {}
         self._config: dict[str, Any] | None = None
+        self.reports: list[dict[str, Any]] = []
+        """The tasks' reports of the last heartbeat: what ``/metrics`` serves."""
 
     async def run(self) -> int:
         s = self.settings
@@ -129,13 +125,16 @@ class WorkerProcess:
             self._report("__worker", f"cannot load the topology: {exc}")
             return EXIT_BAD_CODE
         self._config = record["config"]
+        logging.getLogger().setLevel(record.get("log_level", "INFO"))
         tasks = frozenset(assignment["workers"][self.slot]["tasks"])
         self.tasks = tasks
         secret = bytes.fromhex(record["secret"])
         transports: list[TcpTransport] = []
+        registry = CollectorRegistry()
+        registry.register(WorkerCollector(record["name"], lambda: self.reports))
 
         def make_transport(inboxes: Any) -> TcpTransport:
-            transport = TcpTransport(inboxes, Codec(topology), secret)
+            transport = TcpTransport(inboxes, Codec(topology), secret, lambda: exposition(registry))
             transports.append(transport)
             return transport
 
@@ -199,8 +198,10 @@ class WorkerProcess:
         transport.update_routes({t: a for t, a in routes_of(assignment).items() if t not in self.tasks})
 
     def _status_changed(self, data: bytes | None, worker: Worker) -> None:
-        """Activate or deactivate the spouts, and hand them a changed config."""
+        """Activate or deactivate the spouts, hand them a changed config, follow the
+        topology's log level."""
         record: dict[str, Any] = orjson.loads(data) if data else {"status": "killed"}
+        logging.getLogger().setLevel(record.get("log_level", "INFO"))
         active = record.get("status") == "active"
         config: dict[str, Any] | None = record.get("config")
         for spout in worker.spouts:
@@ -219,17 +220,9 @@ class WorkerProcess:
     def _beat(self, worker: Worker) -> None:
         """Write the heartbeat, and new errors of this worker's tasks (runs off the loop)."""
         s = self.settings
-        stats = []
+        stats = self.reports = [executor.report() for executor in worker.executors]
         for executor in worker.executors:
             st = executor.stats
-            stats.append({
-                "task": st.task, "component": st.component, "emitted": st.emitted,
-                "executed": st.executed, "acked": st.acked, "failed": st.failed, "errors": st.errors,
-                "active": executor.active if isinstance(executor, SpoutExecutor) else None,
-                "complete_latency": st.complete_latency.counts if isinstance(executor, SpoutExecutor)
-                else None,
-                "metrics": _metrics(executor),
-            })
             if st.last_error is not None and st.errors != self._reported_errors.get(st.task, 0):
                 self._reported_errors[st.task] = st.errors
                 self.state.record_error(s.topology_id, st.component, {

@@ -12,6 +12,10 @@ the first frame of each connection is the topology's secret, and a worker drops 
 connection that does not present it. Worker ports should be reachable only by workers
 (the Kubernetes manifests add a NetworkPolicy).
 
+The same port answers ``GET /metrics`` (Prometheus text), told apart by the first four
+bytes, which as a frame length would exceed :data:`MAX_FRAME`: a worker needs no second
+port to be scraped.
+
 Backpressure: a receiver reads the next frame only once the target inbox took the last
 batch, so a slow task fills the TCP window, the sender's link queue fills, and the
 sending executor waits in :meth:`TcpTransport.send_tuples`.
@@ -25,7 +29,7 @@ import logging
 import pickle
 import struct
 from itertools import repeat
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from streamflow.inbox import TUPLES, Inbox
 from streamflow.topology import Topology
@@ -41,6 +45,8 @@ MAX_FRAME = 256 * 1024 * 1024
 LINK_CAPACITY = 16384
 """Tuples queued for one peer before senders wait."""
 RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
+HTTP_GET = b"GET "
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Codec:
@@ -91,8 +97,9 @@ def _columns(tuples: list[Tuple]) -> list[tuple[int, str, list[Any], list[Any]]]
     return [(o.source_task, o.stream, v, a) for o, (v, a) in groups.items()]
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
-    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+async def read_frame(reader: asyncio.StreamReader, head: bytes | None = None) -> bytes:
+    """One frame's payload; ``head``: its length bytes, when already read."""
+    (length,) = _LENGTH.unpack(head or await reader.readexactly(_LENGTH.size))
     if length > MAX_FRAME:
         raise ConnectionError(f"frame of {length} bytes exceeds the limit")
     return await reader.readexactly(length)
@@ -183,8 +190,10 @@ class PeerLink:
 class TcpTransport:
     """Delivers to local inboxes directly and to other workers over :class:`PeerLink`\\ s."""
 
-    def __init__(self, inboxes: Mapping[int, Inbox], codec: Codec, secret: bytes) -> None:
+    def __init__(self, inboxes: Mapping[int, Inbox], codec: Codec, secret: bytes,
+                 metrics: Callable[[], bytes] | None = None) -> None:
         self._inboxes = inboxes
+        self._metrics = metrics
         self._codec = codec
         self._secret = secret
         self._routes: dict[int, Address] = {}
@@ -253,7 +262,11 @@ class TcpTransport:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         try:
-            if not hmac.compare_digest(await read_frame(reader), self._secret):
+            head = await reader.readexactly(_LENGTH.size)
+            if head == HTTP_GET and self._metrics is not None:
+                await _answer_http(reader, writer, self._metrics)
+                return
+            if not hmac.compare_digest(await read_frame(reader, head), self._secret):
                 log.warning("refused a connection from %s: wrong topology secret", peer)
                 return
             inboxes, codec = self._inboxes, self._codec
@@ -266,7 +279,21 @@ class TcpTransport:
                         await inbox.put_tuples(codec.tuples(payload))
                     else:
                         inbox.put_control(kind, payload)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, OSError):
             pass  # the peer went away; it reconnects if it comes back
         finally:
             writer.close()
+
+
+async def _answer_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       metrics: Callable[[], bytes]) -> None:
+    """Answer one HTTP GET (its first four bytes already read): /metrics, else 404."""
+    request = await reader.readuntil(b"\r\n\r\n")  # LimitOverrunError past 64 KiB
+    path = request.split(b" ", 1)[0].split(b"?", 1)[0]
+    if path == b"/metrics":
+        status, content_type, body = "200 OK", PROMETHEUS_TEXT, metrics()
+    else:
+        status, content_type, body = "404 Not Found", "text/plain", b"only /metrics here\n"
+    writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                 "Connection: close\r\n\r\n".encode() + body)
+    await writer.drain()
