@@ -135,6 +135,7 @@ class ComponentSummary:
     executed: int = 0
     acked: int = 0
     failed: int = 0
+    replayed: int = 0
     errors: int = 0
     last_error: ErrorRecord | None = None
 
@@ -154,6 +155,7 @@ def summarize(stats: Iterable[TaskStats], kinds: dict[str, str]) -> list[Compone
         c.executed += s.executed
         c.acked += s.acked
         c.failed += s.failed
+        c.replayed += s.replayed
         c.errors += s.errors
         if s.last_error and (c.last_error is None or s.last_error.time > c.last_error.time):
             c.last_error = s.last_error

@@ -49,6 +49,11 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: flo
         time.sleep(every)
 
 
+TOKEN = "s3cret-token"
+"""The API token of the shared test clusters (conftest's ``shared_cluster``)."""
+ZK_AUTH = "streamflow:zk-pass"
+
+
 class Cluster:
     """``nimbus_count`` nimbus and ``supervisors`` supervisors of ``slots`` slots each,
     started as their containers are (see :meth:`_spawn`)."""

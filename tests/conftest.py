@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from cluster import TOKEN, ZK_AUTH, Cluster
 from kafka import KafkaBroker
 from zookeeper import ZooKeeperServer
 
@@ -58,3 +61,21 @@ def topic_prefix(request: pytest.FixtureRequest) -> str:
     a random part.  Append a suffix: ``f"{topic_prefix}events"``."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:60].strip("-.") or "test"
     return f"{name}-{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(zookeeper: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster per test module, shared by its tests that leave it whole: 2 nimbus,
+    2 supervisors of 2 slots, an API token (:data:`cluster.TOKEN`) and ZooKeeper ACLs."""
+    root = f"/streamflow-shared-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    c = Cluster(zookeeper.hosts, root, tmp_path_factory.mktemp("cluster"), token=TOKEN, zk_auth=ZK_AUTH)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def cluster(shared_cluster: Cluster) -> Iterator[Cluster]:
+    """The module's shared cluster, emptied of topologies after the test."""
+    yield shared_cluster
+    shared_cluster.kill_all()

@@ -15,33 +15,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from cluster import Cluster, wait_for
+from cluster import TOKEN, Cluster, wait_for
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDCOUNT = str(ROOT / "topologies" / "wordcount.py")
 ETL = str(ROOT / "topologies" / "etl.py")
-TOKEN = "s3cret-token"
-ZK_AUTH = "streamflow:zk-pass"
 FAST = ["-c", "topology.message.timeout.secs=5"]
-
-
-@pytest.fixture(scope="module")
-def shared_cluster(zookeeper: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One cluster shared by the tests that leave it whole, with an API token and ZK ACLs."""
-    root = f"/streamflow-shared-{os.getpid()}"
-    c = Cluster(zookeeper.hosts, root, tmp_path_factory.mktemp("cluster"), token=TOKEN, zk_auth=ZK_AUTH)
-    c.start()
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def cluster(shared_cluster: Cluster) -> Iterator[Cluster]:
-    """The shared cluster, emptied of topologies after the test."""
-    yield shared_cluster
-    shared_cluster.kill_all()
 
 
 @pytest.fixture

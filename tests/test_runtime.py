@@ -170,6 +170,7 @@ def test_bolt_exception_fails_the_tuple_and_the_spout_replays_it() -> None:
     assert flaky.failed == len(sevens) and flaky.errors == len(sevens)
     assert flaky.last_error is not None and "ValueError: boom on" in flaky.last_error.message
     assert run.component("source").acked == 1000
+    assert run.component("source").replayed == len(sevens)  # ListSpout re-emits each failed id
 
 
 class StallOnce(AsyncBasicBolt):
@@ -396,7 +397,7 @@ def test_a_slow_bolt_holds_its_senders_back_and_queues_stay_bounded() -> None:
 
     asyncio.run(watch())
     batch = topology.config["topology.producer.batch.size"]
-    assert slow_inbox.blocked_puts > 0  # the spout had to wait
+    assert slow_inbox.blocked_puts > 0 and slow_inbox.blocked_seconds > 0  # the spout had to wait
     assert peak <= 1000 + batch
     spout = next(s for s in worker.stats() if s.component == "fast")
     bolt = next(s for s in worker.stats() if s.component == "slow")
