@@ -35,10 +35,9 @@ function nimbusRows(cluster) {
 
 async function refresh() {
   const cluster = await api("GET", "cluster");
-  const topologies = cluster.topologies ?? (await api("GET", "list")).topologies;
   document.getElementById("topologies").replaceChildren(table(
     ["name", "status", ["uptime", "num"], ["workers", "num"], ["tasks", "num"], ["throughput", "num"]],
-    [...topologies].sort((a, b) => a.name.localeCompare(b.name)).map(topologyRow),
+    [...cluster.topologies].sort((a, b) => a.name.localeCompare(b.name)).map(topologyRow),
     "No topology is running. Submit one with: streamflow submit FILE --name NAME"));
   document.getElementById("supervisors").replaceChildren(table(
     ["id", "host", ["slots", "num"], ["used", "num"], ["free", "num"], "usage"], cluster.supervisors.map(supervisorRow),

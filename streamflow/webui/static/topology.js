@@ -101,8 +101,9 @@ function rebalanceInputs(status) {
   const names = flowOrder(status.components).filter((n) => status.components[n].kind !== "acker");
   if (names.join("\n") === parallelismFor) return;
   parallelismFor = names.join("\n");
-  $("rebalance-parallelism").replaceChildren(el("legend", {}, "parallelism"),
-    names.map((n) => el("label", {}, n, el("input", { type: "number", min: 1, step: 1, "data-component": n }))));
+  const inputs = names.map((n) => el("label", {}, n,
+    el("input", { type: "number", min: 1, step: 1, "data-component": n })));
+  $("rebalance-parallelism").replaceChildren(el("legend", {}, "parallelism"), ...inputs);
 }
 
 function render(status) {
@@ -143,8 +144,8 @@ async function act(op, body, done) {
     await api("POST", `${op}/${encodeURIComponent(NAME)}`, body);
     say(done, false);
   } catch (error) {
-    say(error.message, true);
     if (error.status === 401) showProblem(error);
+    say(error.status === 401 ? "Not done: nimbus needs the API token (401)." : error.message, true);
   }
   refreshNow();
 }
