@@ -29,13 +29,13 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 TOKEN = "ui-s3cret"
 NAME = "flow"
 
-# Endless, at a rate two cores keep up with beside a browser, with one failing bolt so
-# that the error views have something to show.
+# Endless, at a rate two cores keep up with beside a browser, with a bolt that fails now
+# and then and a slow sink, so that the error views and the capacity warning show.
 TOPOLOGY = '''
 import asyncio
 import itertools
 
-from streamflow import AsyncSpout, BasicBolt, TopologyBuilder
+from streamflow import AsyncBasicBolt, AsyncSpout, BasicBolt, TopologyBuilder
 
 WORDS = "the quick brown fox jumps over the lazy dog".split()
 
@@ -74,9 +74,11 @@ class Count(BasicBolt):
         self.emit((word, n))
 
 
-class Totals(BasicBolt):
-    def process(self, tup):
-        pass
+class Totals(AsyncBasicBolt):
+    """A slow sink, busy all the time: its capacity shows red."""
+
+    async def process(self, tup):
+        await asyncio.sleep(0.001)
 
 
 def build(config):
@@ -239,6 +241,9 @@ def test_topology_page_draws_the_dag_and_its_counters_move(ui_cluster: Cluster, 
     cards = set(browser.texts("article.component", "data-component"))
     assert cards == set(ui_cluster.status(NAME)["components"])
     assert len(browser.texts("#workers tbody tr")) == 2
+    browser.until(lambda: browser.texts("svg.dag g.node.hot", "data-component").keys() == {"totals"}
+                  and browser.texts("article.component.hot", "data-component").keys() == {"totals"},
+                  "the slow sink, and only it, marked as over capacity")
 
     first = browser.until(lambda: emitted(browser), "the spout's emitted count")
     browser.until(lambda: emitted(browser) > first, f"emitted to grow past {first} on a refresh")
