@@ -40,7 +40,8 @@ async function refresh() {
     [...cluster.topologies].sort((a, b) => a.name.localeCompare(b.name)).map(topologyRow),
     "No topology is running. Submit one with: streamflow submit FILE --name NAME"));
   document.getElementById("supervisors").replaceChildren(table(
-    ["id", "host", ["slots", "num"], ["used", "num"], ["free", "num"], "usage"], cluster.supervisors.map(supervisorRow),
+    ["id", "host", ["slots", "num"], ["used", "num"], ["free", "num"], "usage"],
+    cluster.supervisors.map(supervisorRow),
     "No supervisor is registered."));
   const nimbus = document.getElementById("nimbus");
   nimbus.replaceChildren(table(["address", "role"], nimbusRows(cluster), "No nimbus is registered."));

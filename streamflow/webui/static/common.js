@@ -6,7 +6,7 @@ const TOKEN_KEY = "streamflow.token";
 const REFRESH_MS = 2000;
 export const DASH = "-";
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(status, message) {
     super(message);
     this.status = status;
@@ -32,7 +32,9 @@ export async function api(method, path, body) {
       "at the top of the page and press Save.");
   }
   const answer = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(response.status, answer.error || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    throw new ApiError(response.status, answer.error || `${response.status} ${response.statusText}`);
+  }
   return answer;
 }
 
@@ -107,7 +109,7 @@ export function duration(seconds) {
 }
 
 /** Milliseconds, with the precision that matters at that size. */
-export function millis(value) {
+function millis(value) {
   if (missing(value)) return DASH;
   return `${value < 10 ? value.toFixed(2) : value < 100 ? value.toFixed(1) : Math.round(value)} ms`;
 }

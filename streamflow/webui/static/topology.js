@@ -84,11 +84,12 @@ function errorRows(errors) {
 }
 
 function workerRow(w) {
+  const tasks = w.tasks || [];
   return el("tr", {},
     el("td", {}, w.slot),
     el("td", {}, w.host),
     el("td", { class: "num" }, w.port),
-    el("td", { title: (w.tasks || []).join(", ") }, `${(w.tasks || []).length} (${(w.tasks || []).join(", ")})`),
+    el("td", {}, `${tasks.length} (${tasks.join(", ")})`),
     el("td", {}, badge(w.alive ? "alive" : "dead")),
     el("td", { class: "num" }, duration(w.uptime)),
     el("td", { class: "num" }, w.pid ?? DASH));
@@ -96,9 +97,10 @@ function workerRow(w) {
 
 let parallelismFor = "";
 
-/** One parallelism input per component; rebuilt only when the components change, so typing survives refreshes. */
-function rebalanceInputs(status) {
-  const names = flowOrder(status.components).filter((n) => status.components[n].kind !== "acker");
+/** One parallelism input per component, rebuilt only when the components change, so that
+ * what the user is typing survives refreshes. */
+function rebalanceInputs(components) {
+  const names = flowOrder(components).filter((n) => components[n].kind !== "acker");
   if (names.join("\n") === parallelismFor) return;
   parallelismFor = names.join("\n");
   const inputs = names.map((n) => el("label", {}, n,
@@ -119,16 +121,17 @@ function render(status) {
   $("activate").disabled = status.status !== "inactive";
   $("deactivate").disabled = status.status !== "active";
   $("kill").disabled = status.status === "killed";
-  rebalanceInputs(status);
+  rebalanceInputs(components);
   $("rebalance-workers").placeholder = status.workers.length;
   for (const input of $("rebalance-parallelism").querySelectorAll("input")) {
     input.placeholder = components[input.dataset.component]?.tasks ?? "";
   }
   $("dag").replaceChildren(drawDag(components));
   $("components").replaceChildren(...order.map((n) => componentCard(n, components[n])));
-  $("errors").replaceChildren(table(["time", "component", ["task", "num"], "worker", "message"], errorRows(status.errors),
-    "No errors."));
-  $("workers").replaceChildren(table(["slot", "host", ["port", "num"], "tasks", "state", ["uptime", "num"], ["pid", "num"]],
+  $("errors").replaceChildren(table(["time", "component", ["task", "num"], "worker", "message"],
+    errorRows(status.errors), "No errors."));
+  $("workers").replaceChildren(table(
+    ["slot", "host", ["port", "num"], "tasks", "state", ["uptime", "num"], ["pid", "num"]],
     status.workers.map(workerRow), "No worker is assigned."));
 }
 
