@@ -70,7 +70,7 @@ class Count(BasicBolt):
         word = tup.values[0]
         n = self.counts[word] = self.counts.get(word, 0) + 1
         if word == "fox" and n % 1000 == 0:
-            raise ValueError(f"fox seen {n} times")
+            raise ValueError(f"<b>fox</b> seen {n} times")  # markup the page must show as text
         self.emit((word, n))
 
 
@@ -244,6 +244,9 @@ def test_topology_page_draws_the_dag_and_its_counters_move(ui_cluster: Cluster, 
     browser.until(lambda: browser.texts("svg.dag g.node.hot", "data-component").keys() == {"totals"}
                   and browser.texts("article.component.hot", "data-component").keys() == {"totals"},
                   "the slow sink, and only it, marked as over capacity")
+
+    browser.until(lambda: "<b>fox</b> seen 1000 times" in browser.text("#errors"), "the bolt's error as text")
+    assert not browser.texts("#errors b, .last-error b")
 
     first = browser.until(lambda: emitted(browser), "the spout's emitted count")
     browser.until(lambda: emitted(browser) > first, f"emitted to grow past {first} on a refresh")
