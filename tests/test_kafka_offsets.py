@@ -40,7 +40,7 @@ def test_an_unacked_record_is_never_committed_whatever_is_acked_after_it() -> No
         if offset != 150:
             p.done(offset)
     assert p.to_commit() == 150
-    p.committed = 150
+    p.commit_asked(150)
     assert p.to_commit() is None  # nothing new until 150 is done
     p.done(150)
     assert p.to_commit() == 200
@@ -97,9 +97,28 @@ def test_random_ack_orders_commit_exactly_the_done_prefix() -> None:
             assert p.commit_point() == expected
             point = p.to_commit()
             if point is not None:
-                assert point > p.committed and all(o in done for o in offsets if o < point)
-                p.committed = point
+                assert point > p.commit_sent and all(o in done for o in offsets if o < point)
+                p.commit_asked(point)
+                p.commit_confirmed(point)
         assert p.committed == offsets[-1] + 1 or (offsets[-1] + 1 == start)
+
+
+def test_a_point_is_asked_for_once_and_again_only_after_a_failed_commit() -> None:
+    p = PartitionOffsets(0)
+    fetch(p, 0, 1, 2)
+    p.done(0)
+    p.done(1)
+    assert p.to_commit() == 2
+    p.commit_asked(2)
+    assert p.to_commit() is None and p.committed == 0  # asked for, not confirmed yet
+    p.commit_failed()
+    assert p.to_commit() == 2  # asked for again at the next commit
+    p.commit_asked(2)
+    p.done(2)
+    p.commit_asked(3)
+    p.commit_confirmed(3)
+    p.commit_confirmed(2)  # a late answer to the earlier commit does not move the point back
+    assert p.committed == 3 and p.to_commit() is None
 
 
 def test_uncommitted_counts_every_offset_from_the_commit_point() -> None:

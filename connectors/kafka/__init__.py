@@ -1,7 +1,7 @@
 """Kafka connectors: :class:`KafkaSpout` (source) and :class:`KafkaBolt` (sink).
 
-Written against the Kafka protocol only (aiokafka), so they run on Apache Kafka,
-Redpanda or any compatible broker.
+Written against the Kafka protocol only, with librdkafka's client (confluent-kafka), so
+they run on Apache Kafka, Redpanda or any compatible broker.
 """
 
 from streamflow_connectors.kafka.retry import Backoff

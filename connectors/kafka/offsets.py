@@ -12,28 +12,40 @@ from typing import Any
 
 
 class PartitionOffsets:
-    """The in-flight records of one partition, keyed by offset.
+    """The records of one partition taken from the consumer and not done yet, by offset.
 
-    ``in_flight`` holds each emitted record that is not done yet (it is needed again to
-    retry or dead-letter it). Records done past one still in flight cannot be committed
-    either: :meth:`uncommitted` counts every offset from the commit point on, what a
-    restart would read again, and the spout bounds it by pausing the partition.
+    ``in_flight`` holds each record from the moment the spout takes it from the consumer
+    (buffered to be emitted, emitted, waiting for a retry or for the dead-letter topic)
+    until it is done: it is needed again to retry or dead-letter it. Records done past one
+    still in flight cannot be committed either: :meth:`uncommitted` counts every offset
+    from the commit point on, what a restart would read again, and the spout bounds it by
+    pausing the partition.
+
+    A commit is asked for (``commit_sent``) before the broker confirms it (``committed``):
+    a point is asked for once, and asked for again only if that commit failed.
     """
 
-    __slots__ = ("committed", "fetched_to", "in_flight")
+    __slots__ = ("commit_sent", "committed", "dead_letters", "fetched_to", "in_flight", "retries")
 
     def __init__(self, committed: int) -> None:
         self.committed = committed
-        """The last offset committed to Kafka (the next record to read after a restart)."""
+        """The last offset the broker confirmed as committed (the next record to read
+        after a restart)."""
+        self.commit_sent = committed
+        """The last offset a commit was asked for."""
         self.fetched_to = committed
-        """One past the highest offset fetched."""
+        """One past the highest offset taken from the consumer."""
         self.in_flight: dict[int, Any] = {}
+        self.retries = 0
+        """Records emitted again after a failure (one per retry)."""
+        self.dead_letters = 0
+        """Records sent down the dead-letter path (past their retries, or undecodable)."""
 
     def __len__(self) -> int:
         return len(self.in_flight)
 
     def fetched(self, offset: int, record: Any) -> None:
-        """A record was fetched and is about to be emitted."""
+        """A record was taken from the consumer, to be emitted."""
         self.in_flight[offset] = record
         if offset >= self.fetched_to:
             self.fetched_to = offset + 1
@@ -55,6 +67,18 @@ class PartitionOffsets:
         return self.fetched_to - self.commit_point()
 
     def to_commit(self) -> int | None:
-        """The new commit point if it moved past the last commit, else None."""
+        """The new commit point if it moved past the last one asked for, else None."""
         point = self.commit_point()
-        return point if point > self.committed else None
+        return point if point > self.commit_sent else None
+
+    def commit_asked(self, offset: int) -> None:
+        """A commit of ``offset`` was sent to the broker."""
+        self.commit_sent = max(self.commit_sent, offset)
+
+    def commit_confirmed(self, offset: int) -> None:
+        """The broker confirmed a commit of ``offset`` (answers may come out of order)."""
+        self.committed = max(self.committed, offset)
+
+    def commit_failed(self) -> None:
+        """A commit failed: ask again for the current point at the next commit."""
+        self.commit_sent = self.committed

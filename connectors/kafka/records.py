@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import orjson
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError
 
 DEFAULT_FIELDS = ("topic", "partition", "offset", "key", "value", "timestamp")
 FORMATS = ("json", "str", "bytes")
+
+
+class Message(Protocol):
+    """A record as ``Consumer.consume()`` returns it (a ``confluent_kafka.Message``), typed
+    as it is once ``error()`` is None: topic, partition and offset are set then (the
+    library's own types allow None for all three, for error events)."""
+
+    def error(self) -> KafkaError | None: ...
+    def topic(self) -> str: ...
+    def partition(self) -> int: ...
+    def offset(self) -> int: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+    def headers(self) -> list[tuple[str, bytes]] | None: ...
+    def __len__(self) -> int: ...
 
 
 class UndecodableRecord(ValueError):
@@ -56,6 +73,55 @@ def key_text(key: bytes | None) -> str | bytes | None:
         return key
 
 
-def default_values(record: Any, value: Any) -> Sequence[Any]:
+def timestamp_ms(message: Message) -> int | None:
+    """A record's timestamp in milliseconds since the epoch, None if it has none."""
+    kind, stamp = message.timestamp()
+    return None if kind == TIMESTAMP_NOT_AVAILABLE else int(stamp)
+
+
+def default_values(message: Message, value: Any) -> Sequence[Any]:
     """The tuple of a record under :data:`DEFAULT_FIELDS`."""
-    return (record.topic, record.partition, record.offset, key_text(record.key), value, record.timestamp)
+    return (message.topic(), message.partition(), message.offset(), key_text(message.key()), value,
+            timestamp_ms(message))
+
+
+class Record:
+    """A consumed record as a spout's ``record_to_values`` function sees it: ``topic``,
+    ``partition``, ``offset``, ``key`` and ``value`` (bytes), ``timestamp`` (ms) and
+    ``headers`` (``[(name, bytes)]``).
+
+    Each attribute is read from the client's message when asked, not before: most such
+    functions read only the value, and this runs once per record."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+    @property
+    def topic(self) -> str:
+        return self.message.topic()
+
+    @property
+    def partition(self) -> int:
+        return self.message.partition()
+
+    @property
+    def offset(self) -> int:
+        return self.message.offset()
+
+    @property
+    def key(self) -> bytes | None:
+        return self.message.key()
+
+    @property
+    def value(self) -> bytes | None:
+        return self.message.value()
+
+    @property
+    def timestamp(self) -> int | None:
+        return timestamp_ms(self.message)
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        return list(self.message.headers() or ())

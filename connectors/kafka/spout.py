@@ -10,27 +10,43 @@ the partition pauses).
 
 A failed tuple is retried with exponential backoff (:mod:`.retry`); after its last retry,
 or at once when its value cannot be decoded, the record goes to the dead-letter topic
-with its origin in headers, or is counted and dropped if no topic is set. An unreachable
-broker or unknown topic is an error in ``status`` and the logs, retried with backoff
-until it recovers.
+with its origin in headers, or is counted and dropped if no topic is set
+(:mod:`.deadletters`). An unreachable broker or unknown topic is an error in ``status``
+and the logs, retried with backoff until it recovers.
+
+The client is librdkafka's (confluent-kafka, see :mod:`.client`): it fetches ahead in its
+own threads, and the spout takes records from its queue with ``consume(timeout=0)``,
+which never blocks the event loop. Pausing a partition in librdkafka drops what it
+fetched ahead for it; the spout then seeks the partition back to the first offset it did
+not take, so that nothing is skipped when it resumes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from collections import deque
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.structs import OffsetAndMetadata
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, TopicPartition
+from streamflow_connectors.kafka.client import (
+    BROKER_TIMEOUT,
+    CONNECT_BACKOFF,
+    ClientErrors,
+    KafkaClientError,
+    blocking,
+    reason,
+    settings,
+)
+from streamflow_connectors.kafka.deadletters import DeadLetters
 from streamflow_connectors.kafka.offsets import PartitionOffsets
 from streamflow_connectors.kafka.quota import Quota
 from streamflow_connectors.kafka.records import (
     DEFAULT_FIELDS,
+    Message,
+    Record,
     UndecodableRecord,
     decoder,
     default_values,
@@ -41,12 +57,16 @@ from streamflow import AsyncSpout, TaskContext
 
 log = logging.getLogger(__name__)
 
+Key = tuple[str, int]  # topic, partition
 MsgId = tuple[str, int, int]  # topic, partition, offset
-CONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 DEFAULT_BACKOFF = Backoff()
-COMMIT_TIMEOUT = 5.0
-"""Seconds a commit may take: aiokafka retries a commit for as long as the broker is away,
-and the spout must not hang in it (nor in ``close``) without a word."""
+COMMIT_WAIT = 5.0
+"""Seconds ``close`` waits for its last commit (and dead letters) to be acknowledged."""
+ANSWER_POLL = 0.01
+"""Seconds between looks for the answer to the final commit."""
+MIN_THROTTLE = 0.05
+"""Shortest pause of a client over quota: each pause drops what librdkafka fetched ahead,
+so pauses of a few milliseconds would have it fetch the same records again and again."""
 
 
 class KafkaSpout(AsyncSpout):
@@ -56,12 +76,13 @@ class KafkaSpout(AsyncSpout):
     against the broker's topics. ``group_id`` (offsets) and ``client_id`` (quotas) default
     to ``<topology>-<component>``. Without ``record_to_values`` each tuple has
     :data:`~.records.DEFAULT_FIELDS` with the value decoded as ``value_format``; with it,
-    the function gets the raw :class:`aiokafka.ConsumerRecord` and returns the values of
-    ``fields``. Topology config can override: ``kafka.stop_at_end`` (stop at the end
-    offsets seen at start, so local mode finishes) and ``kafka.quotas``
-    (``{client_id: {"bytes_per_sec": B, "records_per_sec": R}}``, also changeable on a
-    running topology). A quota, given here or in ``kafka.quotas``, is the client id's: each
-    of the component's ``n`` tasks takes ``1/n`` of it.
+    the function gets a :class:`~.records.Record` and returns the values of ``fields``.
+    ``config`` adds librdkafka settings (``security.protocol``, ``sasl.*``, tuning).
+    Topology config can override: ``kafka.stop_at_end`` (stop at the end offsets seen at
+    start, so local mode finishes) and ``kafka.quotas`` (``{client_id: {"bytes_per_sec":
+    B, "records_per_sec": R}}``, also changeable on a running topology). A quota, given
+    here or in ``kafka.quotas``, is the client id's: each of the component's ``n`` tasks
+    takes ``1/n`` of it.
     """
 
     def __init__(
@@ -74,7 +95,7 @@ class KafkaSpout(AsyncSpout):
         client_id: str | None = None,
         start: str = "earliest",
         value_format: str = "json",
-        record_to_values: Callable[[ConsumerRecord], Sequence[Any]] | None = None,
+        record_to_values: Callable[[Record], Sequence[Any]] | None = None,
         fields: Sequence[str] = DEFAULT_FIELDS,
         commit_interval: float = 1.0,
         max_uncommitted: int = 10_000,
@@ -85,6 +106,7 @@ class KafkaSpout(AsyncSpout):
         records_per_sec: float | None = None,
         metadata_refresh: float = 30.0,
         fetch_records: int = 500,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         if bool(topics) == bool(topic_pattern):
             raise ValueError("KafkaSpout needs topics or a topic_pattern, not both")
@@ -103,6 +125,7 @@ class KafkaSpout(AsyncSpout):
         self.stop_at_end = stop_at_end
         self.quota_rates = (bytes_per_sec, records_per_sec)
         self.metadata_refresh, self.fetch_records = metadata_refresh, fetch_records
+        self.client_config = dict(config or {})
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -114,38 +137,36 @@ class KafkaSpout(AsyncSpout):
         self.stop_at_end = bool(config.get("kafka.stop_at_end", self.stop_at_end))
         self.quota = Quota(*self._rates(config))
         self._decode = decoder(self.value_format)
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._partitions: dict[TopicPartition, PartitionOffsets] = {}
-        self._assigned: list[TopicPartition] = []
-        self._end_offsets: dict[TopicPartition, int] = {}
-        self._buffer: deque[ConsumerRecord] = deque()
+        self._errors = ClientErrors(self.bootstrap_servers)
+        self._consumer: Consumer | None = None
+        self._assigned: list[Key] | None = None
+        """This task's partitions; None until the first assignment succeeded."""
+        self._partitions: dict[Key, PartitionOffsets] = {}
+        self._end_offsets: dict[Key, int] = {}
+        self._buffer: deque[Message] = deque()
         self._retries: RetrySchedule[MsgId] = RetrySchedule(self.backoff)
-        self._dead: list[tuple[ConsumerRecord, str]] = []
+        self._dead = DeadLetters(self.bootstrap_servers, self.dead_letter_topic, f"{self.client_id}-dlq",
+                                 self.client_config, self._dead_lettered)
+        self._paused: set[Key] = set()
+        self._held: set[Key] = set()
+        """Partitions at their uncommitted bound (or their end, with stop_at_end)."""
         self._connect_attempts = 0
-        self._next_connect = 0.0
-        self._next_commit = self._next_refresh = 0.0
-        self.dead_lettered = self.dropped = 0
+        self._next_connect = self._next_commit = self._next_refresh = 0.0
         self._throttled_since: float | None = None
-        self._rotation = 0
+        self._throttled_until = 0.0
 
     def deactivate(self) -> None:
         """Commit what is acked now: ``next_tuple``, which commits, is not called while
         the topology is inactive."""
-        if self._consumer is not None:
-            self._final_commit = asyncio.get_running_loop().create_task(self._commit_quietly())
-
-    async def _commit_quietly(self) -> None:
-        try:
-            await self._commit()
-        except Exception as exc:
-            log.warning("%s: commit on deactivation failed: %s", self._name, exc)
+        if self._consumer is not None and self._assigned is not None:
+            self._commit()
 
     def reconfigure(self, config: Mapping[str, Any]) -> None:
         """Apply ``kafka.quotas`` for this spout's client id (at open and on a change)."""
         if getattr(self, "quota", None) is None:
             return  # not open yet: open() reads the changed config
         self.quota.set_rates(*self._rates(config))
+        self._throttled_until = 0.0  # judge the new rates at the next fetch
 
     def _rates(self, config: Mapping[str, Any]) -> tuple[float | None, float | None]:
         """This task's (bytes/s, records/s): the client id's entry in ``kafka.quotas``, else
@@ -165,266 +186,363 @@ class KafkaSpout(AsyncSpout):
         return bytes_rate, records_rate
 
     async def close(self) -> None:
+        """Write the pending dead letters, commit what is done, wait a little for both to
+        be acknowledged, then close the consumer."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
         try:
-            if self._consumer is not None:
-                try:
-                    await self._commit()
-                except Exception as exc:
-                    log.warning("%s: final commit failed: %s", self._name, exc)
-                await self._consumer.stop()
+            if self._assigned is not None:
+                await self._dead.drain(COMMIT_WAIT)
+                await self._final_commit(consumer)
         finally:
-            if self._producer is not None:
-                await self._producer.stop()
+            await blocking(consumer.close)
+
+    async def _final_commit(self, consumer: Consumer) -> None:
+        """Commit and wait up to :data:`COMMIT_WAIT` for the broker's answer, which
+        ``consume()`` serves (every partition is paused first, so it returns no record)."""
+        consumer.pause([TopicPartition(t, p) for t, p in self._assigned or ()])
+        sent = self._commit(consumer)
+        deadline = time.monotonic() + COMMIT_WAIT
+        while any(p.committed < p.commit_sent for p in sent):
+            if time.monotonic() >= deadline:
+                log.warning("%s: the final commit was not confirmed within %g s", self._name, COMMIT_WAIT)
+                return
+            consumer.consume(1, timeout=0)
+            await asyncio.sleep(ANSWER_POLL)
 
     # -- the loop ---------------------------------------------------------------------
 
     async def next_tuple(self) -> None:
         now = time.monotonic()
-        if self._consumer is None:
+        if self._assigned is None:
             if now < self._next_connect:
                 return
             await self._connect(now)
         if self._dead:
-            await self._flush_dead_letters()
+            self._dead.send()
         # One tuple per call, a due retry first: the executor checks max-spout-pending
         # between calls, so a call that emitted a batch could overshoot it.
         if not self._emit_retry(now):
             if not self._buffer:
-                await self._fetch(now)
+                self._fetch(now)
             while self._buffer and not self._emit(self._buffer.popleft()):
                 pass  # undecodable: dead-lettered, try the next one
         if now >= self._next_commit:
             self._next_commit = now + self.commit_interval
-            await self._commit()
+            self._commit()
+            self._fetch(now)  # also when the buffer never empties: consume() serves errors and commit answers
         if now >= self._next_refresh and not self.stop_at_end:
             self._next_refresh = now + self.metadata_refresh
-            await self._assign()
+            await self._refresh()
+        self._errors.raise_last()
 
     def _emit_retry(self, now: float) -> bool:
         """Emit the next record whose retry is due; False if none is."""
+        due_at = self._retries.next_due()
+        if due_at is None or due_at > now:
+            return False
         while due := self._retries.due(now, limit=1):
             topic, partition, offset = due[0]
-            record = self._partitions[TopicPartition(topic, partition)].record(offset)
+            offsets = self._partitions[topic, partition]
+            record = offsets.record(offset)
             if record is not None:
+                offsets.retries += 1
                 self._emit(record)
                 return True
         return False
 
-    def _emit(self, record: ConsumerRecord) -> bool:
+    def _emit(self, message: Message) -> bool:
         """Emit a record as a tuple; False if it cannot be decoded (it goes to the dead letters)."""
-        tp = TopicPartition(record.topic, record.partition)
-        msg_id = (record.topic, record.partition, record.offset)
         try:
             if self.record_to_values is not None:
-                values = self.record_to_values(record)
+                values = self.record_to_values(Record(message))
             else:
-                values = default_values(record, self._decode(record.value))
+                values = default_values(message, self._decode(message.value()))
         except Exception as exc:  # undecodable: straight to the dead letters, never retried
-            reason = str(exc) if isinstance(exc, UndecodableRecord) else f"{type(exc).__name__}: {exc}"
-            self._partitions[tp].fetched(record.offset, record)
-            self._dead.append((record, reason))
+            why = str(exc) if isinstance(exc, UndecodableRecord) else f"{type(exc).__name__}: {exc}"
+            self._dead.add(message, why)
             return False
-        self._partitions[tp].fetched(record.offset, record)
-        self.emit(values, msg_id=msg_id)
+        self.emit(values, msg_id=(message.topic(), message.partition(), message.offset()))
         return True
 
     def ack(self, msg_id: MsgId) -> None:
         topic, partition, offset = msg_id
-        self._partitions[TopicPartition(topic, partition)].done(offset)
-        self._retries.forget(msg_id)
+        self._partitions[topic, partition].done(offset)
+        if self._retries.failures:
+            self._retries.forget(msg_id)
 
     def fail(self, msg_id: MsgId) -> None:
         if self._retries.failed(msg_id, time.monotonic()):
             return
-        record = self._partitions[TopicPartition(msg_id[0], msg_id[1])].record(msg_id[2])
+        topic, partition, offset = msg_id
+        record = self._partitions[topic, partition].record(offset)
         if record is not None:
-            self._dead.append((record, f"failed {self._retries.failures[msg_id]} times"))
+            self._dead.add(record, f"failed {self._retries.failures[msg_id]} times")
         self._retries.forget(msg_id)
 
+    def _dead_lettered(self, message: Message) -> None:
+        """The dead-letter path is done with a record: its offset may be committed."""
+        offsets = self._partitions[message.topic(), message.partition()]
+        offsets.dead_letters += 1
+        offsets.done(message.offset())
+
     def exhausted(self) -> bool:
-        if not self.stop_at_end or self._consumer is None or self._buffer or self._dead:
+        if not self.stop_at_end or self._assigned is None or self._buffer or self._dead:
             return False
         if len(self._retries) or any(len(p) for p in self._partitions.values()):
             return False
-        return all(self._partitions[tp].fetched_to >= end for tp, end in self._end_offsets.items())
+        return all(self._partitions[key].fetched_to >= end for key, end in self._end_offsets.items())
 
     # -- Kafka I/O --------------------------------------------------------------------
 
     async def _connect(self, now: float) -> None:
-        """Start the clients and take this task's partitions; on failure, retry later."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, group_id=self.group_id, client_id=self.client_id,
-            enable_auto_commit=False, auto_offset_reset=self.start, max_poll_records=self.fetch_records,
-            metadata_max_age_ms=int(self.metadata_refresh * 1000),
-        )
+        """Start the client and take this task's partitions; on failure, retry later."""
+        if self._consumer is None:
+            self._consumer = Consumer(settings(
+                self.bootstrap_servers, str(self.client_id), self._errors, self.client_config,
+                **{"group.id": self.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
+                   "auto.offset.reset": self.start, "on_commit": self._committed,
+                   "throttle_cb": self._broker_throttled,
+                   "queued.min.messages": max(2 * self.fetch_records, 1000),
+                   "topic.metadata.refresh.interval.ms": int(self.metadata_refresh * 1000)}))
         try:
-            await consumer.start()
-            self._consumer = consumer
             await self._assign()
-            missing = [tp for tp in self._assigned if tp not in self._end_offsets]
-            if self.stop_at_end and missing:  # the ends seen at the first start stay the ends
-                self._end_offsets.update(await consumer.end_offsets(missing))
         except Exception as exc:
-            self._consumer = None
-            await asyncio.sleep(0)  # aiokafka's stop() right after a failed start() raises otherwise
-            with contextlib.suppress(Exception):
-                await consumer.stop()
             delay = CONNECT_BACKOFF[min(self._connect_attempts, len(CONNECT_BACKOFF) - 1)]
             self._connect_attempts += 1
             self._next_connect = now + delay
-            raise ConnectionError(f"Kafka at {self.bootstrap_servers}: {exc}; retrying in {delay:g} s") from exc
+            self._errors.last = None  # this error says it all
+            raise KafkaClientError(f"Kafka at {self.bootstrap_servers}: {reason(exc)}; "
+                                   f"retrying in {delay:g} s") from exc
         self._connect_attempts = 0
 
-    async def _topic_partitions(self) -> list[TopicPartition]:
+    async def _refresh(self) -> None:
+        """Follow new partitions and matching topics; on failure, try at the next refresh."""
+        try:
+            await self._assign()
+        except Exception as exc:
+            raise KafkaClientError(f"Kafka at {self.bootstrap_servers}: metadata refresh failed: "
+                                   f"{reason(exc)}; retrying in {self.metadata_refresh:g} s") from exc
+
+    async def _topic_partitions(self) -> list[Key]:
+        """Every partition of the spout's topics, in (topic, partition) order, from fresh
+        metadata of every topic (a pattern may match a topic created since)."""
         assert self._consumer is not None
-        # Fresh metadata of every topic: once partitions are assigned, the consumer's own
-        # metadata covers only their topics, so it would never show a new matching topic.
-        cluster = await self._consumer._client.fetch_all_metadata()
-        topics = cluster.topics()
+        cluster = await blocking(self._consumer.list_topics, None, BROKER_TIMEOUT)
+        topics = cluster.topics
         if self.topic_pattern is not None:
             names = sorted(t for t in topics if re.fullmatch(self.topic_pattern, t))
         else:
-            missing = [t for t in self.topics if t not in topics]
+            missing = [t for t in self.topics if t not in topics or topics[t].error is not None]
             if missing:
                 raise LookupError(f"unknown topic {missing[0]!r}")
             names = self.topics
-        found = []
-        for topic in names:
-            for partition in sorted(cluster.partitions_for_topic(topic) or ()):
-                found.append(TopicPartition(topic, partition))
-        return found
+        return [(topic, partition) for topic in names for partition in sorted(topics[topic].partitions)]
 
     async def _assign(self) -> None:
-        """Take this task's share of the partitions; new partitions join at the next refresh."""
+        """Take this task's share of the partitions; new partitions join at the next refresh.
+        Partitions read before (a new partition elsewhere changed the share) read on from
+        where this task stopped taking records."""
         assert self._consumer is not None
         mine = (await self._topic_partitions())[self._index :: self._tasks]
-        if set(mine) == set(self._assigned) == self._consumer.assignment():
+        if mine == self._assigned:
             return
-        self._consumer.assign(mine)
-        for tp in mine:  # partitions read before (a new partition elsewhere, a reconnect): read on
-            if tp in self._partitions:
-                self._consumer.seek(tp, self._position(tp))
-        for tp in mine:
-            if tp in self._partitions:
-                continue
-            committed = await self._consumer.committed(tp)
-            if committed is None:
-                if self.start == "earliest":
-                    start = (await self._consumer.beginning_offsets([tp]))[tp]
-                else:
-                    start = (await self._consumer.end_offsets([tp]))[tp]
-            else:
-                start = committed
-            self._consumer.seek(tp, start)
-            self._partitions[tp] = PartitionOffsets(start)
+        new = [key for key in mine if key not in self._partitions]
+        starts, ends = await blocking(self._offsets, new)
+        for key in new:
+            self._partitions[key] = PartitionOffsets(starts[key])
+        if self.stop_at_end:  # the ends seen at the first start stay the ends
+            for key, end in ends.items():
+                self._end_offsets.setdefault(key, end)
+        self._consumer.assign([TopicPartition(t, p, self._partitions[t, p].fetched_to) for t, p in mine])
+        self._paused = set()  # a new assignment starts unpaused
+        self._held &= set(mine)
         self._assigned = mine  # only now: a failure above leaves the change to the next refresh
-        log.info("%s task %d reads %s", self._name, self._index, [f"{t.topic}/{t.partition}" for t in mine])
+        log.info("%s task %d reads %s", self._name, self._index, [f"{t}/{p}" for t, p in mine])
 
-    def _position(self, tp: TopicPartition) -> int:
-        """Where to read on in a partition this task already reads (after a reassignment or
-        a reconnect): past what it fetched, records still buffered included."""
-        buffered = [r.offset for r in self._buffer if r.topic == tp.topic and r.partition == tp.partition]
-        return max(buffered) + 1 if buffered else self._partitions[tp].fetched_to
-
-    async def _fetch(self, now: float) -> None:
-        """Fetch a batch within quota from the partitions below their uncommitted bound."""
+    def _offsets(self, keys: list[Key]) -> tuple[dict[Key, int], dict[Key, int]]:
+        """(where to start, the high watermark) of new partitions: the committed offset,
+        else the earliest or latest one. Blocking: run it in a worker thread."""
         assert self._consumer is not None
-        if self.quota.throttle_delay(now) > 0:
+        if not keys:
+            return {}, {}
+        committed = self._consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=BROKER_TIMEOUT)
+        starts, ends = {}, {}
+        for tp in committed:
+            key = (tp.topic, tp.partition)
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(*key), timeout=BROKER_TIMEOUT)
+            ends[key] = high
+            if tp.offset != OFFSET_INVALID and tp.offset >= 0:
+                starts[key] = tp.offset
+            else:
+                starts[key] = low if self.start == "earliest" else high
+        return starts, ends
+
+    def _fetch(self, now: float) -> None:
+        """Take what librdkafka fetched ahead, within quota, from partitions below their
+        uncommitted bound; pause and resume partitions to match."""
+        assert self._consumer is not None
+        throttled = self._throttled(now)
+        if self._held:
+            self._held = {key for key in self._held if self._limit(key) <= self._partitions[key].fetched_to}
+        self._pause(set(self._assigned or ()) if throttled else self._held)
+        allowance = None if throttled else self.quota.allowance(now)
+        limit = self.fetch_records if allowance is None else max(1, min(self.fetch_records, allowance))
+        # Called while throttled too: consume() also serves commit answers and errors,
+        # and every partition is paused then, so it returns no record.
+        self._take(cast(list[Message], self._consumer.consume(limit, timeout=0)))
+
+    def _take(self, messages: list[Message]) -> None:
+        """Buffer records to emit; a record past its partition's limit is left to be read
+        again, and its partition paused and rewound to it."""
+        if not messages:
+            return
+        partitions, buffer = self._partitions, self._buffer
+        limits: dict[Key, int] = {}
+        rewind: set[Key] = set()
+        taken = size = 0
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._errors(error)  # an unknown partition, say: librdkafka goes on, the spout tells
+                continue
+            key = (message.topic(), message.partition())
+            offsets = partitions.get(key)
+            if offsets is None:
+                continue  # a partition no longer assigned
+            limit = limits.get(key)
+            if limit is None:
+                limit = limits[key] = -1 if key in self._paused else self._limit(key)
+            offset = message.offset()
+            if offset < offsets.fetched_to:
+                continue  # taken before (read again after a rewind)
+            if offset >= limit:
+                rewind.add(key)
+                continue
+            offsets.fetched(offset, message)
+            buffer.append(message)
+            taken += 1
+            size += len(message) + len(message.key() or b"")
+        self.quota.consume(taken, size)
+        if rewind:
+            self._held |= rewind - self._paused
+            self._pause(self._paused | rewind)
+            for topic, partition in rewind:
+                self._consumer.seek(TopicPartition(topic, partition, partitions[topic, partition].fetched_to))  # type: ignore[union-attr]
+
+    def _limit(self, key: Key) -> int:
+        """The first offset of a partition the spout may not take yet: the uncommitted
+        bound (``uncommitted()`` counts offsets from the commit point), or the end offset
+        with stop_at_end."""
+        limit = self._partitions[key].commit_point() + self.max_uncommitted
+        return min(limit, self._end_offsets.get(key, limit)) if self.stop_at_end else limit
+
+    def _pause(self, wanted: set[Key]) -> None:
+        """Pause exactly the ``wanted`` partitions in librdkafka (which stops fetching them
+        and drops what it fetched ahead for them)."""
+        assert self._consumer is not None
+        if wanted == self._paused:
+            return
+        pause, resume = wanted - self._paused, self._paused - wanted
+        if pause:
+            self._consumer.pause([TopicPartition(t, p) for t, p in pause])
+        if resume:
+            self._consumer.resume([TopicPartition(t, p) for t, p in resume])
+        self._paused = set(wanted)
+
+    def _throttled(self, now: float) -> bool:
+        """Whether the client id is over quota now (then fetching pauses, as a broker
+        delays a throttled client's fetches), counting the throttled time."""
+        if now < self._throttled_until:
+            return True
+        delay = self.quota.throttle_delay(now)
+        if delay > 0:
             if self._throttled_since is None:
                 self._throttled_since = now
-            return  # over quota: fetch later (the executor's idle wait paces the checks)
+            self._throttled_until = now + max(delay, MIN_THROTTLE)
+            return True
         if self._throttled_since is not None:
             self.quota.throttled_seconds += now - self._throttled_since
             self._throttled_since = None
-        ready = []
-        for tp in self._assigned:
-            offsets = self._partitions[tp]
-            room = self.max_uncommitted - offsets.uncommitted()
-            if self.stop_at_end:
-                room = min(room, self._end_offsets.get(tp, 0) - offsets.fetched_to)
-            if room <= 0:
-                if tp not in self._consumer.paused():
-                    self._consumer.pause(tp)
-            else:
-                if tp in self._consumer.paused():
-                    self._consumer.resume(tp)
-                ready.append((tp, room))
-        if not ready:
-            return
-        allowance = self.quota.allowance(now)
-        limit = self.fetch_records if allowance is None else max(1, min(self.fetch_records, allowance))
-        # Partition by partition, from a different one each time: a partition with a backlog
-        # does not hold the others back, and none takes more than its room.
-        self._rotation = (self._rotation + 1) % len(ready)
-        for tp, room in ready[self._rotation:] + ready[:self._rotation]:
-            if limit <= 0:
-                break
-            records = (await self._consumer.getmany(tp, timeout_ms=0, max_records=min(limit, room))).get(tp, [])
-            limit -= len(records)
-            end = self._end_offsets.get(tp) if self.stop_at_end else None
-            for record in records:
-                if end is not None and record.offset >= end:
-                    break
-                self._buffer.append(record)
-                self.quota.consume(1, len(record.value or b"") + len(record.key or b""))
+        return False
 
-    async def _commit(self) -> None:
-        assert self._consumer is not None
-        offsets = {}
-        for tp in self._assigned:  # aiokafka commits assigned partitions only
-            point = self._partitions[tp].to_commit()
+    def _broker_throttled(self, event: Any) -> None:
+        """A broker delayed this client under a broker-side quota (``throttle_cb``)."""
+        self.quota.throttled_seconds += float(event.throttle_time)
+
+    def _commit(self, consumer: Consumer | None = None) -> list[PartitionOffsets]:
+        """Ask the broker to commit every assigned partition's new commit point (the answer
+        comes later, through ``consume()``, to :meth:`_committed`). Returns those asked for."""
+        consumer = consumer or self._consumer
+        assert consumer is not None
+        sent = []
+        offsets = []
+        for key in self._assigned or ():
+            partition = self._partitions[key]
+            point = partition.to_commit()
             if point is not None:
-                offsets[tp] = OffsetAndMetadata(point, "")
+                partition.commit_asked(point)
+                sent.append(partition)
+                offsets.append(TopicPartition(key[0], key[1], point))
         if offsets:
-            try:
-                await asyncio.wait_for(self._consumer.commit(offsets), COMMIT_TIMEOUT)
-            except TimeoutError:
-                raise TimeoutError(f"commit to Kafka at {self.bootstrap_servers} took over {COMMIT_TIMEOUT:g} s "
-                                   "(broker unreachable?); retrying at the next commit interval") from None
-            for tp, meta in offsets.items():
-                self._partitions[tp].committed = meta.offset
+            consumer.commit(offsets=offsets, asynchronous=True)
+        return sent
 
-    async def _flush_dead_letters(self) -> None:
-        """Send records past their retries (or undecodable) to the dead-letter topic, with
-        their origin in headers; mark them done once the broker has them."""
-        if self.dead_letter_topic is not None and self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
-                                        client_id=f"{self.client_id}-dlq")
-            try:
-                await producer.start()
-            except Exception:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                raise  # the records stay in self._dead for the next round
-            self._producer = producer
-        dead, self._dead = self._dead, []
-        for i, (record, reason) in enumerate(dead):
-            if self._producer is None:
-                self.dropped += 1
-                log.warning("%s: dropped %s/%d@%d: %s (no dead-letter topic)", self._name,
-                            record.topic, record.partition, record.offset, reason)
+    def _committed(self, error: KafkaError | None, answered: list[TopicPartition]) -> None:
+        """The broker's answer to a commit (``on_commit``): confirmed points become the
+        committed offsets; failed ones are asked for again at the next commit."""
+        for tp in answered:
+            partition = self._partitions.get((tp.topic, tp.partition))
+            if partition is None:
+                continue
+            if error is None and tp.error is None:
+                partition.commit_confirmed(tp.offset)
             else:
-                headers = [("origin.topic", record.topic.encode()),
-                           ("origin.partition", str(record.partition).encode()),
-                           ("origin.offset", str(record.offset).encode()),
-                           ("error", reason.encode("utf-8", "replace")[:1000])]
-                try:
-                    await self._producer.send_and_wait(self.dead_letter_topic, record.value,
-                                                       key=record.key, headers=headers)
-                except Exception:
-                    self._dead[:0] = dead[i:]  # the next round tries these again
-                    raise
-                self.dead_lettered += 1
-            self._partitions[TopicPartition(record.topic, record.partition)].done(record.offset)
+                partition.commit_failed()
+        if error is not None:
+            self._errors(error)
 
-    def metrics(self) -> dict[str, float]:
+    # -- metrics ----------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        """Per partition (``partition=TOPIC/P``): committed offset, lag, uncommitted
+        offsets, retries and dead letters; per client id: records and bytes consumed,
+        seconds throttled (by the spout's quota or a broker's).
+
+        ``kafka.lag`` is the partition's high watermark, as librdkafka last saw it in a
+        fetch, minus the committed offset (what a restart would read again plus what is
+        still to read), never below 0; it is missing until a fetch reported the watermark.
+        Tansu (the test broker) reports as high watermark the base offset of the last record
+        batch + 1, which is below the real end when that batch holds several records: there,
+        the lag reads low."""
+        now = time.monotonic()
+        throttled = self.quota.throttled_seconds
+        if self._throttled_since is not None:
+            throttled += now - self._throttled_since
+        client = f"client_id={self.client_id}"
+        partitions = {f"partition={t}/{p}": offsets for (t, p), offsets in self._partitions.items()}
         return {
-            "kafka.consumed_records": self.quota.consumed_records,
-            "kafka.consumed_bytes": self.quota.consumed_bytes,
-            "kafka.throttled_seconds": round(self.quota.throttled_seconds, 3),
-            "kafka.uncommitted": sum(p.uncommitted() for p in self._partitions.values()),
-            "kafka.in_flight": sum(len(p) for p in self._partitions.values()),
+            "kafka.committed_offset": {label: o.committed for label, o in partitions.items()},
+            "kafka.lag": self._lag(),
+            "kafka.uncommitted": {label: o.uncommitted() for label, o in partitions.items()},
+            "kafka.retries": {label: o.retries for label, o in partitions.items()},
+            "kafka.dead_letters": {label: o.dead_letters for label, o in partitions.items()},
+            "kafka.consumed_records": {client: self.quota.consumed_records},
+            "kafka.consumed_bytes": {client: self.quota.consumed_bytes},
+            "kafka.throttled_seconds": {client: round(throttled, 3)},
+            "kafka.in_flight": sum(len(p) for p in self._partitions.values()) - len(self._buffer),
             "kafka.retrying": len(self._retries),
-            "kafka.dead_lettered": self.dead_lettered,
-            "kafka.dropped": self.dropped,
         }
+
+    def _lag(self) -> dict[str, int]:
+        """High watermark minus committed offset per partition whose watermark is known
+        (librdkafka's cached value: no request to the broker)."""
+        lag = {}
+        if self._consumer is not None:
+            for (topic, partition), offsets in self._partitions.items():
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                if high >= 0:
+                    lag[f"partition={topic}/{partition}"] = max(high - offsets.committed, 0)
+        return lag
+
