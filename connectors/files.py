@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import orjson
 
@@ -20,14 +20,17 @@ class LineSpout(Spout):
 
     The file is split among the spout's tasks by bytes: task ``i`` of ``n`` emits the lines
     whose first byte lies in ``[size * i // n, size * (i + 1) // n)``, so each task reads
-    about ``1/n`` of the file (and the rest of its last line), and every line is emitted by
-    exactly one task. Lines end at ``\\n``, ``\\r\\n`` or a lone ``\\r``, as text mode reads
-    them (universal newlines); the end is not part of the tuple. The message id is the byte
-    offset of the line's first byte: unlike a line number, a task knows it without reading
-    the lines before its share. A failed line is emitted again, up to ``max_retries``
-    times, then counted in ``dropped`` and logged. Bytes that are not UTF-8 are replaced
-    (U+FFFD) rather than stopping the spout.
+    about ``1/n`` of the file, and every line is emitted by exactly one task. Lines end at
+    ``\\n``, ``\\r\\n`` or a lone ``\\r``, as text mode reads them (universal newlines);
+    the end is not part of the tuple. The message id is the byte offset of the line's first
+    byte: unlike a line number, a task knows it without reading the lines before its share.
+    A failed line is emitted again, up to ``max_retries`` times, then counted in
+    ``dropped`` and logged. Bytes that are not UTF-8 are replaced (U+FFFD) rather than
+    stopping the spout.
     """
+
+    BLOCK = 64 * 1024
+    """Bytes read at a time: lines are split and counted per block, not per read call."""
 
     def __init__(self, path: str, field: str = "line", max_retries: int = 3) -> None:
         self.path = path
@@ -40,11 +43,16 @@ class LineSpout(Spout):
         size = os.fstat(self._file.fileno()).st_size
         index, tasks = context.task_index, context.parallelism
         start, self._end = size * index // tasks, size * (index + 1) // tasks
-        # The line that holds byte start - 1 began before this share: the task before
-        # emits it, and this task's first line is the one after it.
-        self._file.seek(max(start - 1, 0))
-        self._lines = _lines(self._file)
-        self._offset = start - 1 + len(next(self._lines, b"")) if start else 0
+        self._lines: deque[bytes] = deque()
+        """Lines read and not emitted yet, each with its end (bytes: their lengths are
+        the offsets in the file)."""
+        self._offset = max(start - 1, 0)
+        """Where the first line of ``_lines`` starts in the file."""
+        self._file.seek(self._offset)
+        if start and self._read_block():
+            # The line that holds byte start - 1 began before this share: the task before
+            # emits it, and this task's first line is the one after it.
+            self._offset += len(self._lines.popleft())
         self._in_flight: dict[int, str] = {}
         self._retries: dict[int, int] = {}
         self._replay: deque[int] = deque()
@@ -54,16 +62,24 @@ class LineSpout(Spout):
             offset = self._replay.popleft()
             self.emit((self._in_flight[offset],), msg_id=offset)
             return
-        if self._offset >= self._end:
+        if self._offset >= self._end or not (self._lines or self._read_block()):
             return
-        line = next(self._lines, b"")
-        if not line:  # the file was cut shorter since it was opened
-            self._end = self._offset
-            return
+        line = self._lines.popleft()
         offset, self._offset = self._offset, self._offset + len(line)
         text = line.rstrip(b"\r\n").decode("utf-8", "replace")
         self._in_flight[offset] = text
         self.emit((text,), msg_id=offset)
+
+    def _read_block(self) -> bool:
+        """Read about ``BLOCK`` bytes more, to the end of a line, into ``_lines``; False at
+        the end of the file. ``bytes.splitlines`` cuts at text mode's line ends, and as a
+        block ends after a b"\\n" (or at the end of the file), no b"\\r\\n" is cut in two."""
+        block = self._file.read(self.BLOCK) + self._file.readline()
+        if not block:  # the file was cut shorter since it was opened
+            self._end = self._offset
+            return False
+        self._lines.extend(block.splitlines(keepends=True))
+        return True
 
     def ack(self, msg_id: int) -> None:
         del self._in_flight[msg_id]
@@ -85,17 +101,6 @@ class LineSpout(Spout):
 
     def close(self) -> None:
         self._file.close()
-
-
-def _lines(file: BinaryIO) -> Iterator[bytes]:
-    """The lines of ``file`` from where it stands, each with its end: ``\\n``, ``\\r\\n``
-    or a lone ``\\r``, the line ends of text mode's universal newlines. Bytes, so that
-    their lengths are the offsets in the file."""
-    for chunk in file:  # cut after each b"\n" only, so never inside a b"\r\n"
-        if b"\r" in chunk:
-            yield from chunk.splitlines(keepends=True)
-        else:
-            yield chunk
 
 
 class JsonLinesSink(Bolt):
