@@ -73,6 +73,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from cluster import Cluster, wait_for  # noqa: E402  (tests/cluster.py)
+from kazoo.exceptions import KazooException  # noqa: E402
 from zookeeper import ZooKeeperServer  # noqa: E402  (tests/zookeeper.py)
 
 from streamflow.stats import Histogram  # noqa: E402
@@ -153,8 +154,7 @@ class SpoutProbe:
                 acked += s["acked"]
                 failed += s["failed"]
                 emitted += s["emitted"]
-                if s.get("complete_latency"):
-                    histogram.merge(Histogram(list(s["complete_latency"])))
+                histogram.merge(Histogram.from_sparse(s["complete_latency"]))
         if not times:
             return None
         return Beat(max(times), acked, failed, emitted, histogram)
@@ -163,7 +163,7 @@ class SpoutProbe:
         while not self._stop.is_set():
             try:
                 beat = self._read()
-            except Exception:  # ZooKeeper busy a moment: read again at the next poll
+            except KazooException:  # ZooKeeper busy a moment: read again at the next poll
                 self.errors += 1
                 beat = None
             if beat is not None and (not self.beats or beat.time > self.beats[-1].time):
