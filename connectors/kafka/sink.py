@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from functools import partial
-from typing import Any, Mapping, Sequence
+from collections import Counter
+from typing import Any, Callable, Mapping, Sequence
 
 from confluent_kafka import KafkaError, Producer
 from streamflow_connectors.kafka.client import ClientErrors, KafkaClientError, blocking, settings
 from streamflow_connectors.kafka.records import encoder
 
 from streamflow import AsyncBolt, TaskContext, Tuple
+from streamflow.tuples import Origin
+
+Written = tuple[str, bytes | None, bytes | None]
+"""A record as the sink writes it: topic, key, value."""
 
 DELIVERY_POLL = 0.001
 """Seconds between looks for delivery reports while a batch waits for them: about what a
@@ -26,10 +30,12 @@ class KafkaBolt(AsyncBolt):
     bytes). ``config`` adds librdkafka settings (``security.protocol``, ``sasl.*``,
     ``compression.type``...).
 
-    The writes of a batch share librdkafka's batching (``linger_ms``); at the end of the
-    batch the bolt waits, without blocking the event loop, for the broker's answer to each:
-    it acks each tuple whose write the broker acknowledged and fails the others, which
-    their spout replays. A write the broker has not acknowledged within
+    The writes of a batch share librdkafka's batching; at the end of the batch the bolt
+    waits, without blocking the event loop, for the broker's answer to each: it acks each
+    tuple whose write the broker acknowledged and fails the others, which their spout
+    replays. The engine's batches are the unit of batching, so ``linger_ms`` is short:
+    every batch waits for it (wordcount on Tansu ran at 6.7k sentences/s with 5 ms, 10k
+    with 1 ms; with 0, the broker drowned in one-record requests). A write the broker has not acknowledged within
     ``delivery_timeout`` seconds fails (an unreachable broker does not stop the task: its
     tuples fail, the error shows in ``status``, and librdkafka reconnects by itself).
     """
@@ -45,7 +51,7 @@ class KafkaBolt(AsyncBolt):
         fields: Sequence[str] | None = None,
         value_format: str = "json",
         client_id: str | None = None,
-        linger_ms: float = 5,
+        linger_ms: float = 1,
         delivery_timeout: float = 10.0,
         config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -65,57 +71,118 @@ class KafkaBolt(AsyncBolt):
         self._encode = encoder(self.value_format)
         client_id = self.client_id or f"{context.topology}-{context.component}"
         self._errors = ClientErrors(self.bootstrap_servers)
+        # Delivery reports reach Python only for failed writes: a batch whose writes are all
+        # answered (nothing left in the producer) without one is acked as a whole.
         self._producer = Producer(settings(
             self.bootstrap_servers, client_id, self._errors, self.client_config,
-            **{"acks": "all", "linger.ms": self.linger_ms,
-               "message.timeout.ms": int(self.delivery_timeout * 1000)}))
-        self._unanswered = 0
-        self._failed: list[KafkaError] = []
+            **{"acks": "all", "linger.ms": self.linger_ms, "message.timeout.ms": int(self.delivery_timeout * 1000),
+               "delivery.report.only.error": True, "on_delivery": self._write_failed}))
+        self._records: dict[Origin, Callable[[Sequence[Any]], Written]] = {}
+        self._batch: list[Tuple] = []
+        self._batch_bytes = 0
+        self._failed: list[Any] = []
         self.produced = self.produced_bytes = self.delivery_errors = 0
 
     async def process(self, tup: Tuple) -> None:
-        topic = self.topic if self.topic is not None else tup[self.topic_field]  # type: ignore[index]
-        key = tup[self.key_field] if self.key_field else None
-        if isinstance(key, str):
-            key = key.encode("utf-8")
-        elif key is not None and not isinstance(key, bytes):
-            key = str(key).encode("utf-8")
-        if self.value_field is not None:
-            value = tup[self.value_field]
-        elif self.fields is not None:
-            value = {f: tup[f] for f in self.fields}
-        else:
-            value = tup.as_dict()
-        self._producer.produce(topic, self._encode(value), key, on_delivery=partial(self._delivered, tup))
-        self._unanswered += 1
+        to_record = self._records.get(tup.origin) or self._record_of(tup.origin)
+        topic, key, value = to_record(tup.values)
+        self._producer.produce(topic, value, key)
+        self._batch.append(tup)
+        self._batch_bytes += len(value or b"") + len(key or b"")
 
-    def _delivered(self, tup: Tuple, error: KafkaError | None, message: Any) -> None:
-        """The broker's answer to one write (a delivery report, served by ``poll``)."""
-        self._unanswered -= 1
-        if error is None:
-            self.ack(tup)
-            self.produced += 1
-            self.produced_bytes += len(message) + len(message.key() or b"")
+    def _record_of(self, origin: Origin) -> Callable[[Sequence[Any]], Written]:
+        """How tuples of one stream become (topic, key, value): field positions are looked
+        up once per stream, not for each tuple."""
+        def position(field: str) -> int:
+            try:
+                return origin.fields.index(field)
+            except ValueError:
+                raise KeyError(f"stream {origin.source}:{origin.stream} has no field {field!r} "
+                               f"(fields: {', '.join(origin.fields)})") from None
+
+        encode = self._encode
+        key_at = None if self.key_field is None else position(self.key_field)
+        if self.topic_field is not None:
+            topic_at = position(self.topic_field)
+
+            def topic_of(values: Sequence[Any]) -> str:
+                return str(values[topic_at])
         else:
-            self.fail(tup)
-            self.delivery_errors += 1
-            self._failed.append(error)
+            assert self.topic is not None
+            topic = self.topic
+
+            def topic_of(values: Sequence[Any]) -> str:
+                return topic
+        if self.value_field is not None:
+            value_at = position(self.value_field)
+
+            def value_of(values: Sequence[Any]) -> Any:
+                return values[value_at]
+        else:
+            names = self.fields if self.fields is not None else origin.fields
+            picks = [position(name) for name in names]
+            if picks == list(range(len(origin.fields))):  # every field, in order: the common case
+
+                def value_of(values: Sequence[Any]) -> Any:
+                    return dict(zip(names, values, strict=True))
+            else:
+
+                def value_of(values: Sequence[Any]) -> Any:
+                    return dict(zip(names, [values[i] for i in picks], strict=True))
+
+        def record(values: Sequence[Any]) -> Written:
+            key = None if key_at is None else _key_bytes(values[key_at])
+            return topic_of(values), key, encode(value_of(values))
+
+        self._records[origin] = record
+        return record
+
+    def _write_failed(self, error: KafkaError, message: Any) -> None:
+        """A delivery report, for a write the broker did not acknowledge (served by ``poll``)."""
+        self._failed.append((error, message))
 
     async def end_batch(self) -> None:
         """Wait for the answers to the batch's writes (librdkafka fails a write after
-        ``delivery_timeout``, so this ends); raise once if any write failed."""
-        if not self._unanswered:
+        ``delivery_timeout``, so this ends), then ack the tuples written and fail the
+        others; raise once if a write failed."""
+        if not self._batch:
             return
-        self._producer.poll(0)
-        while self._unanswered:
+        producer = self._producer
+        producer.poll(0)
+        while len(producer):
             await asyncio.sleep(DELIVERY_POLL)
-            self._producer.poll(0)
-        if self._failed:
-            failed, self._failed = self._failed, []
-            client = f"; last client error: {self._errors.last.str()}" if self._errors.last is not None else ""
-            self._errors.last = None
-            raise KafkaClientError(f"Kafka at {self.bootstrap_servers}: {len(failed)} writes failed: "
-                                   f"{failed[-1].str()}{client}")
+            producer.poll(0)
+        batch, self._batch = self._batch, []
+        written, self._batch_bytes = self._batch_bytes, 0
+        if not self._failed:
+            for tup in batch:
+                self.ack(tup)
+            self.produced += len(batch)
+            self.produced_bytes += written
+            return
+        failed, self._failed = self._failed, []
+        self._answer_partly(batch, written, failed)
+        client = f"; last client error: {self._errors.last.str()}" if self._errors.last is not None else ""
+        self._errors.last = None
+        raise KafkaClientError(f"Kafka at {self.bootstrap_servers}: {len(failed)} writes failed: "
+                               f"{failed[-1][0].str()}{client}")
+
+    def _answer_partly(self, batch: list[Tuple], written: int, failed: list[Any]) -> None:
+        """Fail the tuples whose record failed, ack the others. Reports carry the record,
+        not the tuple: the tuples' records are built again and matched by content (of two
+        tuples with the same record, failing either one replays the same write)."""
+        unwritten = Counter((m.topic(), m.key(), m.value()) for _, m in failed)
+        for tup in batch:
+            record = self._records[tup.origin](tup.values)
+            if unwritten[record] > 0:
+                unwritten[record] -= 1
+                self.fail(tup)
+                self.delivery_errors += 1
+                written -= len(record[2] or b"") + len(record[1] or b"")
+            else:
+                self.ack(tup)
+                self.produced += 1
+        self.produced_bytes += written
 
     def metrics(self) -> dict[str, float]:
         return {"kafka.produced_records": self.produced, "kafka.produced_bytes": self.produced_bytes,
@@ -127,3 +194,10 @@ class KafkaBolt(AsyncBolt):
         self._producer.purge()
         self._producer.poll(0)
         await blocking(self._producer.close)
+
+
+def _key_bytes(key: Any) -> bytes | None:
+    """A record key: text as UTF-8, bytes as they are, anything else as its text."""
+    if key is None or isinstance(key, bytes):
+        return key
+    return (key if isinstance(key, str) else str(key)).encode("utf-8")
