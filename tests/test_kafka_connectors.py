@@ -26,10 +26,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -274,6 +275,11 @@ class LiveRun:
             if executor.component == component and getattr(executor, "started", False):
                 add_metrics(total, executor.instance.metrics())  # type: ignore[attr-defined]
         return total
+
+    def metrics_when(self, component: str, condition: Callable[[dict[str, Any]], Any], timeout: float,
+                     what: str) -> dict[str, Any]:
+        """Wait until the component's metrics satisfy ``condition``; return them."""
+        return wait_for(lambda: (m := self.metrics(component)) and condition(m) and m, timeout, what)  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         """End the run (if it still runs)."""
@@ -572,9 +578,12 @@ def test_an_unacked_record_is_never_committed(kafka: KafkaBroker, topic_prefix: 
     committed = wait_for(lambda: (c := kafka.committed(group, topic)) and c[1] == 300 and (c[0] or 0) >= k and c,
                          10, "the commits after the acks")
     assert committed == {0: k, 1: 300}
-    metrics = run.metrics("source")
+    p0, p1 = f"partition={topic}/0", f"partition={topic}/1"
+    metrics = run.metrics_when("source", lambda m: m["kafka.committed_offset"] == {p0: k, p1: 300}, 10,
+                               "the commits confirmed in the metrics")
     assert metrics["kafka.in_flight"] == 1
-    assert metrics["kafka.uncommitted"] == {f"partition={topic}/0": 300 - k, f"partition={topic}/1": 0}
+    assert metrics["kafka.uncommitted"] == {p0: 300 - k, p1: 0}
+    assert metrics["kafka.lag"] == {p0: 300 - k, p1: 0}  # what a restart would read again
     time.sleep(0.6)  # an observation window of three commit intervals: the point stays at k
     assert kafka.committed(group, topic) == {0: k, 1: 300}
     shared.release.set()
@@ -853,6 +862,122 @@ def test_a_topic_pattern_picks_up_new_topics(kafka: KafkaBroker, topic_prefix: s
     finally:
         run.stop()
     assert run.join(30) == "stopped"
+
+
+# -- metrics (per partition, per client id, the sink's) --------------------------------------------
+
+
+class FailIds(BasicBolt):
+    """Fails (raises for) the records whose value's ``n`` is in ``bad``."""
+
+    def __init__(self, bad: set[int]) -> None:
+        self.bad = bad
+
+    def process(self, tup: Tuple) -> None:
+        if tup["value"]["n"] in self.bad:
+            raise ValueError(f"n {tup['value']['n']} is bad")
+
+
+def test_spout_and_sink_metrics_after_consuming_a_known_set_of_records(kafka: KafkaBroker,
+                                                                        topic_prefix: str) -> None:
+    topic, output, partitions, per_partition = f"{topic_prefix}in", f"{topic_prefix}out", 3, 100
+    values = [json.dumps({"n": i}).encode() for i in range(partitions * per_partition)]
+    produce(kafka, topic, values, partitions)  # each partition's last record alone: Tansu's watermark is right
+    kafka.create_topic(output, 1)
+    b = TopologyBuilder("metrics")
+    b.set_spout("source", KafkaSpout(kafka.bootstrap, [topic], commit_interval=0.1), 2)
+    b.set_bolt("sink", KafkaBolt(kafka.bootstrap, output, value_field="value"), 2).shuffle_grouping("source")
+    run = LiveRun(b.build(), timeout=60)
+    labels = [f"partition={topic}/{p}" for p in range(partitions)]
+    try:
+        everything, nothing = dict.fromkeys(labels, per_partition), dict.fromkeys(labels, 0)
+        metrics = run.metrics_when("source", lambda m: m["kafka.committed_offset"] == everything
+                                   and m["kafka.lag"] == nothing, 30, "every offset committed, no lag")
+        sink = run.metrics_when("sink", lambda m: m["kafka.produced_records"] == len(values), 10,
+                                "every record written")
+    finally:
+        run.stop()
+    assert run.join(30) == "stopped"
+    client = "client_id=metrics-source"  # the default client id: <topology>-<component>
+    assert metrics["kafka.uncommitted"] == dict.fromkeys(labels, 0)
+    assert metrics["kafka.retries"] == metrics["kafka.dead_letters"] == dict.fromkeys(labels, 0)
+    assert metrics["kafka.consumed_records"] == {client: len(values)}  # both tasks' counts, summed
+    assert metrics["kafka.consumed_bytes"] == {client: sum(len(v) for v in values)}
+    assert metrics["kafka.throttled_seconds"] == {client: 0}
+    written = sum(len(orjson.dumps(json.loads(v))) for v in values)  # the sink writes the decoded value again
+    assert sink == {"kafka.produced_records": len(values), "kafka.produced_bytes": written,
+                    "kafka.delivery_errors": 0}
+
+
+def test_spout_metrics_count_retries_and_dead_letters(kafka: KafkaBroker, topic_prefix: str) -> None:
+    topic, dlq, partitions = f"{topic_prefix}in", f"{topic_prefix}dlq", 2
+    values = [json.dumps({"n": i}).encode() for i in range(100)]
+    bad = set(range(3, 100, 10))  # ids 3, 13, ...: partition i % 2 == 1
+    produce(kafka, topic, values, partitions)
+    kafka.create_topic(dlq, 1)
+    b = TopologyBuilder("failing")
+    b.set_spout("source", KafkaSpout(kafka.bootstrap, [topic], dead_letter_topic=dlq, commit_interval=0.1,
+                                     backoff=Backoff(initial=0.02, maximum=0.05, max_retries=2)))
+    b.set_bolt("check", FailIds(bad)).shuffle_grouping("source")
+    run = LiveRun(b.build(), timeout=60)
+    p0, p1 = f"partition={topic}/0", f"partition={topic}/1"
+    try:
+        metrics = run.metrics_when("source", lambda m: m["kafka.committed_offset"] == {p0: 50, p1: 50}, 30,
+                                   "every offset committed, the bad ones after their dead letters")
+    finally:
+        run.stop()
+    assert run.join(30) == "stopped"
+    assert metrics["kafka.dead_letters"] == {p0: 0, p1: len(bad)}
+    assert metrics["kafka.retries"] == {p0: 0, p1: 2 * len(bad)}  # two retries each, then the dead-letter topic
+    assert metrics["kafka.lag"] == {p0: 0, p1: 0} and metrics["kafka.uncommitted"] == {p0: 0, p1: 0}
+    assert len(kafka.consume_all(dlq, count=len(bad), timeout=10)) == len(bad)
+
+
+def test_throttled_seconds_grow_while_over_quota(kafka: KafkaBroker, topic_prefix: str) -> None:
+    topic = f"{topic_prefix}in"
+    produce(kafka, topic, [json.dumps({"n": i}).encode() for i in range(1000)], partitions=1)
+    b = TopologyBuilder("throttled")
+    b.set_spout("source", KafkaSpout(kafka.bootstrap, [topic], records_per_sec=100))
+    b.set_bolt("collect", CollectBolt(Ledger())).shuffle_grouping("source")
+    run = LiveRun(b.build(), timeout=60)
+    client = "client_id=throttled-source"
+    try:
+        # A burst of one second's worth (100), then 100/s: 300 records take about 2 s more.
+        started = time.monotonic()
+        metrics = run.metrics_when("source", lambda m: m["kafka.consumed_records"][client] >= 300, 20,
+                                   "300 records consumed")
+        elapsed = time.monotonic() - started
+    finally:
+        run.stop()
+    assert run.join(30) == "stopped"
+    throttled = metrics["kafka.throttled_seconds"][client]
+    print(f"\n300 records at 100/s in {elapsed:.2f} s, {throttled:.2f} s of it throttled")
+    assert elapsed >= 1.8  # the quota held
+    assert 0.5 * (elapsed - 1) <= throttled <= elapsed  # paused most of the time once the burst was spent
+
+
+def test_sink_metrics_count_writes_the_broker_never_acknowledged(kafka: KafkaBroker, topic_prefix: str) -> None:
+    # The sink's broker is away (a closed port): every write times out, its tuple fails,
+    # the spout retries it once and then drops it (no dead-letter topic).
+    topic, nowhere = f"{topic_prefix}in", f"127.0.0.1:{free_port()}"
+    produce(kafka, topic, [json.dumps({"n": i}).encode() for i in range(10)], partitions=1)
+    b = TopologyBuilder("unwritten")
+    b.set_spout("source", KafkaSpout(kafka.bootstrap, [topic], backoff=Backoff(initial=0.05, max_retries=1)))
+    b.set_bolt("sink", KafkaBolt(nowhere, "out", delivery_timeout=0.5)).shuffle_grouping("source")
+    run = LiveRun(b.build({"topology.message.timeout.secs": 30}), timeout=60)
+    try:
+        sink = run.metrics_when("sink", lambda m: m["kafka.delivery_errors"] == 20, 30,
+                                "two failed writes per record")
+        source = run.metrics_when("source", lambda m: m["kafka.dead_letters"] == {f"partition={topic}/0": 10}, 10,
+                                  "every record dropped after its retry")
+        error = run.last_error("sink")
+    finally:
+        run.stop()
+    assert run.join(30) == "stopped"
+    assert sink["kafka.produced_records"] == sink["kafka.produced_bytes"] == 0
+    assert source["kafka.retries"] == {f"partition={topic}/0": 10}
+    assert error is not None and f"Kafka at {nowhere}" in error, error
+    assert "writes failed: Local: Message timed out" in error, error
 
 
 # -- the spout's quota share, without a broker --------------------------------------------------

@@ -64,9 +64,15 @@ COMMIT_WAIT = 5.0
 """Seconds ``close`` waits for its last commit (and dead letters) to be acknowledged."""
 ANSWER_POLL = 0.01
 """Seconds between looks for the answer to the final commit."""
-MIN_THROTTLE = 0.05
-"""Shortest pause of a client over quota: each pause drops what librdkafka fetched ahead,
-so pauses of a few milliseconds would have it fetch the same records again and again."""
+PAUSE_AFTER = 1.0
+"""Seconds over quota after which the spout pauses its partitions. A shorter throttle only
+stops taking records: librdkafka fetches ahead up to a bound (``queued.min.messages``) and
+then stops asking the broker, and a pause would cost more than it saves, as a resumed
+partition waits for the fetch under way (up to ``fetch.wait.max.ms``) before its next one,
+and fetches again what the pause dropped."""
+FETCH_WAIT_MS = 100
+"""How long the broker may hold a fetch when there is nothing new (librdkafka's default,
+500 ms, is also how long a resumed partition may wait for its first record)."""
 
 
 class KafkaSpout(AsyncSpout):
@@ -153,7 +159,6 @@ class KafkaSpout(AsyncSpout):
         self._connect_attempts = 0
         self._next_connect = self._next_commit = self._next_refresh = 0.0
         self._throttled_since: float | None = None
-        self._throttled_until = 0.0
 
     def deactivate(self) -> None:
         """Commit what is acked now: ``next_tuple``, which commits, is not called while
@@ -166,7 +171,6 @@ class KafkaSpout(AsyncSpout):
         if getattr(self, "quota", None) is None:
             return  # not open yet: open() reads the changed config
         self.quota.set_rates(*self._rates(config))
-        self._throttled_until = 0.0  # judge the new rates at the next fetch
 
     def _rates(self, config: Mapping[str, Any]) -> tuple[float | None, float | None]:
         """This task's (bytes/s, records/s): the client id's entry in ``kafka.quotas``, else
@@ -304,7 +308,7 @@ class KafkaSpout(AsyncSpout):
                 **{"group.id": self.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
                    "auto.offset.reset": self.start, "on_commit": self._committed,
                    "throttle_cb": self._broker_throttled,
-                   "queued.min.messages": max(2 * self.fetch_records, 1000),
+                   "queued.min.messages": max(2 * self.fetch_records, 1000), "fetch.wait.max.ms": FETCH_WAIT_MS,
                    "topic.metadata.refresh.interval.ms": int(self.metadata_refresh * 1000)}))
         try:
             await self._assign()
@@ -383,14 +387,17 @@ class KafkaSpout(AsyncSpout):
         """Take what librdkafka fetched ahead, within quota, from partitions below their
         uncommitted bound; pause and resume partitions to match."""
         assert self._consumer is not None
-        throttled = self._throttled(now)
+        throttled_for = self._throttled(now)
         if self._held:
             self._held = {key for key in self._held if self._limit(key) <= self._partitions[key].fetched_to}
-        self._pause(set(self._assigned or ()) if throttled else self._held)
-        allowance = None if throttled else self.quota.allowance(now)
+        paused_by_quota = throttled_for >= PAUSE_AFTER
+        self._pause(set(self._assigned or ()) if paused_by_quota else self._held)
+        if throttled_for and not paused_by_quota:
+            return  # leave the records to librdkafka's bounded queue until the quota allows
+        allowance = None if throttled_for else self.quota.allowance(now)
         limit = self.fetch_records if allowance is None else max(1, min(self.fetch_records, allowance))
-        # Called while throttled too: consume() also serves commit answers and errors,
-        # and every partition is paused then, so it returns no record.
+        # Called while paused by the quota too: consume() also serves commit answers and
+        # errors, and returns no record then.
         self._take(cast(list[Message], self._consumer.consume(limit, timeout=0)))
 
     def _take(self, messages: list[Message]) -> None:
@@ -451,21 +458,19 @@ class KafkaSpout(AsyncSpout):
             self._consumer.resume([TopicPartition(t, p) for t, p in resume])
         self._paused = set(wanted)
 
-    def _throttled(self, now: float) -> bool:
-        """Whether the client id is over quota now (then fetching pauses, as a broker
-        delays a throttled client's fetches), counting the throttled time."""
-        if now < self._throttled_until:
-            return True
+    def _throttled(self, now: float) -> float:
+        """How long the client id has been over quota, counting its total throttled time,
+        or how long it will be if longer (a rate of 0 is over quota for ever); 0 when
+        within quota. Over quota, fetching stops, as a broker delays a throttled client."""
         delay = self.quota.throttle_delay(now)
         if delay > 0:
             if self._throttled_since is None:
                 self._throttled_since = now
-            self._throttled_until = now + max(delay, MIN_THROTTLE)
-            return True
+            return max(delay, now - self._throttled_since)
         if self._throttled_since is not None:
             self.quota.throttled_seconds += now - self._throttled_since
             self._throttled_since = None
-        return False
+        return 0.0
 
     def _broker_throttled(self, event: Any) -> None:
         """A broker delayed this client under a broker-side quota (``throttle_cb``)."""
