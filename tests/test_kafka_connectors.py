@@ -43,7 +43,7 @@ from streamflow import BasicBolt, Bolt, TaskContext, Topology, TopologyBuilder, 
 from streamflow.loader import load_topology
 from streamflow.stats import TaskStats
 from streamflow.telemetry import add_metrics
-from streamflow.testing import CollectBolt, Ledger
+from streamflow.testing import CollectBolt, Ledger, ListSpout
 from streamflow.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -978,6 +978,50 @@ def test_sink_metrics_count_writes_the_broker_never_acknowledged(kafka: KafkaBro
     assert source["kafka.retries"] == {f"partition={topic}/0": 10}
     assert error is not None and f"Kafka at {nowhere}" in error, error
     assert "writes failed: Local: Message timed out" in error, error
+
+
+# -- the sink's records ---------------------------------------------------------------------------
+
+
+def test_the_sink_writes_records_shaped_by_its_options(kafka: KafkaBroker, topic_prefix: str) -> None:
+    a, b_, fixed, whole = (f"{topic_prefix}{name}" for name in ("a", "b", "fixed", "whole"))
+    for topic in (a, b_, fixed, whole):
+        kafka.create_topic(topic, 1)
+    rows = [(a, 7, "seven", 1.5), (b_, "k", "kay", None), (a, None, "none", [1, 2])]
+    ledger = Ledger()
+    b = TopologyBuilder("shapes")
+    b.set_spout("rows", ListSpout(rows, fields=("dest", "id", "name", "extra"), ledger=ledger))
+    b.set_bolt("per_tuple", KafkaBolt(kafka.bootstrap, topic_field="dest", key_field="id",
+                                      fields=["extra", "name"])).shuffle_grouping("rows")
+    b.set_bolt("text", KafkaBolt(kafka.bootstrap, fixed, value_field="name", value_format="str")
+               ).shuffle_grouping("rows")
+    b.set_bolt("whole", KafkaBolt(kafka.bootstrap, whole)).shuffle_grouping("rows")
+    result = run_local(b.build(), timeout=30)
+    assert result.outcome == "finished", result.summary()
+    assert len(ledger.acked) == 3 and not ledger.failed
+
+    def read(topic: str, count: int) -> Counter[tuple[bytes | None, bytes | None]]:
+        return Counter((r.key, r.value) for r in kafka.consume_all(topic, count=count, timeout=10))
+
+    assert read(a, 2) == Counter([(b"7", b'{"extra":1.5,"name":"seven"}'),
+                                  (None, b'{"extra":[1,2],"name":"none"}')])
+    assert read(b_, 1) == Counter([(b"k", b'{"extra":null,"name":"kay"}')])
+    assert read(fixed, 3) == Counter([(None, b"kay"), (None, b"none"), (None, b"seven")])
+    assert read(whole, 3) == Counter(
+        (None, orjson.dumps(dict(zip(("dest", "id", "name", "extra"), row, strict=True)))) for row in rows)
+
+
+def test_the_sink_fails_tuples_without_its_fields(kafka: KafkaBroker, topic_prefix: str) -> None:
+    kafka.create_topic(f"{topic_prefix}out", 1)
+    ledger = Ledger()
+    b = TopologyBuilder("missing")
+    b.set_spout("rows", ListSpout([("x",)], fields=("name",), ledger=ledger, max_retries=0))
+    b.set_bolt("sink", KafkaBolt(kafka.bootstrap, f"{topic_prefix}out", key_field="user")).shuffle_grouping("rows")
+    result = run_local(b.build(), timeout=30)
+    assert result.outcome == "finished", result.summary()
+    assert ledger.failed and not ledger.acked
+    error = result.component("sink").last_error
+    assert error is not None and "stream rows:default has no field 'user' (fields: name)" in error.message
 
 
 # -- the spout's quota share, without a broker --------------------------------------------------
