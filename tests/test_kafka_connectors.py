@@ -33,10 +33,9 @@ from typing import Any
 import orjson
 import pytest
 import uvloop
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 from cluster import Cluster, wait_for
-from kafka import KafkaBroker, free_port, moto_available
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from kafka import KafkaBroker, KafkaRecord, free_port, moto_available
 from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
 
 from streamflow import BasicBolt, Bolt, TaskContext, Topology, TopologyBuilder, Tuple, run_local
@@ -60,22 +59,25 @@ def produce(kafka: KafkaBroker, topic: str, values: Sequence[bytes], partitions:
     batches, but each partition's last record in a batch of its own (so that Tansu's high
     watermark, and with it ``stop_at_end``, is right)."""
     kafka.create_topic(topic, partitions)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "acks": "all", "linger.ms": 5,
+                         "batch.num.messages": 10_000, "logger": Quiet()})
+    last = {i % partitions: i for i in range(len(values))}
+    for i, value in enumerate(values):
+        if last[i % partitions] != i:
+            producer.produce(topic, value, partition=i % partitions)
+            if len(producer) >= 50_000:
+                producer.poll(0.01)  # let librdkafka's queue drain below its bound
+    assert producer.flush(30) == 0
+    for partition, i in sorted(last.items()):
+        producer.produce(topic, values[i], partition=partition)
+        assert producer.flush(10) == 0
 
-    async def write() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", linger_ms=5,
-                                    max_batch_size=1 << 20, enable_idempotence=False)
-        await producer.start()
-        try:
-            last = {i % partitions: i for i in range(len(values))}
-            futures = [await producer.send(topic, value, partition=i % partitions)
-                       for i, value in enumerate(values) if last[i % partitions] != i]
-            await asyncio.gather(*futures)
-            for partition, i in sorted(last.items()):
-                await producer.send_and_wait(topic, values[i], partition=partition)
-        finally:
-            await producer.stop()
 
-    asyncio.run(write())
+class Quiet:
+    """A librdkafka logger that drops its lines (the outage tests stop brokers)."""
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        pass
 
 
 SEAL = b"__seal__"
@@ -83,8 +85,6 @@ SEAL = b"__seal__"
 
 class TopicReader:
     """Reads a topic from the beginning, picking up where it stopped at each ``poll()``.
-
-    Its consumer lives on an event loop of its own, driven only inside ``poll()``.
 
     Tansu serves records only up to its high watermark, the base offset of a partition's
     last batch + 1, so the records after the first of a last batch stay invisible until
@@ -95,73 +95,45 @@ class TopicReader:
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
-        self.records: list[ConsumerRecord] = []
-        self._loop = asyncio.new_event_loop()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._sealer: AIOKafkaProducer | None = None
+        self.records: list[KafkaRecord] = []
+        self._consumer: Consumer | None = None
+        self._sealer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "logger": Quiet(),
+                                 "message.timeout.ms": 2000})
+        self._partitions: list[int] = []
 
-    async def _start(self) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=100,
-                                    max_partition_fetch_bytes=4 << 20)
-        await consumer.start()
-        partitions = consumer.partitions_for_topic(self.topic)
-        assert partitions, f"no topic {self.topic!r}"
-        assignment = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(assignment)
-        await consumer.seek_to_beginning(*assignment)
+    def _start(self) -> Consumer:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "streamflow-test-reader",
+                             "enable.auto.commit": False, "fetch.wait.max.ms": 100, "logger": Quiet()})
+        found = consumer.list_topics(timeout=10).topics.get(self.topic)
+        assert found is not None and found.partitions, f"no topic {self.topic!r}"
+        self._partitions = sorted(found.partitions)
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._partitions])
         return consumer
 
-    async def _seal(self) -> None:
-        assert self._consumer is not None
-        if self._sealer is None:
-            self._sealer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0,
-                                            enable_idempotence=False)
-            await self._sealer.start()
-        for partition in sorted(self._consumer.partitions_for_topic(self.topic) or ()):
-            await self._sealer.send_and_wait(self.topic, b"{}", key=SEAL, partition=partition)
+    def _seal(self) -> None:
+        for partition in self._partitions:
+            self._sealer.produce(self.topic, b"{}", SEAL, partition)
+        self._sealer.flush(3)  # the broker may be away (an outage test): read what can be read
 
-    async def _poll(self, wait: float) -> list[ConsumerRecord]:
-        assert self._consumer is not None
-        try:
-            await self._seal()
-        except Exception:
-            pass  # the broker is away (an outage test): read what can be read
-        new: list[ConsumerRecord] = []
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=int(wait * 1000), max_records=20000)
-            got = [record for records in batches.values() for record in records if record.key != SEAL]
-            if not got:
-                return new
-            new += got
-            wait = 0.02
-
-    def poll(self, wait: float = 0.1) -> list[ConsumerRecord]:
+    def poll(self, wait: float = 0.1) -> list[KafkaRecord]:
         """The records that arrived since the last call (waiting up to ``wait`` s for one)."""
         if self._consumer is None:
-            self._consumer = self._loop.run_until_complete(self._start())
-        new = self._loop.run_until_complete(self._poll(wait))
+            self._consumer = self._start()
+        self._seal()
+        new: list[KafkaRecord] = []
+        while True:
+            got = [m for m in self._consumer.consume(20_000, timeout=wait) if m.error() is None]
+            new += (KafkaRecord.of(m) for m in got if m.key() != SEAL)
+            if not got:
+                break
+            wait = 0.02
         self.records += new
         return new
 
     def close(self) -> None:
-        async def stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
-            await asyncio.sleep(0)
-            await client.stop()
-
-        for client in (self._consumer, self._sealer):
-            if client is None:
-                continue
-            try:
-                self._loop.run_until_complete(stop(client))
-            except (Exception, asyncio.CancelledError):
-                pass  # aiokafka's stop() may raise after its broker went away; nothing to keep
-        leftovers = asyncio.all_tasks(self._loop)
-        if leftovers:
-            for task in leftovers:
-                task.cancel()
-            self._loop.run_until_complete(asyncio.wait(leftovers, timeout=5))
-        self._loop.close()
+        if self._consumer is not None:
+            self._consumer.close()
+        self._sealer.purge()
 
 
 @pytest.fixture
