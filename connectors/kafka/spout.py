@@ -30,7 +30,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Mapping, Sequence, cast
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from streamflow_connectors.kafka.client import (
     BROKER_TIMEOUT,
     CONNECT_BACKOFF,
@@ -302,15 +302,15 @@ class KafkaSpout(AsyncSpout):
 
     async def _connect(self, now: float) -> None:
         """Start the client and take this task's partitions; on failure, retry later."""
-        if self._consumer is None:
-            self._consumer = Consumer(settings(
-                self.bootstrap_servers, str(self.client_id), self._errors, self.client_config,
-                **{"group.id": self.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
-                   "auto.offset.reset": self.start, "on_commit": self._committed,
-                   "throttle_cb": self._broker_throttled,
-                   "queued.min.messages": max(2 * self.fetch_records, 1000), "fetch.wait.max.ms": FETCH_WAIT_MS,
-                   "topic.metadata.refresh.interval.ms": int(self.metadata_refresh * 1000)}))
         try:
+            if self._consumer is None:
+                self._consumer = Consumer(settings(
+                    self.bootstrap_servers, str(self.client_id), self._errors, self.client_config,
+                    **{"group.id": self.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
+                       "auto.offset.reset": self.start, "on_commit": self._committed,
+                       "throttle_cb": self._broker_throttled, "fetch.wait.max.ms": FETCH_WAIT_MS,
+                       "queued.min.messages": max(2 * self.fetch_records, 1000),
+                       "topic.metadata.refresh.interval.ms": int(self.metadata_refresh * 1000)}))
             await self._assign()
         except Exception as exc:
             delay = CONNECT_BACKOFF[min(self._connect_attempts, len(CONNECT_BACKOFF) - 1)]
@@ -377,7 +377,7 @@ class KafkaSpout(AsyncSpout):
             key = (tp.topic, tp.partition)
             low, high = self._consumer.get_watermark_offsets(TopicPartition(*key), timeout=BROKER_TIMEOUT)
             ends[key] = high
-            if tp.offset != OFFSET_INVALID and tp.offset >= 0:
+            if tp.offset >= 0:  # else none committed (OFFSET_INVALID)
                 starts[key] = tp.offset
             else:
                 starts[key] = low if self.start == "earliest" else high
@@ -433,10 +433,17 @@ class KafkaSpout(AsyncSpout):
             size += len(message) + len(message.key() or b"")
         self.quota.consume(taken, size)
         if rewind:
-            self._held |= rewind - self._paused
-            self._pause(self._paused | rewind)
-            for topic, partition in rewind:
-                self._consumer.seek(TopicPartition(topic, partition, partitions[topic, partition].fetched_to))  # type: ignore[union-attr]
+            self._rewind(rewind)
+
+    def _rewind(self, keys: set[Key]) -> None:
+        """Pause partitions whose records went past their limit (those at their bound are
+        held until there is room again) and seek each back to its first record not taken:
+        consume() moved past the records it returned."""
+        assert self._consumer is not None
+        self._held |= keys - self._paused
+        self._pause(self._paused | keys)
+        for topic, partition in keys:
+            self._consumer.seek(TopicPartition(topic, partition, self._partitions[topic, partition].fetched_to))
 
     def _limit(self, key: Key) -> int:
         """The first offset of a partition the spout may not take yet: the uncommitted
@@ -541,13 +548,14 @@ class KafkaSpout(AsyncSpout):
         }
 
     def _lag(self) -> dict[str, int]:
-        """High watermark minus committed offset per partition whose watermark is known
-        (librdkafka's cached value: no request to the broker)."""
+        """High watermark minus committed offset per assigned partition whose watermark is
+        known (librdkafka's cached value: no request to the broker)."""
         lag = {}
         if self._consumer is not None:
-            for (topic, partition), offsets in self._partitions.items():
+            for topic, partition in self._assigned or ():
                 _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                committed = self._partitions[topic, partition].committed
                 if high >= 0:
-                    lag[f"partition={topic}/{partition}"] = max(high - offsets.committed, 0)
+                    lag[f"partition={topic}/{partition}"] = max(high - committed, 0)
         return lag
 
