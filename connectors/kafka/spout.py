@@ -520,7 +520,9 @@ class KafkaSpout(AsyncSpout):
     def metrics(self) -> dict[str, Any]:
         """Per partition (``partition=TOPIC/P``): committed offset, lag, uncommitted
         offsets, retries and dead letters; per client id: records and bytes consumed,
-        seconds throttled (by the spout's quota or a broker's).
+        seconds throttled (by the spout's quota or a broker's); per task: records emitted
+        and not done (``kafka.in_flight``) and waiting for a retry (``kafka.retrying``).
+        Labels are the partitions the task read and its one client id: a bounded set.
 
         ``kafka.lag`` is the partition's high watermark, as librdkafka last saw it in a
         fetch, minus the committed offset (what a restart would read again plus what is
