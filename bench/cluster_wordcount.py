@@ -1,17 +1,19 @@
-"""Wordcount on a real local cluster: throughput on 1, 2 and 4 workers, complete latency
-at half the peak rate, and recovery after ``kill -9`` of a worker.
+"""Wordcount on a real local cluster: throughput on 1, 2 and 4 workers (or more), complete
+latency at half the peak rate, and recovery after ``kill -9`` of a worker.
 
     .venv/bin/python bench/cluster_wordcount.py [--lines 1000000] [--repeat 2] [--warmup 5]
-        [--window 12] [--workers 1,2,4] [--sink file|top] [--latency-fraction 0.5]
-        [--latency-rate R] [--message-timeout 5] [--observe 15] [--skip latency,recovery]
-        [-c KEY=VALUE ...] [--verbose] [--keep]
+        [--window 12] [--workers 1,2,4] [--supervisors 2] [--slots 2] [--scale]
+        [--sink file|top] [--latency-fraction 0.5] [--latency-rate R] [--message-timeout 5]
+        [--observe 15] [--skip latency,recovery] [-c KEY=VALUE ...] [--verbose] [--keep]
 
 Starts its own cluster on 127.0.0.1 (one ZooKeeper from tests/zookeeper.py, one nimbus and
-two supervisors of two slots each from tests/cluster.py), generates its input (seeded
-random sentences of ``--words-per-line`` words from a Zipf-like vocabulary of 5000 words),
-and stops everything at the end, on error and on Ctrl-C. Acking is on in every run (one
-acker per worker, the default); ``-c`` values go to every topology. About 3.5 minutes
-with the defaults.
+``--supervisors`` supervisors of ``--slots`` slots each from tests/cluster.py: 2 x 2 by
+default, so at most 4 workers; its ports below the kernel's ephemeral range, see
+``port_run_below_ephemeral``), generates its input (seeded random sentences of
+``--words-per-line`` words from a Zipf-like vocabulary of 5000 words), and stops
+everything at the end, on error and on Ctrl-C. Acking is on in every run (one acker per
+worker, the default); ``-c`` values go to every topology. About 3.5 minutes with the
+defaults.
 
 1. Throughput: ``topologies/wordcount.py`` (parallelism as it declares: 1 spout, 2 split,
    2 count, 2 sink) on each worker count, ``--repeat`` times, the counts interleaved
@@ -21,7 +23,14 @@ with the defaults.
    sentences/s is the rise of the spout's ``acked`` counter over ``--window`` seconds, and
    words/s that times the words per sentence. Each topology is killed
    (``kill NAME --wait 0``) and its workers gone before the next starts. The ratios use
-   the best run of each count (the median too is printed).
+   the best run of each count (the median too is printed), relative to 1 worker.
+
+   ``--scale`` is for many-core machines, where the one spout task would be the
+   bottleneck and more workers could not show what they add: a run on W workers gives
+   every component W tasks (``-c spout.parallelism=W``, and the same for split, count
+   and sink), one of each per worker. The spout's tasks split the input file among
+   themselves by byte ranges, so each line is still read once; a run is INVALID when
+   one task's share ran out before the window ended.
 2. Latency: ``bench/topologies/throttled_wordcount.py`` (the same bolts; the spout behind a
    token bucket) on 2 workers at ``--latency-fraction`` of the best 2-worker throughput;
    p50/p99 come from the rise of the spout's complete-latency histogram over the window.
@@ -58,6 +67,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -72,7 +82,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cluster import Cluster, wait_for  # noqa: E402  (tests/cluster.py)
+import cluster as harness  # noqa: E402  (tests/cluster.py)
+from cluster import Cluster, wait_for  # noqa: E402
 from kazoo.exceptions import KazooException  # noqa: E402
 from zookeeper import ZooKeeperServer  # noqa: E402  (tests/zookeeper.py)
 
@@ -83,6 +94,35 @@ WORDCOUNT = ROOT / "topologies" / "wordcount.py"
 THROTTLED = ROOT / "bench" / "topologies" / "throttled_wordcount.py"
 SPOUT = "sentences"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def port_run_below_ephemeral(count: int) -> int:
+    """A port p with p .. p+count-1 free on 127.0.0.1, all below the kernel's ephemeral
+    port range; else (no room there) tests/cluster.py's pick, from anywhere.
+
+    tests/cluster.py takes each supervisor's slot ports from the ephemeral range, and a
+    worker binds its slot's port only once it has started. Meanwhile the workers already
+    up keep dialing it, each retry from a new ephemeral source port, and when the kernel
+    picks the destination port itself the socket connects to itself (TCP self-connect):
+    the slot's worker then cannot bind its port and restarts until the run ends. With 16
+    workers on 4 supervisors x 4 slots that hit 2 of the 16 slots on a 2-core machine.
+    Source ports never lie below the ephemeral range."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    if low - count <= 10_000:
+        return harness.free_port_run(count)
+    for _ in range(200):
+        base = random.randrange(10_000, low - count)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no run of {count} free ports below {low}")
+
+
+harness.free_port_run = port_run_below_ephemeral  # what Cluster picks its ports with
 
 
 # --------------------------------------------------------------------------- input
@@ -117,6 +157,7 @@ class Beat:
     failed: int
     emitted: int
     histogram: Histogram
+    most_emitted: int  # by one spout task: with several, one may run out of its share first
 
 
 def rate(a: Beat, b: Beat) -> float:
@@ -144,7 +185,7 @@ class SpoutProbe:
         self._thread.join()
 
     def _read(self) -> Beat | None:
-        times, acked, failed, emitted, histogram = [], 0, 0, 0, Histogram()
+        times, acked, failed, emitted, most, histogram = [], 0, 0, 0, 0, Histogram()
         for beat in self.state.heartbeats(self.topology_id).values():
             mine = [s for s in beat.get("stats", []) if s["task"] in self.spout_tasks]
             if not mine:
@@ -154,10 +195,11 @@ class SpoutProbe:
                 acked += s["acked"]
                 failed += s["failed"]
                 emitted += s["emitted"]
+                most = max(most, s["emitted"])
                 histogram.merge(Histogram.from_sparse(s["complete_latency"]))
         if not times:
             return None
-        return Beat(max(times), acked, failed, emitted, histogram)
+        return Beat(max(times), acked, failed, emitted, histogram, most)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -268,13 +310,14 @@ class Bench:
             self.zookeeper.start()
             root = f"/streamflow-bench-{os.getpid()}"
             self.cluster = Cluster(self.zookeeper.hosts, root, self.workdir / "cluster",
-                                   nimbus_count=1, supervisors=2, slots=2)
+                                   nimbus_count=1, supervisors=self.args.supervisors, slots=self.args.slots)
             self.cluster.start()
             self.cluster.env["STREAMFLOW_LOG_LEVEL"] = "WARNING"  # for CLI calls: no INFO lines
             self.state = ClusterState(self.zookeeper.hosts, root)
             self.state.start()
             print(f"cluster: ZooKeeper {self.zookeeper.hosts}, 1 nimbus {self.cluster.url}, "
-                  f"2 supervisors x 2 slots; up in {time.monotonic() - began:.1f} s", flush=True)
+                  f"{self.args.supervisors} supervisors x {self.args.slots} slots; "
+                  f"up in {time.monotonic() - began:.1f} s", flush=True)
             yield self
         finally:
             if self.state is not None:
@@ -347,7 +390,8 @@ class Bench:
 def config_line(description: dict[str, Any], workers: int) -> str:
     config = description["config"]
     ackers = config.get("topology.acker.executors")
-    return (f"workers={workers} ackers={workers if ackers is None else ackers} "
+    tasks = " ".join(f"{name}={c['parallelism']}" for name, c in description["components"].items())
+    return (f"workers={workers} {tasks} ackers={workers if ackers is None else ackers} "
             f"max.spout.pending={config.get('topology.max.spout.pending')} "
             f"message.timeout={config.get('topology.message.timeout.secs'):g}s")
 
@@ -388,8 +432,10 @@ def measure_throughput(bench: Bench, workers: int, run: int, input_path: Path, t
                        words_per_line: float) -> Throughput:
     args = bench.args
     name = f"wc-{workers}w-{run}"
-    with bench.topology(name, WORDCOUNT, workers, ["-c", f"input.path={input_path}"],
-                        bench.output(name)) as (probe, description):
+    config = ["-c", f"input.path={input_path}"]
+    if args.scale:
+        config += [x for c in ("spout", "split", "count", "sink") for x in ("-c", f"{c}.parallelism={workers}")]
+    with bench.topology(name, WORDCOUNT, workers, config, bench.output(name)) as (probe, description):
         first = probe.first_acks()
         start = probe.beat_after(first.time + args.warmup, args.warmup + 30)
         cpu = CpuMeter(bench.cpu_groups())
@@ -400,11 +446,15 @@ def measure_throughput(bench: Bench, workers: int, run: int, input_path: Path, t
             print_beats(probe.beats)
     sentences = rate(start, end)
     window = end.histogram.minus(start.histogram)
-    valid = end.emitted < total
+    # A spout task's share is a byte range: its lines number total / tasks give or take a
+    # fraction of a percent, and a task that has emitted all of them idles.
+    share = total / len(description["tasks"][SPOUT])
+    valid = end.most_emitted < 0.99 * share
     print(f"[throughput] {workers} worker{'s' if workers > 1 else ' '} (run {run}): "
           f"{sentences:>9,.0f} sentences/s {sentences * words_per_line:>10,.0f} words/s  "
           f"[{config_line(description, workers)}]"
-          + ("" if valid else f"  INVALID: the input ({total:,} sentences) ran out; raise --lines")
+          + ("" if valid else f"  INVALID: the input ({total:,} sentences, ~{share:,.0f} per spout task) "
+                              "ran out; raise --lines")
           + busy.contended,
           flush=True)
     acked = end.acked - start.acked
@@ -575,6 +625,13 @@ def main() -> int:
                         help="sentences of input (default 1000000; each run reads from the start)")
     parser.add_argument("--words-per-line", type=int, default=10)
     parser.add_argument("--workers", default="1,2,4", help="worker counts of the throughput runs")
+    parser.add_argument("--supervisors", type=int, default=2, help="supervisors of the cluster (default 2)")
+    parser.add_argument("--slots", type=int, default=2,
+                        help="worker slots per supervisor (default 2); the most workers a run can have "
+                             "is supervisors x slots")
+    parser.add_argument("--scale", action="store_true",
+                        help="throughput runs on W workers give every component W tasks (for many-core "
+                             "machines, where one spout task would be the bottleneck)")
     parser.add_argument("--repeat", type=int, default=2, help="throughput runs per worker count")
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="seconds skipped after the spout's first ack (default 5)")
@@ -606,8 +663,15 @@ def main() -> int:
     if skip - {"throughput", "latency", "recovery"}:
         parser.error(f"--skip: unknown {', '.join(sorted(skip - {'throughput', 'latency', 'recovery'}))}")
     worker_counts = [int(n) for n in args.workers.split(",") if n.strip()]
-    if not all(1 <= n <= 4 for n in worker_counts):
-        parser.error("--workers: the cluster has 4 slots, so 1 to 4 workers")
+    if args.supervisors < 1 or args.slots < 1:
+        parser.error("--supervisors and --slots: at least 1")
+    slots = args.supervisors * args.slots
+    if not all(1 <= n <= slots for n in worker_counts):
+        parser.error(f"--workers: the cluster has {args.supervisors} supervisors x {args.slots} slots = "
+                     f"{slots} slots, so 1 to {slots} workers (raise --supervisors or --slots)")
+    if slots < 2 and not {"latency", "recovery"} <= skip:
+        parser.error("the latency and recovery runs use 2 workers: raise --supervisors or --slots, "
+                     "or --skip latency,recovery")
     if "latency" not in skip and not args.latency_rate and ("throughput" in skip or 2 not in worker_counts):
         parser.error("the latency run needs the 2-worker throughput, or --latency-rate")
 
