@@ -8,8 +8,7 @@ latency at half the peak rate, and recovery after ``kill -9`` of a worker.
 
 Starts its own cluster on 127.0.0.1 (one ZooKeeper from tests/zookeeper.py, one nimbus and
 ``--supervisors`` supervisors of ``--slots`` slots each from tests/cluster.py: 2 x 2 by
-default, so at most 4 workers; its ports below the kernel's ephemeral range, see
-``port_run_below_ephemeral``), generates its input (seeded random sentences of
+default, so at most 4 workers), generates its input (seeded random sentences of
 ``--words-per-line`` words from a Zipf-like vocabulary of 5000 words), and stops
 everything at the end, on error and on Ctrl-C. Acking is on in every run (one acker per
 worker, the default); ``-c`` values go to every topology. About 3.5 minutes with the
@@ -67,7 +66,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -82,8 +80,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import cluster as harness  # noqa: E402  (tests/cluster.py)
-from cluster import Cluster, wait_for  # noqa: E402
+from cluster import Cluster, wait_for  # noqa: E402  (tests/cluster.py)
 from kazoo.exceptions import KazooException  # noqa: E402
 from zookeeper import ZooKeeperServer  # noqa: E402  (tests/zookeeper.py)
 
@@ -96,33 +93,6 @@ SPOUT = "sentences"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def port_run_below_ephemeral(count: int) -> int:
-    """A port p with p .. p+count-1 free on 127.0.0.1, all below the kernel's ephemeral
-    port range; else (no room there) tests/cluster.py's pick, from anywhere.
-
-    tests/cluster.py takes each supervisor's slot ports from the ephemeral range, and a
-    worker binds its slot's port only once it has started. Meanwhile the workers already
-    up keep dialing it, each retry from a new ephemeral source port, and when the kernel
-    picks the destination port itself the socket connects to itself (TCP self-connect):
-    the slot's worker then cannot bind its port and restarts until the run ends. With 16
-    workers on 4 supervisors x 4 slots that hit 2 of the 16 slots on a 2-core machine.
-    Source ports never lie below the ephemeral range."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    if low - count <= 10_000:
-        return harness.free_port_run(count)
-    for _ in range(200):
-        base = random.randrange(10_000, low - count)
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError(f"no run of {count} free ports below {low}")
-
-
-harness.free_port_run = port_run_below_ephemeral  # what Cluster picks its ports with
 
 
 # --------------------------------------------------------------------------- input

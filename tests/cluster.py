@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,24 +18,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port_run(count: int) -> int:
-    """A port p with p .. p+count-1 all free on 127.0.0.1."""
+    """A port p with p .. p+count-1 all free on 127.0.0.1, below the kernel's ephemeral
+    port range where there is room: a worker binds its slot's port only once it has
+    started, and a port the kernel also hands out as a source port can meanwhile be taken
+    by another worker's connection attempt (the transport closes such a self-connection,
+    but the slot's worker could lose its bind to it)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count >= 65535:
-            continue
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                try:
+        if low - count > 10_000:
+            base = random.randrange(10_000, low - count)
+        else:  # no room below: anywhere the kernel says is free
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                base = probe.getsockname()[1]
+            if base + count >= 65535:
+                continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
                     s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no run of free ports")
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no run of {count} free ports")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:

@@ -27,6 +27,7 @@ import asyncio
 import hmac
 import logging
 import pickle
+import socket
 import struct
 from itertools import repeat
 from typing import Any, Callable, Mapping
@@ -41,6 +42,7 @@ Address = tuple[str, int]
 Message = tuple[int, str, Any]
 
 _LENGTH = struct.Struct(">I")
+_NO_LINGER = struct.pack("ii", 1, 0)
 MAX_FRAME = 256 * 1024 * 1024
 LINK_CAPACITY = 16384
 """Tuples queued for one peer before senders wait."""
@@ -147,6 +149,15 @@ class PeerLink:
         while True:
             try:
                 reader, writer = await asyncio.open_connection(*self.address)
+                if writer.get_extra_info("sockname") == writer.get_extra_info("peername"):
+                    # Nobody listens yet on a port in the ephemeral range, and the kernel
+                    # picked that very port as our source: TCP's simultaneous open connected
+                    # the socket to itself, holding the port its worker is about to bind.
+                    # Reset it (linger 0): a plain close would hold the port in TIME_WAIT.
+                    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                               _NO_LINGER)
+                    writer.transport.abort()
+                    raise ConnectionRefusedError("connected to itself: the port is not served yet")
             except OSError as exc:
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 if attempt == 2:
