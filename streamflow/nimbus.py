@@ -44,7 +44,7 @@ from streamflow.package import unpack
 from streamflow.scheduler import Slot, schedule
 from streamflow.telemetry import Report, combine
 from streamflow.topology import task_layout
-from streamflow.zkstate import ClusterState, slot_key
+from streamflow.zkstate import ClusterState, new_topology_id, slot_key
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class Nimbus:
             config["topology.workers"] = workers
         package = base64.b64decode(body["package"])
         description = self._describe(package, body["file"], config)
-        topology_id = f"{name}-{int(time.time() * 1000)}"
+        topology_id = new_topology_id(name)
         record = {
             "id": topology_id, "name": name, "status": "active", "file": body["file"],
             "config": config, "workers": description["config"]["topology.workers"],

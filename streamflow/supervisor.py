@@ -33,7 +33,7 @@ from kazoo.protocol.states import KazooState
 from streamflow.logs import read_new_lines, rotate
 from streamflow.metrics import SupervisorMetrics
 from streamflow.package import unpack
-from streamflow.zkstate import ClusterState
+from streamflow.zkstate import ClusterState, topology_name
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class Supervisor:
         else:
             slot.failures, delay = 0, 0.0
         slot.next_start = now + delay
-        self.metrics.worker_restarts.labels(slot.topology).inc()
+        self.metrics.worker_restarts.labels(topology_name(slot.topology)).inc()
         log.warning("supervisor %s: worker on port %d (%s) exited with %s after %.1f s; "
                     "restarting in %.1f s", self.id, port, slot.topology, code, lived, delay)
         slot.process = None
@@ -206,7 +206,7 @@ class Supervisor:
             slot.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                             cwd=code_dir)
         slot.started = time.monotonic()
-        self.metrics.worker_starts.labels(slot.topology).inc()
+        self.metrics.worker_starts.labels(topology_name(slot.topology)).inc()
         log.info("supervisor %s: started worker pid %d on port %d for %s tasks %s",
                  self.id, slot.process.pid, port, slot.topology, list(slot.tasks))
 

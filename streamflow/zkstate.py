@@ -18,6 +18,7 @@ digest ACL for that identity only, so other ZooKeeper clients cannot alter assig
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import orjson
@@ -32,6 +33,18 @@ log = logging.getLogger(__name__)
 
 CODE_CHUNK = 512 * 1024
 ERRORS_KEPT = 10
+
+
+def new_topology_id(name: str) -> str:
+    """A submission's id: its name and the submission time, so that a topology killed and
+    submitted again under the same name gets a new id (and new znodes)."""
+    return f"{name}-{int(time.time() * 1000)}"
+
+
+def topology_name(topology_id: str) -> str:
+    """The name a topology was submitted under, from its id: what metrics are labelled by,
+    so that a supervisor's series join nimbus's."""
+    return topology_id.rsplit("-", 1)[0]
 
 
 class ZooKeeperUnreachable(StreamflowError):

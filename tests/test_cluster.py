@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,6 +19,7 @@ import pytest
 from cluster import TOKEN, Cluster, wait_for
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDCOUNT = str(ROOT / "topologies" / "wordcount.py")
@@ -81,6 +83,14 @@ def events_input(tmp_path: Path, count: int) -> tuple[Path, set[int], list[str]]
     return path, valid, malformed
 
 
+def metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the Prometheus text at URL/metrics: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def ids_in(path: Path) -> Counter[int]:
     return Counter(json.loads(line)["id"] for line in complete_lines(path))
 
@@ -134,6 +144,8 @@ def test_etl_survives_kill_9_of_a_worker(cluster: Cluster, tmp_path: Path) -> No
           f"of {len(valid)}")
     restarted = wait_for(lambda: cluster.worker_pids().get(victim["port"]), 30, "worker restarted")
     assert restarted != victim["pid"]
+    supervisor = metric_samples(f"http://127.0.0.1:{cluster.health_ports[victim['slot'].split(':')[0]]}")
+    assert supervisor[("streamflow_worker_restarts_total", (("topology", "etl-kill-worker"),))] == 1
 
 
 def test_kill_9_of_a_supervisor_moves_its_tasks(own_cluster: Cluster, tmp_path: Path) -> None:
@@ -150,6 +162,8 @@ def test_kill_9_of_a_supervisor_moves_its_tasks(own_cluster: Cluster, tmp_path: 
     print(f"\nkill -9 of supervisor {victim} and its workers: {duplicates} ids written twice or more")
     workers = c.status("etl-kill-sup")["workers"]
     assert workers and all(not w["slot"].startswith(victim + ":") for w in workers)
+    leader = metric_samples(c.api("cluster")["leader"])
+    assert leader[("streamflow_reassignments_total", (("topology", "etl-kill-sup"),))] >= 1
 
 
 def test_kill_9_of_the_nimbus_leader(own_cluster: Cluster, tmp_path: Path) -> None:
@@ -417,30 +431,20 @@ def test_sigterm_on_the_nimbus_leader_hands_over_at_once(own_cluster: Cluster) -
 
 
 def test_nimbus_and_supervisors_serve_prometheus_metrics(cluster: Cluster, tmp_path: Path) -> None:
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
     source, expected = words_input(tmp_path, 2000)
     out = tmp_path / "counts.jsonl"
     assert cluster.cli("submit", WORDCOUNT, "--name", "wc-metrics", "--workers", "2",
                        "-c", f"input.path={source}", "-c", f"output.path={out}").returncode == 0
     wait_for(lambda: final_counts(out) == dict(expected), 120, "exact counts")
 
-    def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
-            text = response.read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
-
     def acked() -> float:
         key = ("streamflow_tuples_acked_total", (("component", "sentences"), ("topology", "wc-metrics")))
-        return samples(cluster.url).get(key, 0)
+        return metric_samples(cluster.url).get(key, 0)
 
     wait_for(lambda: acked() == 2000, 30, "the spout's acks in nimbus's /metrics")
-    nimbus = samples(cluster.url)
+    nimbus = metric_samples(cluster.url)
     latency = [k for k in nimbus if k[0] == "streamflow_complete_latency_seconds_count"]
     assert latency and sum(nimbus[k] for k in latency) == 2000
     assert nimbus[("streamflow_workers", (("state", "alive"), ("topology", "wc-metrics")))] == 2
-    supervisor = samples(f"http://127.0.0.1:{next(iter(cluster.health_ports.values()))}")
+    supervisor = metric_samples(f"http://127.0.0.1:{next(iter(cluster.health_ports.values()))}")
     assert any(name == "streamflow_worker_starts_total" for name, _ in supervisor)
