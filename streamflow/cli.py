@@ -122,6 +122,25 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--parallelism", action="append", default=[], metavar="COMPONENT=N")
         client(sub)
 
+    quota = command(
+        "kafka-quota", _kafka_quota, "show or set a Kafka broker's own quotas of a client id",
+        "Show, or set and then show, the quotas that a Kafka broker itself enforces for a client id "
+        "(bytes/s produced and fetched, and a share of request time; the broker throttles every "
+        "connection of that client id). A KafkaSpout's client id is <topology>-<component> unless "
+        "set. These are not streamflow's own records/bytes quotas, which the spout enforces and "
+        "-c kafka.quotas= (or set-config) sets; both may apply. Speaks AlterClientQuotas and "
+        "DescribeClientQuotas v0 over plain TCP to a bootstrap broker (no SASL, no TLS).")
+    quota.add_argument("--bootstrap", required=True, metavar="HOST:PORT",
+                       help="a broker of the cluster (or a comma-separated list: the first that answers)")
+    quota.add_argument("--client-id", required=True, metavar="ID", help="the Kafka client id")
+    quota.add_argument("--producer-byte-rate", type=_positive_int, metavar="B", help="bytes/s it may produce")
+    quota.add_argument("--consumer-byte-rate", type=_positive_int, metavar="B", help="bytes/s it may fetch")
+    quota.add_argument("--request-percentage", type=_percentage, metavar="P",
+                       help="percent of one request handler thread's time its requests may take")
+    quota.add_argument("--remove", nargs="+", action="extend", default=[], metavar="KEY",
+                       choices=("producer_byte_rate", "consumer_byte_rate", "request_percentage"),
+                       help="quotas to remove (producer_byte_rate, consumer_byte_rate, request_percentage)")
+
     def coordinated(sub: argparse.ArgumentParser) -> None:
         _add(sub, "--zk", "ZooKeeper hosts, host:port[,host:port...]", required=True)
         _add(sub, "--zk-root", "root znode of this streamflow cluster", "/streamflow")
@@ -172,6 +191,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _percentage(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive percentage, got {text!r}")
     return value
 
 
@@ -310,6 +339,30 @@ def _rebalance(args: argparse.Namespace) -> int:
 def _set_config(args: argparse.Namespace) -> int:
     _client(args).call("POST", "config", args.name, {"config": parse_overrides(args.config)})
     print(f"changed the config of {args.name}")
+    return EXIT_OK
+
+
+def _kafka_quota(args: argparse.Namespace) -> int:
+    from streamflow_connectors.kafka.admin import QuotaAdmin
+    from streamflow_connectors.kafka.client import KafkaClientError
+
+    values = {key: value for key in ("producer_byte_rate", "consumer_byte_rate", "request_percentage")
+              if (value := getattr(args, key)) is not None}
+    both = sorted(set(values) & set(args.remove))
+    if both:
+        raise StreamflowError(f"--remove {both[0]} and a value for it at once")
+    try:
+        with QuotaAdmin(args.bootstrap) as admin:
+            if values or args.remove:
+                quotas = admin.set(args.client_id, values, args.remove)
+            else:
+                quotas = admin.describe(args.client_id)
+    except KafkaClientError as exc:
+        raise StreamflowError(str(exc)) from None
+    if not quotas:
+        print(f"client id {args.client_id}: no broker quotas")
+    for key, value in sorted(quotas.items()):
+        print(f"{key}={int(value) if value.is_integer() else value}")
     return EXIT_OK
 
 
