@@ -10,16 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from cluster import TOKEN, Cluster, wait_for
+from cluster import TOKEN, Cluster, metric_samples, wait_for
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
-from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDCOUNT = str(ROOT / "topologies" / "wordcount.py")
@@ -81,14 +79,6 @@ def events_input(tmp_path: Path, count: int) -> tuple[Path, set[int], list[str]]
                 valid.add(i)
             f.write(line + "\n")
     return path, valid, malformed
-
-
-def metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the Prometheus text at URL/metrics: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def ids_in(path: Path) -> Counter[int]:

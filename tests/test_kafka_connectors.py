@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import pytest
 import uvloop
-from cluster import Cluster, wait_for
+from cluster import Cluster, metric_samples, wait_for
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from kafka import KafkaBroker, KafkaRecord, free_port, moto_available
 from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
@@ -401,6 +401,22 @@ def test_wordcount_on_two_workers_counts_50000_sentences_exactly(
              "every sentence acked at the spout")
     wait_for(lambda: kafka.committed("wordcount-sentences", source) == {p: 12_500 for p in range(4)}, 30,
              "every offset committed")
+
+    def kafka_samples(name: str) -> dict[str, float]:
+        """``streamflow_NAME`` from every worker's /metrics: label value -> value."""
+        samples = [metric_samples(f"http://{w['host']}:{w['port']}") for w in status["workers"]]
+        return {label: v for s in samples for (metric, labels), v in s.items() if metric == name
+                for key, label in labels if key in ("partition", "client_id")}
+
+    # The spout tasks' partitions (two per task, one task per worker) and the client id.
+    wait_for(lambda: kafka_samples("streamflow_kafka_committed_offset") == {f"{source}/{p}": 12_500
+                                                                            for p in range(4)},
+             30, "each partition's committed offset in the workers' /metrics")
+    consumed = [metric_samples(f"http://{w['host']}:{w['port']}").get(
+        ("streamflow_kafka_consumed_records", (("client_id", "wordcount-sentences"), ("component", "sentences"),
+                                               ("task", str(task)), ("topology", "wc-kafka"))), 0)
+        for w in status["workers"] for task in w["tasks"]]
+    assert sum(consumed) == 50_000  # the client id's records, counted by its two tasks
 
 
 def test_etl_on_two_workers_survives_kill_9_of_a_spout_worker(

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from cluster import ROOT, Cluster, wait_for
-from prometheus_client.parser import text_string_to_metric_families
+from cluster import ROOT, Cluster, metric_samples, wait_for
 
 OBSERVED = str(ROOT / "tests" / "topologies" / "observed" / "observed.py")
 NAME = "observed"
@@ -50,18 +49,11 @@ def test_status_shows_rates_windows_capacity_latencies_and_replays(running: Clus
     assert table.returncode == 0 and "capacity" in table.stdout and "check" in table.stdout
 
 
-def scrape(host: str, port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
 def test_each_worker_serves_its_tasks_metrics_on_its_slot_port(running: Cluster) -> None:
     status = running.status(NAME)
     check_tasks = set()
     for worker in status["workers"]:
-        samples = scrape(worker["host"], worker["port"])
+        samples = metric_samples(f"http://{worker['host']}:{worker['port']}")
         tasks = {dict(labels)["task"] for name, labels in samples if name == "streamflow_tuples_executed_total"}
         assert tasks == {str(t) for t in worker["tasks"]}  # its own tasks, one series each
         for name, labels in samples:
