@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
-from streamflow_connectors.files import LineSpout
+from streamflow_connectors.files import JsonLinesSink, LineSpout
 
-from streamflow import TaskContext
+from streamflow import TaskContext, Tuple
+from streamflow.tuples import Origin
 
 TASKS = (1, 2, 3, 4, 7, 16)
 
@@ -135,3 +137,38 @@ def test_a_failed_line_is_replayed_first_then_dropped_after_max_retries(
     assert "the line at byte 0 failed 3 times; dropped" in caplog.text
     spout.next_tuple()
     assert len(emitted) == 5
+
+
+# -- JsonLinesSink ------------------------------------------------------------------------
+
+
+def write_lines(path: Path, fields: tuple[str, ...] | None, origin_fields: tuple[str, ...],
+                rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Rows through a JsonLinesSink task (one batch), as the records it wrote."""
+    sink = JsonLinesSink(str(path), fields)
+    acked: list[Tuple] = []
+    sink.ack = acked.append  # type: ignore[method-assign]
+    sink.prepare({}, TaskContext("t", "sink", 0, {"sink": (0,)}))
+    origin = Origin("source", 1, "default", origin_fields)
+    tuples = [Tuple(row, origin, None) for row in rows]
+    for tup in tuples:
+        sink.process(tup)
+    sink.end_batch()
+    sink.cleanup()
+    assert acked == tuples
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_sink_writes_the_fields_picked_in_their_order_whatever_their_names(tmp_path: Path) -> None:
+    odd = ("it's", 'say "hi"', "back\\slash", "n")
+    rows = [("a", "b", "c", 1), ("d", "e", "f", 2)]
+    written = write_lines(tmp_path / "all.jsonl", None, odd, rows)
+    assert written == [dict(zip(odd, row, strict=True)) for row in rows]
+    picked = write_lines(tmp_path / "picked.jsonl", ("n", "it's"), odd, rows)
+    assert picked == [{"n": 1, "it's": "a"}, {"n": 2, "it's": "d"}]
+    assert [list(record) for record in picked] == [["n", "it's"]] * 2  # the order asked for
+
+
+def test_the_sink_names_a_field_its_input_lacks(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="input has no field 'count' \\(fields: word, n\\)"):
+        write_lines(tmp_path / "out.jsonl", ("word", "count"), ("word", "n"), [("a", 1)])
