@@ -281,9 +281,10 @@ class BoltOutputCollector(OutputCollector):
             v = tup.ack_val
             root = anchors[0]
             acks[root] = acks.get(root, 0) ^ anchors[1] ^ v
-            for i in range(2, len(anchors), 2):
-                root = anchors[i]
-                acks[root] = acks.get(root, 0) ^ anchors[i + 1] ^ v
+            if len(anchors) > 2:  # several roots: rare, and a loop costs every ack
+                for i in range(2, len(anchors), 2):
+                    root = anchors[i]
+                    acks[root] = acks.get(root, 0) ^ anchors[i + 1] ^ v
         self.stats.acked += 1
 
     def fail(self, tup: Tuple) -> None:

@@ -280,6 +280,53 @@ def test_plain_bolt_anchors_acks_and_fails_explicitly() -> None:
     assert sorted(t.values[0] for _, t in out.received) == list(range(200))
 
 
+class PairBolt(Bolt):
+    """Joins tuples two by two: each output is anchored to both inputs (two roots)."""
+
+    outputs = ["a", "b"]
+
+    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        self.waiting: Tuple | None = None
+
+    def process(self, tup: Tuple) -> None:
+        if self.waiting is None:
+            self.waiting = tup
+            return
+        first, self.waiting = self.waiting, None
+        self.emit((first.values[0], tup.values[0]), anchors=[first, tup])
+        self.ack(first)
+        self.ack(tup)
+
+
+class FailsSomePairs(Bolt):
+    """Fails a pair whose first value is a multiple of 5, unless either value failed before;
+    the pairs it failed go to ``failed.received``."""
+
+    def __init__(self, failed: Ledger) -> None:
+        self.failed = failed
+
+    def process(self, tup: Tuple) -> None:
+        a, b = tup.values
+        before = {n for _, pair in self.failed.received for n in pair.values}
+        if a % 5 == 0 and a not in before and b not in before:
+            self.failed.received.append((0, tup))
+            self.fail(tup)
+        else:
+            self.ack(tup)
+
+
+def test_a_tuple_anchored_to_two_roots_completes_and_fails_both() -> None:
+    ledger, failed = Ledger(), Ledger()
+    builder = TopologyBuilder("join")
+    builder.set_spout("source", ListSpout([(i,) for i in range(200)], ["n"], ledger))
+    builder.set_bolt("pair", PairBolt()).shuffle_grouping("source")
+    builder.set_bolt("check", FailsSomePairs(failed)).shuffle_grouping("pair")
+    assert run_local(builder.build(), timeout=30).outcome == "finished"
+    assert ledger.acked == {n: 1 for n in range(200)}  # every tree, with two roots each, completed
+    pairs = [tup.values for _, tup in failed.received]
+    assert pairs and ledger.failed == {n: 1 for pair in pairs for n in pair}  # both roots replayed
+
+
 def test_retries_end_when_the_spout_gives_up() -> None:
     class AlwaysFails(BasicBolt):
         def process(self, tup: Tuple) -> None:
