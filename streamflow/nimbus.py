@@ -287,6 +287,7 @@ class Nimbus:
             workers.append({
                 "slot": key, "host": w["host"], "port": w["port"], "tasks": w["tasks"],
                 "alive": beat is not None and now - beat["time"] < self.worker_timeout,
+                "heartbeat": beat["time"] if beat else None,
                 "uptime": now - beat["started"] if beat else None,
                 "pid": beat["pid"] if beat else None,
                 "dropped": beat.get("dropped", 0) if beat else None,

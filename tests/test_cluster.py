@@ -9,8 +9,8 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -190,13 +190,16 @@ def test_deactivate_stops_the_spouts_and_activate_resumes(cluster: Cluster, tmp_
     wait_for(lambda: len(ids_in(out)) > 200, 120, "events flowing")
     assert cluster.cli("deactivate", "etl-pause").returncode == 0
 
-    def emitted() -> int:
-        return int(cluster.status("etl-pause")["components"]["events"]["emitted"])
+    def emitted(status: dict[str, Any]) -> int:
+        return int(status["components"]["events"]["emitted"])
 
     def stalled() -> bool:
-        first = emitted()
-        time.sleep(1.5)  # two heartbeats apart
-        return emitted() == first
+        """Whether the spout emitted nothing until every worker wrote a new heartbeat."""
+        before = cluster.status("etl-pause")
+        beats = {w["slot"]: w["heartbeat"] for w in before["workers"]}
+        after = wait_for(lambda: (s := cluster.status("etl-pause")) and all(
+            w["heartbeat"] > beats[w["slot"]] for w in s["workers"]) and s, 10, "a heartbeat from every worker")
+        return emitted(after) == emitted(before)
 
     wait_for(stalled, 30, "the spout to stop emitting")
     assert len(ids_in(out)) < len(valid)
@@ -303,9 +306,16 @@ def test_worker_whose_code_raises_reports_it_and_backs_off(cluster: Cluster, tmp
     assert "boom at import in the worker" in errors[-1]["message"]
     text = cluster.cli("status", "broken").stdout
     assert "boom at import in the worker" in text
-    time.sleep(6)  # an observation window: how often is the failing worker started?
-    starts = sum(log.read_text().count("for broken-") for log in cluster.workdir.glob("sup*.log"))
-    assert starts <= 8  # back-off 1, 2, 4 s: a handful of starts, not a tight loop
+
+    def starts() -> list[float]:
+        """When the supervisors started a worker of the broken topology (their log lines)."""
+        return sorted(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                      for log in cluster.workdir.glob("sup*.log") for line in log.read_text().splitlines()
+                      if "started worker" in line and "for broken-" in line)
+
+    times = wait_for(lambda: len(s := starts()) >= 3 and s, 30, "the broken worker started three times")
+    gaps = [b - a for a, b in zip(times, times[1:3], strict=False)]
+    assert gaps[0] >= 1 and gaps[1] >= 2, gaps  # back-off 1, 2, 4 s: not a tight loop
 
 
 def test_tasks_of_a_hung_worker_move_after_the_heartbeat_timeout(cluster: Cluster, tmp_path: Path) -> None:

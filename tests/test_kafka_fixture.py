@@ -220,7 +220,7 @@ def test_new_partitions_are_discovered_by_metadata_refresh(kafka: KafkaBroker, t
         c.assign([TopicPartition(other, 0, 0)])
         kafka.delete_topic(topic)
         kafka.create_topic(topic, partitions=4)
-        # The spout asks for the metadata of every topic at each refresh, as here.
+        # The spout asks for fresh metadata at each refresh (of every topic, or of its one topic), as here.
         deadline = time.monotonic() + 5
         while sorted(c.list_topics(timeout=10).topics[topic].partitions) != [0, 1, 2, 3]:
             assert time.monotonic() < deadline
