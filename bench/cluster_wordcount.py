@@ -93,8 +93,6 @@ SPOUT = "sentences"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-
-
 # --------------------------------------------------------------------------- input
 
 

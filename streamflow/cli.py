@@ -343,11 +343,10 @@ def _set_config(args: argparse.Namespace) -> int:
 
 
 def _kafka_quota(args: argparse.Namespace) -> int:
-    from streamflow_connectors.kafka.admin import QuotaAdmin
+    from streamflow_connectors.kafka.admin import QUOTA_KEYS, QuotaAdmin
     from streamflow_connectors.kafka.client import KafkaClientError
 
-    values = {key: value for key in ("producer_byte_rate", "consumer_byte_rate", "request_percentage")
-              if (value := getattr(args, key)) is not None}
+    values = {key: value for key in QUOTA_KEYS if (value := getattr(args, key)) is not None}
     both = sorted(set(values) & set(args.remove))
     if both:
         raise StreamflowError(f"--remove {both[0]} and a value for it at once")

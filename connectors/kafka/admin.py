@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError
-from streamflow_connectors.kafka.client import KafkaClientError
+from streamflow_connectors.kafka.client import KafkaClientError, reason
 
 T = TypeVar("T")
 
@@ -207,13 +207,10 @@ class QuotaAdmin:
                 self._sock = socket.create_connection((host.strip("[]"), int(port)), timeout=self.timeout)
                 break
             except (OSError, ValueError) as exc:
-                reasons.append(f"{address.strip()}: {_reason(exc)}")
+                reasons.append(f"{address.strip()}: {reason(exc)}")
         else:
             raise self._error(f"cannot connect ({'; '.join(reasons)})")
-        try:
-            error, self._versions = decode_api_versions(self._call(API_VERSIONS, b""))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise self._error(f"ApiVersions: malformed response ({exc})") from None
+        error, self._versions = self._ask(API_VERSIONS, b"", decode_api_versions)
         if error:
             raise self._error(f"ApiVersions failed: {_error_name(error)}")
 
@@ -232,6 +229,14 @@ class QuotaAdmin:
             self._sock.close()
             self._sock = None
 
+    def _ask(self, api_key: int, body: bytes, decode: Callable[[bytes], T]) -> T:
+        """Send one request and decode its response; a malformed one raises as one line."""
+        response = self._call(api_key, body)
+        try:
+            return decode(response)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise self._error(f"{API_NAMES[api_key]}: malformed response ({exc})") from None
+
     def _call(self, api_key: int, body: bytes) -> bytes:
         """Send one request and return its response body (after the correlation id)."""
         if self._sock is None:
@@ -244,7 +249,7 @@ class QuotaAdmin:
                 raise self._error(f"{API_NAMES[api_key]}: not a Kafka response (size {size})")
             response = self._receive(size)
         except OSError as exc:
-            raise self._error(f"{API_NAMES[api_key]}: {_reason(exc)}") from None
+            raise self._error(f"{API_NAMES[api_key]}: {reason(exc)}") from None
         (answered,) = struct.unpack(">i", response[:4])
         if answered != self._correlation_id:
             raise self._error(f"{API_NAMES[api_key]}: response to another request "
@@ -264,11 +269,8 @@ class QuotaAdmin:
     def describe(self, client_id: str) -> dict[str, float]:
         """The broker's quotas of exactly this client id: ``{key: value}``, empty if none."""
         self._require(DESCRIBE_CLIENT_QUOTAS)
-        try:
-            error, message, values = decode_describe(
-                self._call(DESCRIBE_CLIENT_QUOTAS, encode_describe(client_id)), client_id)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise self._error(f"DescribeClientQuotas: malformed response ({exc})") from None
+        error, message, values = self._ask(DESCRIBE_CLIENT_QUOTAS, encode_describe(client_id),
+                                           lambda body: decode_describe(body, client_id))
         if error:
             raise self._error(f"DescribeClientQuotas failed: {_error_name(error, message)}")
         return values
@@ -276,10 +278,7 @@ class QuotaAdmin:
     def alter(self, client_id: str, values: Mapping[str, float], remove: Iterable[str] = ()) -> None:
         """Set ``values`` and remove the quotas named in ``remove``, for this client id."""
         self._require(ALTER_CLIENT_QUOTAS)
-        try:
-            entries = decode_alter(self._call(ALTER_CLIENT_QUOTAS, encode_alter(client_id, values, remove)))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise self._error(f"AlterClientQuotas: malformed response ({exc})") from None
+        entries = self._ask(ALTER_CLIENT_QUOTAS, encode_alter(client_id, values, remove), decode_alter)
         for error, message in entries:
             if error:
                 raise self._error(f"AlterClientQuotas failed: {_error_name(error, message)}")
@@ -305,7 +304,3 @@ def _error_name(code: int, message: str | None = None) -> str:
     text = f"{KafkaError(code).name()} ({code})"
     return f"{text}: {message}" if message else text
 
-
-def _reason(exc: Exception) -> str:
-    """An OS error as its readable part ("Connection refused", "timed out")."""
-    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__

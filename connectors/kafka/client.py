@@ -69,6 +69,8 @@ def reason(exc: BaseException) -> str:
     ``KafkaException`` carries a ``KafkaError`` whose ``str()`` is the readable part)."""
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return str(exc.args[0].str())
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # "Connection refused", not "[Errno 111] Connection refused"
     return str(exc) or type(exc).__name__
 
 
