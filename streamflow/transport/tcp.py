@@ -30,9 +30,7 @@ import marshal
 import pickle
 import socket
 import struct
-import sys
-from array import array
-from itertools import chain, repeat
+from itertools import repeat
 from operator import attrgetter
 from typing import Any, Callable, Mapping
 
@@ -60,9 +58,7 @@ class Codec:
 
     A batch of tuples travels as one group per origin (source task and stream: nearly
     always a single group, as a batch comes from one task's flush) holding a list of
-    values and the anchors, so no per-tuple row is built. Anchors are nearly always one
-    (root, edge) pair of 64-bit ids: those travel as one array of unsigned 64-bit
-    integers, which costs a fraction of encoding each id as an object.
+    values and a list of anchors, so no per-tuple row is built.
 
     A frame is :mod:`marshal` when every value is of a built-in type (str, bytes, numbers,
     and tuples, lists, dicts and sets of them: what topologies emit), about a third faster
@@ -99,53 +95,32 @@ class Codec:
             return pickle.loads(body)  # type: ignore[no-any-return]
         raise ConnectionError(f"frame of unknown format {kind!r}")
 
-    def tuples(self, groups: list[tuple[int, str, list[Any], Any]]) -> list[Tuple]:
+    def tuples(self, groups: list[tuple[int, str, list[Any], list[Any]]]) -> list[Tuple]:
         origins = self._origins
+        if len(groups) == 1:
+            task, stream, values, anchors = groups[0]
+            return list(map(Tuple, values, repeat(origins[(task, stream)]), anchors))
         out: list[Tuple] = []
         for task, stream, values, anchors in groups:
-            if type(anchors) is bytes:
-                ids = array("Q", anchors)
-                if _BIG_ENDIAN:
-                    ids.byteswap()
-                pairs = iter(ids)
-                anchors = zip(pairs, pairs, strict=True)
-            tuples = list(map(Tuple, values, repeat(origins[(task, stream)]), anchors))
-            if len(groups) == 1:
-                return tuples
-            out.extend(tuples)
+            out.extend(map(Tuple, values, repeat(origins[(task, stream)]), anchors))
         return out
 
 
 _MARSHAL, _PICKLE = b"M", b"P"
-_BIG_ENDIAN = sys.byteorder == "big"
 _origin_of, _values_of, _anchors_of = attrgetter("origin"), attrgetter("values"), attrgetter("anchors")
 
 
-def _columns(tuples: list[Tuple]) -> list[tuple[int, str, list[Any], Any]]:
+def _columns(tuples: list[Tuple]) -> list[tuple[int, str, list[Any], list[Any]]]:
     """Group a batch by origin into (source task, stream, values, anchors) columns."""
     origins = set(map(_origin_of, tuples))
     if len(origins) == 1:
         (origin,) = origins
-        return [(origin.source_task, origin.stream, list(map(_values_of, tuples)), _anchor_column(tuples))]
+        return [(origin.source_task, origin.stream, list(map(_values_of, tuples)), list(map(_anchors_of, tuples)))]
     groups: dict[Origin, list[Tuple]] = {}
     for t in tuples:
         groups.setdefault(t.origin, []).append(t)
-    return [(o.source_task, o.stream, list(map(_values_of, ts)), _anchor_column(ts)) for o, ts in groups.items()]
-
-
-def _anchor_column(tuples: list[Tuple]) -> Any:
-    """The batch's anchors: little-endian uint64 bytes when every tuple has exactly one
-    (root, edge) pair, else the list of anchors as they are (None, or several pairs)."""
-    anchors = list(map(_anchors_of, tuples))
-    try:
-        ids = array("Q", chain.from_iterable(anchors))
-    except (TypeError, OverflowError):  # an unanchored tuple, or an id past 64 bits
-        return anchors
-    if len(ids) != 2 * len(anchors):  # a tuple anchored in several trees
-        return anchors
-    if _BIG_ENDIAN:
-        ids.byteswap()
-    return ids.tobytes()
+    return [(o.source_task, o.stream, list(map(_values_of, ts)), list(map(_anchors_of, ts)))
+            for o, ts in groups.items()]
 
 
 async def read_frame(reader: asyncio.StreamReader, head: bytes | None = None) -> bytes:
