@@ -53,7 +53,11 @@ clocks; at the end of each run it checks its last figures against ``status --jso
 CPU use during each window is printed beside the figures, including what processes
 outside the benchmark used: on a 2-core machine, 2 and 4 workers share two cores with
 nimbus, the supervisors, ZooKeeper and anything else running, and the figures move with
-that load.
+that load. So does the machine itself: a virtual machine's core is not equally fast from
+minute to minute (on the 2-core machine the issues are measured on, the same pure-Python
+loop took from 0.30 to 0.47 s in eight runs a second apart). Before each run the script
+times a fixed loop (``machine probe``, CPU milliseconds, lower is faster); compare two
+runs' figures only beside their probes.
 """
 
 from __future__ import annotations
@@ -396,9 +400,22 @@ class Throughput:
     contended: bool
 
 
+def machine_probe() -> float:
+    """Milliseconds of CPU a fixed pure-Python loop (dict updates, as a count bolt does)
+    takes, run between topologies while the cluster idles: how fast one core of the
+    machine is right then (see the module's last paragraph)."""
+    started = time.process_time()
+    counts: dict[int, int] = {}
+    for i in range(1_000_000):
+        key = i % 5000
+        counts[key] = counts.get(key, 0) + 1
+    return (time.process_time() - started) * 1000
+
+
 def measure_throughput(bench: Bench, workers: int, run: int, input_path: Path, total: int,
                        words_per_line: float) -> Throughput:
     args = bench.args
+    speed_ms = machine_probe()
     name = f"wc-{workers}w-{run}"
     config = ["-c", f"input.path={input_path}"]
     if args.scale:
@@ -428,6 +445,7 @@ def measure_throughput(bench: Bench, workers: int, run: int, input_path: Path, t
     acked = end.acked - start.acked
     notes = [f"complete latency p50 {ms(window.quantile(0.5))} p99 {ms(window.quantile(0.99))}",
              f"worker CPU {sum(busy.groups['workers']) / max(acked, 1) * 1e6:.0f} us/sentence",
+             f"machine probe {speed_ms:.0f} ms",
              str(busy), check]
     if end.failed > start.failed:
         notes.append(f"{end.failed - start.failed:,} trees FAILED in the window")
