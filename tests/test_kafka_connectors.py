@@ -353,7 +353,10 @@ def test_wordcount_local_counts_50000_sentences_exactly(kafka: KafkaBroker, topi
     assert rows["sentences"][5] == "50000" and rows["sentences"][6] == "0", result.stderr
     reader = readers(kafka.bootstrap, output)
     total = sum(expected.values())
-    wait_for(lambda: reader.poll() is not None and len(reader.records) >= total, 60, "every count written")
+    try:
+        wait_for(lambda: reader.poll() is not None and len(reader.records) >= total, 60, "every count written")
+    except AssertionError as exc:  # say how far the reader got, for a failure seen once under load
+        raise AssertionError(f"{exc}: {len(reader.records):,} of {total:,} records read") from None
     assert best_counts(reader.records) == dict(expected)
     assert len(reader.records) == total  # nothing replayed in a clean run
     assert kafka.committed("wordcount-sentences", source) == {p: 12_500 for p in range(4)}
@@ -451,7 +454,14 @@ def test_etl_on_two_workers_survives_kill_9_of_a_spout_worker(
     def ids() -> Counter[int]:
         return Counter(json.loads(r.value)["id"] for r in out.records)
 
-    wait_for(lambda: out.poll(0.3) is not None and set(ids()) >= valid, 180, "every valid id in events-clean")
+    try:
+        wait_for(lambda: out.poll(0.3) is not None and set(ids()) >= valid, 180, "every valid id in events-clean")
+    except AssertionError as exc:  # say what was missing and what the topology reports
+        components = cluster.status("etl-kafka")["components"]
+        raise AssertionError(
+            f"{exc}: {len(valid - set(ids())):,} of {len(valid):,} valid ids missing; "
+            + "; ".join(f"{name} acked {c['acked']} failed {c['failed']} last error {c['last_error']}"
+                        for name, c in components.items())) from None
 
     def dead_complete() -> bool:
         dead.poll(0.3)
