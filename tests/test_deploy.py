@@ -181,7 +181,8 @@ def test_every_manifest_file_is_in_a_kustomization() -> None:
 def test_python_renderer_matches_kustomize(target: str) -> None:
     reference = binary_render(TARGETS[target])
     if reference is None:
-        pytest.skip("no kustomize or kubectl binary on PATH; overlays are rendered in Python only")
+        pytest.skip("no kustomize or kubectl on PATH (python3 .ci/kustomize.py fetches kustomize); "
+                    "overlays are rendered in Python only")
 
     def canon(docs: list[dict[str, Any]]) -> list[str]:
         return sorted(json.dumps(d, sort_keys=True) for d in docs)
