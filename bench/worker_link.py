@@ -29,6 +29,7 @@ from streamflow import BasicBolt, TopologyBuilder, Tuple
 from streamflow.acking import new_id
 from streamflow.inbox import ACK_ACK, TUPLES, Inbox
 from streamflow.transport.tcp import Codec, TcpTransport
+from streamflow.tuples import Origin
 
 WORD = re.compile(r"[\w']+")
 
@@ -62,7 +63,7 @@ async def one_run(batches: int, words: int) -> tuple[float, float]:
     layout = topology.task_layout()
     source, target = layout["split"][0], layout["count"][0]
     codec = Codec(topology)
-    origin = codec._origins[(source, "default")]
+    origin = Origin("split", source, "default", ("word",))
     rng = random.Random(1)
     vocabulary = [f"w{i}" for i in range(5000)]
     sentences = [" ".join(rng.choices(vocabulary, k=words)) for _ in range(50)]

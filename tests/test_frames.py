@@ -15,6 +15,7 @@ from streamflow import BasicBolt, TopologyBuilder, Tuple
 from streamflow.inbox import ACK_ACK, ACK_INIT, TUPLES
 from streamflow.testing import Ledger, ListSpout
 from streamflow.transport.tcp import Codec
+from streamflow.tuples import Origin
 
 TOP = 2**64 - 1
 Point = namedtuple("Point", "x y")
@@ -28,14 +29,15 @@ class TwoStreams(BasicBolt):
 
 
 def codecs() -> tuple[Codec, Codec, Any]:
-    """A sender's and a receiver's codec of one topology, and the sender's origins."""
+    """A sender's and a receiver's codec of one topology, and origins of a split task's streams."""
     builder = TopologyBuilder("frames")
     builder.set_spout("source", ListSpout([("a",)], ["line"], Ledger()))
     builder.set_bolt("split", TwoStreams(), 2).shuffle_grouping("source")
     topology = builder.build()
     sender, receiver = Codec(topology), Codec(topology)
     task = topology.task_layout()["split"][0]
-    return sender, receiver, {s: sender._origins[(task, s)] for s in ("default", "pairs")}
+    outputs = topology.components["split"].outputs
+    return sender, receiver, {s: Origin("split", task, s, outputs[s]) for s in ("default", "pairs")}
 
 
 def round_trip(sender: Codec, receiver: Codec, messages: list[Any]) -> tuple[bytes, list[Any]]:

@@ -9,8 +9,8 @@ the receiver's own :class:`~streamflow.tuples.Origin` objects.
 
 Frames are decoded with marshal or pickle, which trust their input (pickle runs code
 when loading): the first frame of each connection is the topology's secret, and a
-worker drops a connection that does not present it. Worker ports should be reachable only by workers
-(the Kubernetes manifests add a NetworkPolicy).
+worker drops a connection that does not present it. Worker ports should be reachable
+only by workers (the Kubernetes manifests add a NetworkPolicy).
 
 The same port answers ``GET /metrics`` (Prometheus text), told apart by the first four
 bytes, which as a frame length would exceed :data:`MAX_FRAME`: a worker needs no second
