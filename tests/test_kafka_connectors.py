@@ -145,6 +145,26 @@ class TopicReader:
             self._consumer = None
         return new
 
+    def describe(self) -> str:
+        """Per partition: records read, gaps in their offsets, and the broker's high
+        watermark, to tell records never stored from records stored but not served."""
+        offsets: dict[int, list[int]] = {}
+        for record in self.records:
+            offsets.setdefault(record.partition, []).append(record.offset)
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "streamflow-test-describe",
+                             "logger": Quiet()})
+        try:
+            parts = []
+            for partition, found in sorted(offsets.items()):
+                found.sort()
+                gaps = [(a + 1, b - 1) for a, b in zip(found, found[1:], strict=False) if b > a + 1]
+                _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=5)
+                parts.append(f"partition {partition}: {len(found)} read, offsets {found[0]}..{found[-1]}, "
+                             f"gaps {gaps[:5]}, high watermark {high}")
+            return "; ".join(parts)
+        finally:
+            consumer.close()
+
     def close(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
@@ -370,8 +390,9 @@ def test_wordcount_local_counts_50000_sentences_exactly(kafka: KafkaBroker, topi
     total = sum(expected.values())
     try:
         wait_for(lambda: reader.poll() is not None and len(reader.records) >= total, 60, "every count written")
-    except AssertionError as exc:  # say how far the reader got, for a failure seen once under load
-        raise AssertionError(f"{exc}: {len(reader.records):,} of {total:,} records read") from None
+    except AssertionError as exc:  # say how far the reader got, for a failure seen under load
+        raise AssertionError(f"{exc}: {len(reader.records):,} of {total:,} records read; "
+                             f"{reader.describe()}") from None
     assert best_counts(reader.records) == dict(expected)
     assert len(reader.records) == total  # nothing replayed in a clean run
     assert kafka.committed("wordcount-sentences", source) == {p: 12_500 for p in range(4)}
