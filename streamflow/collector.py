@@ -53,7 +53,8 @@ class OutputCollector:
                 if sub.grouping == "direct":
                     direct.update(targets)
                 else:
-                    routers.append(make_router(sub.grouping, targets, fields, sub.fields, local_tasks))
+                    routers.append(make_router(sub.grouping, targets, fields, sub.fields, local_tasks,
+                                               loads=transport.loads))
             self._streams[stream] = (routers, Origin(component, task, stream, fields), len(fields))
             self._direct[stream] = frozenset(direct)
 

@@ -4,18 +4,24 @@ Pure routing logic, no I/O. A *router* is built once per (emitting task, subscri
 and called per emitted tuple with the tuple's values; it returns the target task ids as a
 tuple that it owns (never allocated per call on the common paths).
 
+Shuffle grouping to tasks in several workers is load-aware, as Storm's default
+shuffle: :class:`LoadAwareShuffleRouter` sends fewer tuples to the tasks of busier workers.
+
 Fields grouping hashes with :func:`stable_hash` (CRC-32 of a canonical encoding), never
 Python's ``hash()``, so a key lands on the same task in every process and after restarts.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from itertools import cycle
 from typing import Any, Callable, Collection, Sequence
 from zlib import crc32
 
 import orjson
+
+from streamflow.load import LoadSource
 
 GROUPINGS = (
     "shuffle", "fields", "all", "global", "direct", "local_or_shuffle", "partial_key", "none",
@@ -86,6 +92,79 @@ class ShuffleRouter:
         return self._next()
 
 
+class LoadAwareShuffleRouter:
+    """Shuffle over tasks that run in different workers, weighted so that the workers'
+    loads (:mod:`streamflow.load`) even out.
+
+    Each time the loads are measured anew, every target's weight is multiplied by
+    ``exp(GAIN * (mean load - its worker's load))``: a feedback loop that moves tuples
+    from busier workers to idler ones until their loads match, or until a target is down
+    to :data:`MIN_SHARE` of an even share (every task keeps receiving, so its load stays
+    known and it can take more again). The emitter's own worker is one of the loads:
+    with one spout task, its worker also spends a core's share on the spout and its
+    acker, and an even split would leave the other workers waiting on it. Targets of
+    unknown load count as average. The weights become a shuffled cycle of
+    :data:`SLOTS` picks, so between two measurements routing is as cheap as shuffle's.
+    """
+
+    __slots__ = ("_targets", "_loads", "_version", "_weights", "_next", "_rng")
+
+    GAIN = 2.0
+    MIN_SHARE = 0.2
+    SLOTS = 64
+
+    def __init__(self, targets: Sequence[int], loads: LoadSource, rng: random.Random) -> None:
+        self._targets = list(targets)
+        self._loads = loads
+        self._version = loads.load_version
+        self._weights = [1.0 / len(targets)] * len(targets)
+        self._rng = rng
+        self._next = self._cycle()
+
+    def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
+        if self._loads.load_version != self._version:
+            self._version = self._loads.load_version
+            self._reweigh()
+        return self._next()
+
+    @property
+    def shares(self) -> dict[int, float]:
+        """Each target's share of the tuples now."""
+        return dict(zip(self._targets, self._weights, strict=True))
+
+    def _reweigh(self) -> None:
+        known = [self._loads.load_of(t) for t in self._targets]
+        measured = [x for x in known if x is not None]
+        if not measured:
+            return
+        mean = sum(measured) / len(measured)
+        weights = [w * math.exp(self.GAIN * (mean - (mean if x is None else x)))
+                   for w, x in zip(self._weights, known, strict=True)]
+        self._weights = _floored(weights, self.MIN_SHARE / len(weights))
+        self._next = self._cycle()
+
+    def _cycle(self) -> Callable[[], tuple[int, ...]]:
+        order = [(t,) for t, w in zip(self._targets, self._weights, strict=True)
+                 for _ in range(max(1, round(w * self.SLOTS)))]
+        self._rng.shuffle(order)
+        return cycle(order).__next__
+
+
+def _floored(weights: list[float], floor: float) -> list[float]:
+    """Weights as shares summing to 1, none below ``floor`` (the others scaled to make room)."""
+    total = sum(weights)
+    shares = [w / total for w in weights]
+    pinned: set[int] = set()
+    while True:
+        low = {i for i, share in enumerate(shares) if share < floor and i not in pinned}
+        if not low:
+            return shares
+        pinned |= low
+        free = sum(share for i, share in enumerate(shares) if i not in pinned)
+        room = 1.0 - floor * len(pinned)
+        shares = [floor if i in pinned else share * room / free for i, share in enumerate(shares)]
+
+
 class FieldsRouter:
     """Equal keys go to the same task: ``stable_hash(key) % len(targets)``."""
 
@@ -151,16 +230,20 @@ def make_router(
     grouped_fields: Sequence[str] = (),
     local_tasks: Collection[int] = (),
     rng: random.Random | None = None,
+    loads: LoadSource | None = None,
 ) -> Router:
     """The router of one subscription for one emitting task.
 
     ``targets`` are the subscribed bolt's task ids, ``stream_fields`` the stream's declared
     fields, ``local_tasks`` the tasks running in the emitter's worker (for
-    local-or-shuffle). Direct grouping has no router: the emitter names the task.
+    local-or-shuffle), ``loads`` the workers' loads where tasks run in several (for a
+    load-aware shuffle). Direct grouping has no router: the emitter names the task.
     """
     rng = rng or random.Random()
     targets = sorted(targets)
     if grouping in ("shuffle", "none"):
+        if loads is not None and len(targets) > 1 and not set(targets) <= set(local_tasks):
+            return LoadAwareShuffleRouter(targets, loads, rng)
         return ShuffleRouter(targets, rng)
     if grouping == "local_or_shuffle":
         local = [t for t in targets if t in local_tasks]

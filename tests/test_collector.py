@@ -19,6 +19,8 @@ class Sink(BasicBolt):
 class Recorder:
     """A transport that keeps what it was given."""
 
+    loads = None
+
     def __init__(self) -> None:
         self.control: list[tuple[int, str, Any]] = []
 

@@ -15,6 +15,7 @@ import pytest
 from streamflow.groupings import (
     GROUPINGS,
     KEYED_GROUPINGS,
+    LoadAwareShuffleRouter,
     key_bytes,
     make_router,
     stable_hash,
@@ -517,3 +518,87 @@ def test_fields_grouping_is_stable_across_processes():
     assert results[0]["tasks"] == results[1]["tasks"]
     assert results[0]["tasks"] == _route_in_process(keys)
     assert len({t for t, _ in results[0]["tasks"]}) == 7
+
+
+# --------------------------------------------------------------------------- load-aware shuffle
+
+
+class Loads:
+    """Loads by task, set by the test (the LoadSource a router reads)."""
+
+    def __init__(self, loads):
+        self.loads = dict(loads)
+        self.load_version = 0
+
+    def load_of(self, task):
+        return self.loads.get(task)
+
+    def set(self, **by_task):
+        self.loads.update({int(k[1:]): v for k, v in by_task.items()})
+        self.load_version += 1
+
+
+def shares_after(router, loads, rounds, tuples=640, **by_task):
+    """Measure anew ``rounds`` times with the given loads, routing ``tuples`` after each;
+    returns each target's share of the last round's tuples."""
+    for _ in range(rounds):
+        loads.set(**by_task)
+        counts = Counter(single_targets(router(("w", i, None)) for i in range(tuples)))
+    return {t: n / tuples for t, n in counts.items()}
+
+
+def test_shuffle_across_workers_is_load_aware_only_with_loads_and_remote_targets():
+    loads = Loads({})
+    assert isinstance(make_router("shuffle", [1, 2], FIELDS, local_tasks={1}, loads=loads),
+                      LoadAwareShuffleRouter)
+    assert isinstance(make_router("none", [1, 2], FIELDS, local_tasks=(), loads=loads),
+                      LoadAwareShuffleRouter)
+    assert not isinstance(make_router("shuffle", [1, 2], FIELDS, local_tasks={1, 2}, loads=loads),
+                          LoadAwareShuffleRouter)  # all local: nothing to balance
+    assert not isinstance(make_router("shuffle", [1, 2], FIELDS, local_tasks={1}),
+                          LoadAwareShuffleRouter)  # local mode: no loads
+    assert not isinstance(make_router("shuffle", [2], FIELDS, loads=loads), LoadAwareShuffleRouter)
+
+
+def test_load_aware_shuffle_is_even_while_loads_are_equal_or_unknown():
+    loads = Loads({})
+    router = make_router("shuffle", [1, 2, 3], FIELDS, local_tasks={1}, rng=random.Random(2), loads=loads)
+    assert shares_after(router, loads, 1) == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 1 / 3}, abs=0.02)
+    assert shares_after(router, loads, 5, t1=0.6, t2=0.6, t3=0.6) == pytest.approx(
+        {1: 1 / 3, 2: 1 / 3, 3: 1 / 3}, abs=0.02)
+
+
+def test_load_aware_shuffle_moves_tuples_to_the_idler_worker_until_the_floor():
+    # The emitter's worker (task 1) is saturated, the other (task 2) is not: the share of
+    # task 1 falls with every measurement while the gap lasts, down to MIN_SHARE of an
+    # even share, and every task keeps receiving.
+    loads = Loads({})
+    router = make_router("shuffle", [1, 2], FIELDS, local_tasks={1}, rng=random.Random(3), loads=loads)
+    first = shares_after(router, loads, 1, t1=1.0, t2=0.7)
+    second = shares_after(router, loads, 1, t1=1.0, t2=0.7)
+    assert 0.5 > first[1] > second[1]
+    floor = LoadAwareShuffleRouter.MIN_SHARE / 2
+    settled = shares_after(router, loads, 20, t1=1.0, t2=0.7)
+    assert settled[1] == pytest.approx(floor, abs=0.02)
+    assert router.shares[1] == pytest.approx(floor)
+
+
+def test_load_aware_shuffle_settles_where_the_loads_meet():
+    # A model of two workers: all the tuples would keep one worker's core 1.6 times busy,
+    # and the emitter's worker spends another 0.3 of a core of its own: the loads are
+    # equal when task 1 gets 1.3 / 3.2 of the tuples.
+    loads = Loads({})
+    router = make_router("shuffle", [1, 2], FIELDS, local_tasks={1}, rng=random.Random(4), loads=loads)
+    share = 0.5
+    for _ in range(30):
+        shares_after(router, loads, 1, t1=0.3 + 1.6 * share, t2=1.6 * (1 - share))
+        share = router.shares[1]
+    assert share == pytest.approx(1.3 / 3.2, abs=0.01)
+
+
+def test_load_aware_shuffle_takes_tuples_back_when_the_load_turns():
+    loads = Loads({})
+    router = make_router("shuffle", [1, 2], FIELDS, local_tasks={1}, rng=random.Random(5), loads=loads)
+    low = shares_after(router, loads, 10, t1=1.0, t2=0.5)[1]
+    high = shares_after(router, loads, 10, t1=0.5, t2=1.0)[1]
+    assert low < 0.2 < 0.8 < high

@@ -1,5 +1,6 @@
-"""PeerLink against the one failure that real TCP has and a fake would not: a connection
-attempt to a port nobody serves yet that the kernel connects to itself."""
+"""PeerLink over real TCP: against the one failure that real TCP has and a fake would
+not (a connection attempt to a port nobody serves yet that the kernel connects to
+itself), and carrying load reports back to the sender."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from typing import Any
 import pytest
 from cluster import free_port_run
 
-from streamflow.transport.tcp import PeerLink
+from streamflow import BasicBolt, TopologyBuilder
+from streamflow.inbox import Inbox
+from streamflow.testing import ListSpout
+from streamflow.transport.tcp import Codec, PeerLink, TcpTransport
+from streamflow.tuples import Origin, Tuple
 
 
 def test_a_link_that_connected_to_itself_lets_go_of_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,3 +56,37 @@ def test_a_link_that_connected_to_itself_lets_go_of_the_port(monkeypatch: pytest
 
     assert asyncio.run(main()) == secret
     assert len(attempts) >= 4
+
+
+def test_a_worker_learns_the_load_of_the_worker_it_sends_to() -> None:
+    # The receiving worker measures its load and writes it back over the connection the
+    # sender opened; the sender's routers read it by task (load-aware shuffle).
+    builder = TopologyBuilder("loads")
+    builder.set_spout("source", ListSpout([(1,)], ["n"]))
+    builder.set_bolt("sink", BasicBolt(), 2).shuffle_grouping("source")
+    topology = builder.build()
+    near, far = topology.task_layout()["sink"]
+    source = topology.task_layout()["source"][0]
+    port, secret = free_port_run(1), b"s3cret"
+
+    async def main() -> tuple[float | None, float | None, int]:
+        codec = Codec(topology)
+        receiver = TcpTransport({far: Inbox(100)}, codec, secret)
+        await receiver.serve("127.0.0.1", port)
+        sender = TcpTransport({near: Inbox(100)}, codec, secret)
+        sender.update_routes({far: ("127.0.0.1", port)})
+        origin = Origin("source", source, "default", ("n",))
+        try:
+            await sender.send_tuples(far, [Tuple((1,), origin, None)])  # opens the link
+            deadline = asyncio.get_running_loop().time() + 10
+            while sender.loads.load_of(far) is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            return sender.loads.load_of(far), sender.loads.load_of(near), receiver.loads.load_version
+        finally:
+            await sender.close()
+            await receiver.close()
+
+    far_load, near_load, measurements = asyncio.run(main())
+    assert far_load is not None and 0.0 <= far_load <= 1.0
+    assert near_load is None  # the sender serves no port here, so it measures nothing
+    assert measurements >= 1

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from streamflow.load import LoadSource
 from streamflow.tuples import Tuple
 
 
 class Transport(Protocol):
     """Delivers batches to tasks by task id, wherever the task runs."""
+
+    @property
+    def loads(self) -> LoadSource | None:
+        """The workers' loads, where tasks run in several workers (for load-aware shuffle)."""
 
     async def send_tuples(self, task: int, tuples: list[Tuple]) -> None:
         """Deliver a batch of tuples; waits while the receiver is full (backpressure)."""

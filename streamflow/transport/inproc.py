@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from streamflow.inbox import Inbox
+from streamflow.load import LoadSource
 from streamflow.tuples import Tuple
 
 
@@ -14,6 +15,9 @@ class InProcessTransport:
     Batches are handed over by reference: the sender builds a fresh list per flush and
     never touches it again, so nothing is copied.
     """
+
+    loads: LoadSource | None = None
+    """Every task is local: shuffle needs no loads."""
 
     def __init__(self, inboxes: Mapping[int, Inbox]) -> None:
         self._inboxes = inboxes

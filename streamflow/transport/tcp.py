@@ -16,6 +16,11 @@ The same port answers ``GET /metrics`` (Prometheus text), told apart by the firs
 bytes, which as a frame length would exceed :data:`MAX_FRAME`: a worker needs no second
 port to be scraped.
 
+Load reports go the other way: every :data:`~streamflow.load.LOAD_INTERVAL`, a worker
+writes its load (:mod:`streamflow.load`) as a frame of one big-endian double back over
+each connection a peer opened to it, and the peer's link hands it to the routers of a
+load-aware shuffle.
+
 Backpressure: a receiver reads the next frame only once the target inbox took the last
 batch, so a slow task fills the TCP window, the sender's link queue fills, and the
 sending executor waits in :meth:`TcpTransport.send_tuples`.
@@ -35,6 +40,7 @@ from operator import attrgetter
 from typing import Any, Callable, Mapping
 
 from streamflow.inbox import TUPLES, Inbox
+from streamflow.load import LOAD_INTERVAL, CpuMeter, WorkerLoads
 from streamflow.topology import Topology
 from streamflow.tuples import Origin, Tuple
 
@@ -44,6 +50,7 @@ Address = tuple[str, int]
 Message = tuple[int, str, Any]
 
 _LENGTH = struct.Struct(">I")
+_LOAD = struct.Struct(">d")
 _NO_LINGER = struct.pack("ii", 1, 0)
 MAX_FRAME = 256 * 1024 * 1024
 LINK_CAPACITY = 16384
@@ -133,11 +140,14 @@ async def read_frame(reader: asyncio.StreamReader, head: bytes | None = None) ->
 
 class PeerLink:
     """The connection to one peer worker: a queue of messages and a writer that sends
-    them as one frame per wake-up, reconnecting after the peer restarts."""
+    them as one frame per wake-up, reconnecting after the peer restarts. The peer's load
+    reports, read from the same connection, go to ``on_load``."""
 
-    def __init__(self, address: Address, secret: bytes) -> None:
+    def __init__(self, address: Address, secret: bytes,
+                 on_load: Callable[[float], None] | None = None) -> None:
         self.address = address
         self._secret = secret
+        self._on_load = on_load
         self._queue: list[Message] = []
         self._queued_tuples = 0
         self._wake = asyncio.Event()
@@ -190,13 +200,25 @@ class PeerLink:
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
+            reports = asyncio.create_task(self._read_reports(reader))
             try:
                 writer.write(_LENGTH.pack(len(self._secret)) + self._secret)
                 await self._write_loop(writer)
             except Exception as exc:  # uvloop raises RuntimeError on a transport closed under us
                 log.warning("connection to worker %s:%d lost (%r); reconnecting", *self.address, exc)
             finally:
+                reports.cancel()
                 writer.close()
+
+    async def _read_reports(self, reader: asyncio.StreamReader) -> None:
+        """Hand each load report of the peer to ``on_load``, until the connection ends."""
+        try:
+            while True:
+                frame = await read_frame(reader)
+                if len(frame) == _LOAD.size and self._on_load is not None:
+                    self._on_load(_LOAD.unpack(frame)[0])
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass  # the write loop notices the closed connection and reconnects
 
     async def _write_loop(self, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -234,6 +256,10 @@ class TcpTransport:
         self._routes: dict[int, Address] = {}
         self._links: dict[Address, PeerLink] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._peers: set[asyncio.StreamWriter] = set()
+        """Connections of peers sending to this worker: where load reports go."""
+        self._reporter: asyncio.Task[None] | None = None
+        self.loads = WorkerLoads(inboxes)
         self.dropped = 0
         """Messages for tasks with no known address (their trees time out and replay)."""
 
@@ -241,6 +267,7 @@ class TcpTransport:
         """Follow a new assignment: where each remote task now runs. Links to addresses no
         longer used are closed and what they still held is routed anew."""
         self._routes = dict(routes)
+        self.loads.follow(self._routes)
         wanted = set(self._routes.values())
         for address in [a for a in self._links if a not in wanted]:
             link = self._links.pop(address)
@@ -262,7 +289,8 @@ class TcpTransport:
             return None
         link = self._links.get(address)
         if link is None:
-            link = self._links[address] = PeerLink(address, self._secret)
+            link = self._links[address] = PeerLink(
+                address, self._secret, lambda load: self.loads.peer_reported(address, load))
         return link
 
     async def send_tuples(self, task: int, tuples: list[Tuple]) -> None:
@@ -286,10 +314,24 @@ class TcpTransport:
     async def serve(self, host: str, port: int) -> None:
         """Accept connections from peer workers on ``host:port``."""
         self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
+        self._reporter = asyncio.create_task(self._report_loads(), name="load-reports")
+
+    async def _report_loads(self) -> None:
+        """Measure this worker's load every LOAD_INTERVAL and tell the peers sending to it."""
+        meter = CpuMeter()
+        while True:
+            await asyncio.sleep(LOAD_INTERVAL)
+            load = meter.sample()
+            self.loads.measured(load)
+            frame = _LENGTH.pack(_LOAD.size) + _LOAD.pack(load)
+            for writer in self._peers:
+                writer.write(frame)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._reporter is not None:
+            self._reporter.cancel()
         for link in self._links.values():
             await link.close()
         self._links.clear()
@@ -304,6 +346,7 @@ class TcpTransport:
             if not hmac.compare_digest(await read_frame(reader, head), self._secret):
                 log.warning("refused a connection from %s: wrong topology secret", peer)
                 return
+            self._peers.add(writer)
             inboxes, codec = self._inboxes, self._codec
             while True:
                 for task, kind, payload in codec.decode(await read_frame(reader)):
@@ -317,6 +360,7 @@ class TcpTransport:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, OSError):
             pass  # the peer went away; it reconnects if it comes back
         finally:
+            self._peers.discard(writer)
             writer.close()
 
 
