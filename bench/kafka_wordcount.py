@@ -19,8 +19,8 @@ vocabulary over 4 partitions. Then, each reading the same topic under its own gr
 
 ``-c`` values go to both engine runs. It prints sentences/s for each and each engine
 run's ratio to the bare loop, and for the 2-worker run how many of the machine's CPUs
-were busy (all processes, from /proc/stat) from the first ack on: below the CPU count,
-the run waited on something other than CPU. Targets of
+were busy (all processes, from /proc/stat) from the first ack on (below the CPU count,
+the run waited on something other than CPU) and ``streamflow status`` halfway through. Targets of
 the Kafka issue on this 2-core machine: 2 workers >= 25,000 sentences/s and >= 80% of
 the bare loop.
 
@@ -51,6 +51,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from streamflow_connectors.kafka.records import Message
 
 from streamflow.client import NimbusClient
+from streamflow.status_view import format_status
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -198,6 +199,8 @@ def main() -> None:
 
                 wait_for(lambda: acked() > 0, 120, "the first sentence acked", every=0.05)
                 first, busy_from = time.perf_counter(), busy_cpu_seconds()
+                wait_for(lambda: acked() >= n // 2, 600, "half the sentences acked", every=0.25)
+                halfway = format_status(nimbus.call("GET", "status", "wc"))
                 wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.5)
                 finished, busy = time.perf_counter(), busy_cpu_seconds() - busy_from
                 seconds = finished - started
@@ -206,6 +209,8 @@ def main() -> None:
                   f"{n / seconds / bare:.0%} of the bare loop (submission and start-up included; "
                   f"{n / (finished - first):,.0f} sentences/s from the first ack on, with "
                   f"{busy / (finished - first):.2f} of {os.cpu_count()} CPUs busy)")
+            print("  status halfway (capacity: share of the last seconds a component's tasks were busy):")
+            print("\n".join(f"    {line}" for line in halfway.splitlines()))
         finally:
             if cluster is not None:
                 cluster.stop()
