@@ -2,7 +2,9 @@
 
 Pure routing logic, no I/O. A *router* is built once per (emitting task, subscription)
 and called per emitted tuple with the tuple's values; it returns the target task ids as a
-tuple that it owns (never allocated per call on the common paths).
+tuple that it owns (never allocated per call on the common paths). Routers are closures:
+calling one costs two thirds of calling an object's ``__call__`` (150 against 235 ns for
+fields grouping), and a wordcount sentence calls twenty.
 
 Shuffle grouping to tasks in several workers is load-aware, as Storm's default
 shuffle: :class:`LoadAwareShuffleRouter` sends fewer tuples to the tasks of busier workers.
@@ -78,18 +80,12 @@ def _key_hash(indexes: tuple[int, ...]) -> Callable[[Sequence[Any]], int]:
     return lambda values: crc32(fields_key_bytes([values[i] for i in indexes]))
 
 
-class ShuffleRouter:
+def shuffle_router(targets: Sequence[int], rng: random.Random) -> Router:
     """Round robin over the targets in a random order: even load, one task per tuple."""
-
-    __slots__ = ("_next",)
-
-    def __init__(self, targets: Sequence[int], rng: random.Random) -> None:
-        order = [(t,) for t in targets]
-        rng.shuffle(order)
-        self._next = cycle(order).__next__
-
-    def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
-        return self._next()
+    order = [(t,) for t in targets]
+    rng.shuffle(order)
+    next_target = cycle(order).__next__
+    return lambda values: next_target()
 
 
 class LoadAwareShuffleRouter:
@@ -165,62 +161,47 @@ def _floored(weights: list[float], floor: float) -> list[float]:
         shares = [floor if i in pinned else share * room / free for i, share in enumerate(shares)]
 
 
-class FieldsRouter:
+def fields_router(targets: Sequence[int], indexes: tuple[int, ...]) -> Router:
     """Equal keys go to the same task: ``stable_hash(key) % len(targets)``."""
+    choices, n, key_hash = [(t,) for t in targets], len(targets), _key_hash(indexes)
+    if len(indexes) > 1:
+        return lambda values: choices[key_hash(values) % n]
+    (i,) = indexes
 
-    __slots__ = ("_hash", "_targets", "_n", "_single")
+    def route(values: Sequence[Any]) -> tuple[int, ...]:
+        key = values[i]
+        if type(key) is str:  # the common case, inlined (same bytes as key_bytes)
+            return choices[crc32(key.encode("utf-8", "surrogatepass")) % n]
+        return choices[key_hash(values) % n]
 
-    def __init__(self, targets: Sequence[int], indexes: tuple[int, ...]) -> None:
-        self._targets = [(t,) for t in targets]
-        self._n = len(targets)
-        self._hash = _key_hash(indexes)
-        self._single = indexes[0] if len(indexes) == 1 else None
-
-    def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
-        i = self._single
-        if i is not None:
-            key = values[i]
-            if type(key) is str:  # the common case, inlined (same bytes as key_bytes)
-                return self._targets[crc32(key.encode("utf-8", "surrogatepass")) % self._n]
-        return self._targets[self._hash(values) % self._n]
+    return route
 
 
-class PartialKeyRouter:
+_MIX = 0x9E3779B97F4A7C15
+"""Fibonacci hashing: partial key grouping's second, independent choice from the first hash."""
+
+
+def partial_key_router(targets: Sequence[int], indexes: tuple[int, ...]) -> Router:
     """Partial key grouping (Nasir et al., "The power of both choices"): a key has two
     candidate tasks from two hashes and goes to the one this emitter has sent less to,
     which splits hot keys over two tasks while keeping every key on at most two."""
+    choices, n, key_hash = [(t,) for t in targets], len(targets), _key_hash(indexes)
+    load = [0] * n
 
-    __slots__ = ("_hash", "_targets", "_load")
-
-    _MIX = 0x9E3779B97F4A7C15  # Fibonacci hashing: a second, independent choice from h1
-
-    def __init__(self, targets: Sequence[int], indexes: tuple[int, ...]) -> None:
-        self._targets = [(t,) for t in targets]
-        self._load = [0] * len(targets)
-        self._hash = _key_hash(indexes)
-
-    def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
-        h = self._hash(values)
-        n = len(self._targets)
-        first = h % n
-        second = ((h * self._MIX) & 0xFFFFFFFFFFFFFFFF) >> 32
-        second %= n
-        load = self._load
+    def route(values: Sequence[Any]) -> tuple[int, ...]:
+        h = key_hash(values)
+        first, second = h % n, (((h * _MIX) & 0xFFFFFFFFFFFFFFFF) >> 32) % n
         choice = first if load[first] <= load[second] else second
         load[choice] += 1
-        return self._targets[choice]
+        return choices[choice]
+
+    return route
 
 
-class ConstantRouter:
+def constant_router(targets: Sequence[int]) -> Router:
     """Always the same targets: all grouping (every task) and global grouping (lowest id)."""
-
-    __slots__ = ("_targets",)
-
-    def __init__(self, targets: Sequence[int]) -> None:
-        self._targets = tuple(targets)
-
-    def __call__(self, values: Sequence[Any]) -> tuple[int, ...]:
-        return self._targets
+    chosen = tuple(targets)
+    return lambda values: chosen
 
 
 def make_router(
@@ -244,17 +225,17 @@ def make_router(
     if grouping in ("shuffle", "none"):
         if loads is not None and len(targets) > 1 and not set(targets) <= set(local_tasks):
             return LoadAwareShuffleRouter(targets, loads, rng)
-        return ShuffleRouter(targets, rng)
+        return shuffle_router(targets, rng)
     if grouping == "local_or_shuffle":
         local = [t for t in targets if t in local_tasks]
-        return ShuffleRouter(local or targets, rng)
+        return shuffle_router(local or targets, rng)
     if grouping == "all":
-        return ConstantRouter(targets)
+        return constant_router(targets)
     if grouping == "global":
-        return ConstantRouter(targets[:1])
+        return constant_router(targets[:1])
     indexes = tuple(list(stream_fields).index(f) for f in grouped_fields)
     if grouping == "fields":
-        return FieldsRouter(targets, indexes)
+        return fields_router(targets, indexes)
     if grouping == "partial_key":
-        return PartialKeyRouter(targets, indexes)
+        return partial_key_router(targets, indexes)
     raise ValueError(f"grouping {grouping!r} has no router")
