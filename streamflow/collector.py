@@ -294,6 +294,10 @@ class BoltOutputCollector(OutputCollector):
             self._fails.extend(tup.anchors[0::2])
         self.stats.failed += 1
 
+    def flush_acks(self) -> None:
+        """Send the buffered acks and fails now, outside a batch (see ``BoltBase.flush_acks``)."""
+        self._flush_control()
+
     def _flush_control(self) -> None:
         if self._acks:
             acks, self._acks = self._acks, {}

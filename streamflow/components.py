@@ -149,6 +149,11 @@ class BoltBase(Component):
     """``ack(tup)``: bound by the runtime."""
     fail: Callable[[Tuple], None]
     """``fail(tup)``: bound by the runtime."""
+    flush_acks: Callable[[], None]
+    """``flush_acks()``: send the acks and fails made so far at once (bound by the runtime).
+    Those made in ``process`` and ``end_batch`` leave when the batch ends; a bolt that
+    acks from a task of its own (a sink acking writes as the server confirms them) calls
+    this after acking, or its acks wait for its next batch."""
 
 
 class Bolt(BoltBase):

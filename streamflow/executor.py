@@ -305,6 +305,7 @@ class BoltExecutor(ComponentExecutor):
         bolt.emit_direct = self.collector.emit_direct
         bolt.ack = self.collector.ack
         bolt.fail = self.collector.fail
+        bolt.flush_acks = self.collector.flush_acks
         self._process: Callable[[list[Tuple]], Awaitable[None] | None]
         if isinstance(bolt, AsyncBolt):
             self._process = self._process_async_basic if basic else self._process_async

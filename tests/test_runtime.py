@@ -10,6 +10,7 @@ import pytest
 
 from streamflow import (
     AsyncBasicBolt,
+    AsyncBolt,
     BasicBolt,
     Bolt,
     Spout,
@@ -451,3 +452,48 @@ def test_a_slow_bolt_holds_its_senders_back_and_queues_stay_bounded() -> None:
     # Emitted only as fast as consumed: the inbox, the bolt's current turn, and the batches
     # on either side of them.
     assert spout.emitted - bolt.executed <= 1000 + MAX_TUPLES_PER_TURN + 3 * batch
+
+
+class LaterAckBolt(AsyncBolt):
+    """Acks each batch from a task of its own, a little after the batch ended (as a sink
+    acks writes once the server confirms them), then sends the acks with flush_acks."""
+
+    def __init__(self, flush: bool) -> None:
+        self.flush = flush
+
+    async def prepare(self, config: Mapping[str, Any], context: Any) -> None:
+        self.batch: list[Any] = []
+        self.pending: set[asyncio.Task[None]] = set()
+
+    async def process(self, tup: Any) -> None:
+        self.batch.append(tup)
+
+    async def end_batch(self) -> None:
+        batch, self.batch = self.batch, []
+        task = asyncio.create_task(self._ack_later(batch))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _ack_later(self, batch: list[Any]) -> None:
+        await asyncio.sleep(0.05)
+        for tup in batch:
+            self.ack(tup)
+        if self.flush:
+            self.flush_acks()
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_acks_made_outside_a_batch_leave_with_flush_acks(flush: bool) -> None:
+    # Without flush_acks, acks made after the last batch wait for a batch that never comes:
+    # their trees time out (after 1 s here) and replay, and so on, forever.
+    ledger = Ledger()
+    builder = TopologyBuilder("later-acks")
+    builder.set_spout("source", ListSpout([(i,) for i in range(50)], ["n"], ledger))
+    builder.set_bolt("sink", LaterAckBolt(flush), 2).shuffle_grouping("source")
+    run = run_local(builder.build({"topology.message.timeout.secs": 1}), timeout=30 if flush else 2.5)
+    if flush:
+        assert run.outcome == "finished"
+        assert ledger.acked == {n: 1 for n in range(50)} and not ledger.failed
+    else:
+        assert run.outcome == "timeout"
+        assert ledger.failed  # trees whose acks never left timed out
