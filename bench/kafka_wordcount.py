@@ -20,7 +20,8 @@ vocabulary over 4 partitions. Then, each reading the same topic under its own gr
 ``-c`` values go to both engine runs. It prints sentences/s for each and each engine
 run's ratio to the bare loop, and for the 2-worker run how many of the machine's CPUs
 were busy (all processes, from /proc/stat) from the first ack on (below the CPU count,
-the run waited on something other than CPU) and ``streamflow status`` halfway through. Targets of
+the run waited on something other than CPU), how much of a CPU each worker process
+used, and ``streamflow status`` halfway through. Targets of
 the Kafka issue on this 2-core machine: 2 workers >= 25,000 sentences/s and >= 80% of
 the bare loop.
 
@@ -151,6 +152,12 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=200_000)
@@ -199,16 +206,20 @@ def main() -> None:
 
                 wait_for(lambda: acked() > 0, 120, "the first sentence acked", every=0.05)
                 first, busy_from = time.perf_counter(), busy_cpu_seconds()
+                pids = [w["pid"] for w in nimbus.call("GET", "status", "wc")["workers"] if w["pid"]]
+                workers_from = [process_cpu_seconds(pid) for pid in pids]
                 wait_for(lambda: acked() >= n // 2, 600, "half the sentences acked", every=0.25)
                 halfway = format_status(nimbus.call("GET", "status", "wc"))
                 wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.5)
                 finished, busy = time.perf_counter(), busy_cpu_seconds() - busy_from
+                workers = [process_cpu_seconds(pid) - cpu for pid, cpu in zip(pids, workers_from, strict=True)]
                 seconds = finished - started
                 cluster.cli("kill", "wc", "--wait", "0")
             print(f"streamflow 2 workers: {seconds:6.2f} s  {n / seconds:>9,.0f} sentences/s  "
                   f"{n / seconds / bare:.0%} of the bare loop (submission and start-up included; "
                   f"{n / (finished - first):,.0f} sentences/s from the first ack on, with "
-                  f"{busy / (finished - first):.2f} of {os.cpu_count()} CPUs busy)")
+                  f"{busy / (finished - first):.2f} of {os.cpu_count()} CPUs busy; workers "
+                  f"{' + '.join(f'{cpu / (finished - first):.2f}' for cpu in workers)})")
             print("  status halfway (capacity: share of the last seconds a component's tasks were busy):")
             print("\n".join(f"    {line}" for line in halfway.splitlines()))
         finally:
