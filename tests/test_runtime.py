@@ -455,27 +455,24 @@ def test_a_slow_bolt_holds_its_senders_back_and_queues_stay_bounded() -> None:
 
 
 class LaterAckBolt(AsyncBolt):
-    """Acks each batch from a task of its own, a little after the batch ended (as a sink
-    acks writes once the server confirms them), then sends the acks with flush_acks."""
+    """Acks each batch from a callback of its own, run once the executor has finished the
+    batch's turn (as a sink acks writes when the server confirms them), then sends the
+    acks with flush_acks."""
 
     def __init__(self, flush: bool) -> None:
         self.flush = flush
 
     async def prepare(self, config: Mapping[str, Any], context: Any) -> None:
         self.batch: list[Any] = []
-        self.pending: set[asyncio.Task[None]] = set()
 
     async def process(self, tup: Any) -> None:
         self.batch.append(tup)
 
     async def end_batch(self) -> None:
         batch, self.batch = self.batch, []
-        task = asyncio.create_task(self._ack_later(batch))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        asyncio.get_running_loop().call_soon(self._ack_later, batch)  # after this turn's flush
 
-    async def _ack_later(self, batch: list[Any]) -> None:
-        await asyncio.sleep(0.05)
+    def _ack_later(self, batch: list[Any]) -> None:
         for tup in batch:
             self.ack(tup)
         if self.flush:
