@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from cluster import Cluster, wait_for  # noqa: E402
+from cluster_wordcount import CpuMeter  # noqa: E402
 from kafka import KafkaBroker  # noqa: E402
 from zookeeper import ZooKeeperServer  # noqa: E402
 
@@ -144,20 +145,6 @@ def fresh_broker(directory: Path, values: list[bytes], partitions: int) -> Itera
         broker.stop()
 
 
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine spent running something since boot: user, nice,
-    system, irq and softirq time (not idle, I/O wait or time stolen by the hypervisor)."""
-    user, nice, system, _idle, _iowait, irq, softirq = (
-        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=200_000)
@@ -205,14 +192,14 @@ def main() -> None:
                     return int(nimbus.call("GET", "status", "wc")["components"]["sentences"]["acked"])
 
                 wait_for(lambda: acked() > 0, 120, "the first sentence acked", every=0.05)
-                first, busy_from = time.perf_counter(), busy_cpu_seconds()
+                first, busy_from = time.perf_counter(), CpuMeter.machine()
                 pids = [w["pid"] for w in nimbus.call("GET", "status", "wc")["workers"] if w["pid"]]
-                workers_from = [process_cpu_seconds(pid) for pid in pids]
+                workers_from = [CpuMeter.cpu(pid) or 0.0 for pid in pids]
                 wait_for(lambda: acked() >= n // 2, 600, "half the sentences acked", every=0.25)
                 halfway = format_status(nimbus.call("GET", "status", "wc"))
                 wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.5)
-                finished, busy = time.perf_counter(), busy_cpu_seconds() - busy_from
-                workers = [process_cpu_seconds(pid) - cpu for pid, cpu in zip(pids, workers_from, strict=True)]
+                finished, busy = time.perf_counter(), CpuMeter.machine() - busy_from
+                workers = [(CpuMeter.cpu(pid) or 0.0) - cpu for pid, cpu in zip(pids, workers_from, strict=True)]
                 seconds = finished - started
                 cluster.cli("kill", "wc", "--wait", "0")
             print(f"streamflow 2 workers: {seconds:6.2f} s  {n / seconds:>9,.0f} sentences/s  "

@@ -14,6 +14,7 @@ import time
 from typing import Collection, Mapping, Protocol
 
 Address = tuple[str, int]
+"""A worker's host and port."""
 
 LOAD_INTERVAL = 0.5
 """Seconds between two load measurements (and reports to peers)."""

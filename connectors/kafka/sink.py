@@ -54,8 +54,9 @@ class KafkaBolt(AsyncBolt):
     writer (the default) keeps each partition's records in the order of their tuples;
     with more, a batch can overtake the one before it (records of one key from two
     batches may land out of order), and the sink no longer waits for each batch's answers
-    before the next (Kafka wordcount on 2 workers: its sinks busy 21% of the time instead
-    of 86%, 14.9-17.6k sentences/s instead of 13.9-14.1k, with 3 writers). With one batch
+    before the next (Kafka wordcount on 2 workers with 3 writers: its sinks busy 20-22% of
+    the time instead of 81-88%; 12.2-17.6k sentences/s against 13.1-14.1k, which is
+    within this machine's noise, as the machine's CPU is then the limit). With one batch
     per producer, a batch is answered when its producer holds no write, so librdkafka
     reports only failed writes (a report per write cost 0.5-0.9 us more per record).
     ``linger_ms`` is short, as every batch's writes wait for it (wordcount on
@@ -159,7 +160,6 @@ class KafkaBolt(AsyncBolt):
         writer, self._writer = self._writer, None
         if writer is not None:
             self._writing.append(writer)
-            writer.producer.poll(0)  # serve librdkafka's callbacks while it writes
             if self._answers is None or self._answers.done():
                 self._answers = asyncio.create_task(self._await_answers())
         if self._failures:

@@ -40,13 +40,12 @@ from operator import attrgetter
 from typing import Any, Callable, Mapping
 
 from streamflow.inbox import TUPLES, Inbox
-from streamflow.load import LOAD_INTERVAL, CpuMeter, WorkerLoads
+from streamflow.load import LOAD_INTERVAL, Address, CpuMeter, WorkerLoads
 from streamflow.topology import Topology
 from streamflow.tuples import Origin, Tuple
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 Message = tuple[int, str, Any]
 
 _LENGTH = struct.Struct(">I")
