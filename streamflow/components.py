@@ -15,7 +15,7 @@ default stream, or a dict ``{stream: [fields...]}`` for named streams.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from streamflow.tuples import Tuple
 
@@ -157,19 +157,27 @@ class BoltBase(Component):
 
 
 class Bolt(BoltBase):
-    """A bolt whose methods return at once."""
+    """A bolt whose ``process`` returns at once.
 
-    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+    ``prepare``, ``end_batch`` and ``cleanup`` may still be coroutines: a bolt that waits
+    once per batch, never per tuple (a sink that hands each batch to its server), keeps
+    ``process`` a plain function and saves the coroutine an :class:`AsyncBolt` costs per
+    tuple."""
+
+    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> Awaitable[None] | None:
         """Acquire resources for this task."""
+        return None
 
     def process(self, tup: Tuple) -> None:
         """Handle one input tuple."""
 
-    def end_batch(self) -> None:
+    def end_batch(self) -> Awaitable[None] | None:
         """Called after each batch of input tuples."""
+        return None
 
-    def cleanup(self) -> None:
+    def cleanup(self) -> Awaitable[None] | None:
         """Release resources; called once when the task stops."""
+        return None
 
 
 class BasicBolt(Bolt):

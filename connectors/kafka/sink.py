@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, Producer
 from streamflow_connectors.kafka.client import ClientErrors, KafkaClientError, blocking, settings
 from streamflow_connectors.kafka.records import encoder
 
-from streamflow import AsyncBolt, TaskContext, Tuple
+from streamflow import Bolt, TaskContext, Tuple
 from streamflow.tuples import Origin
 
 Written = tuple[str, bytes | None, bytes | None]
@@ -38,7 +38,7 @@ class _Writer:
         self.failed.append((error, message))
 
 
-class KafkaBolt(AsyncBolt):
+class KafkaBolt(Bolt):
     """Produces one record per input tuple, with acks=all.
 
     The topic is fixed (``topic``) or taken per tuple from ``topic_field``; the key from
@@ -50,7 +50,11 @@ class KafkaBolt(AsyncBolt):
     The writes of a batch share librdkafka's batching. Once the broker has answered every
     write of a batch, the bolt acks each tuple whose write it acknowledged and fails the
     others, which their spout replays. Each of ``writers`` producers writes one batch at
-    a time, and a new batch waits for a writer only while all of them await answers. One
+    a time, and ``end_batch`` returns once a writer is free for the next batch, so it
+    waits only while all of them await answers and ``process`` never waits (a plain
+    function, not a coroutine per record: with the key encoded inline, writing 200,000
+    records took 1.5-2.1 us of the event loop's CPU per record, against 2.1-2.5 us as an
+    ``AsyncBolt``, and 0.9-1.1 us for librdkafka's ``produce`` alone). One
     writer (the default) keeps each partition's records in the order of their tuples;
     with more, a batch can overtake the one before it (records of one key from two
     batches may land out of order), and the sink no longer waits for each batch's answers
@@ -114,10 +118,12 @@ class KafkaBolt(AsyncBolt):
         self._records: dict[Origin, Callable[[Sequence[Any]], Written]] = {}
         self.produced = self.produced_bytes = self.delivery_errors = 0
 
-    async def process(self, tup: Tuple) -> None:
+    def process(self, tup: Tuple) -> None:
         to_record = self._records.get(tup.origin) or self._record_of(tup.origin)
         topic, key, value = to_record(tup.values)
-        writer = self._writer or await self._take_writer()
+        writer = self._writer
+        if writer is None:  # the batch's first tuple: end_batch left a writer free
+            writer = self._writer = self._free.pop()
         writer.producer.produce(topic, value, key)
         writer.tuples.append(tup)
         writer.bytes += len(value or b"") + len(key or b"")
@@ -135,7 +141,9 @@ class KafkaBolt(AsyncBolt):
                                f"(fields: {', '.join(origin.fields)})") from None
 
         topic = "topic" if self.topic_field is None else f"str({at(self.topic_field)})"
-        key = "None" if self.key_field is None else f"key_bytes({at(self.key_field)})"
+        # A text key, the common case, is encoded inline: a call per record costs.
+        key = "None" if self.key_field is None else \
+            f"(k.encode() if (k := {at(self.key_field)}).__class__ is str else key_bytes(k))"
         if self.value_field is not None:
             value = at(self.value_field)
         else:
@@ -146,22 +154,19 @@ class KafkaBolt(AsyncBolt):
         self._records[origin] = record
         return record
 
-    async def _take_writer(self) -> _Writer:
-        """A writer for the batch being taken: a free one, else the first to be answered."""
-        while not self._free:
-            await asyncio.sleep(DELIVERY_POLL)
-            self._settle()
-        self._writer = self._free.pop()
-        return self._writer
-
     async def end_batch(self) -> None:
-        """Hand the batch to the task that awaits the broker's answers. Raises once for
-        writes that failed since the last batch (their tuples were failed)."""
+        """Hand the batch to the task that awaits the broker's answers, and return once a
+        writer is free for the next batch: ``process`` never waits, so the wait is once
+        per batch, here, not a coroutine per tuple. Raises once for writes that failed
+        since the last batch (their tuples were failed)."""
         writer, self._writer = self._writer, None
         if writer is not None:
             self._writing.append(writer)
             if self._answers is None or self._answers.done():
                 self._answers = asyncio.create_task(self._await_answers())
+        while not self._free:
+            await asyncio.sleep(DELIVERY_POLL)
+            self._settle()
         if self._failures:
             failed, self._failures = self._failures, []
             client = f"; last client error: {self._errors.last.str()}" if self._errors.last is not None else ""
