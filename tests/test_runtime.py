@@ -494,3 +494,40 @@ def test_acks_made_outside_a_batch_leave_with_flush_acks(flush: bool) -> None:
     else:
         assert run.outcome == "timeout"
         assert ledger.failed  # trees whose acks never left timed out
+
+
+class BatchAckBolt(Bolt):
+    """A plain ``process`` with coroutine hooks, as KafkaBolt has: tuples are kept, and
+    ``end_batch`` awaits before acking the batch."""
+
+    async def prepare(self, config: Mapping[str, Any], context: Any) -> None:
+        self.batch: list[Tuple] = []
+
+    def process(self, tup: Tuple) -> None:
+        self.batch.append(tup)
+
+    async def end_batch(self) -> None:
+        await asyncio.sleep(0)
+        batch, self.batch = self.batch, []
+        for tup in batch:
+            self.ack(tup)
+
+    async def cleanup(self) -> None:
+        await asyncio.sleep(0)
+        CLEANED.append(self)
+
+
+CLEANED: list[BatchAckBolt] = []
+"""The task copies whose cleanup ran to its end."""
+
+
+def test_a_bolt_with_a_plain_process_may_have_coroutine_hooks() -> None:
+    ledger = Ledger()
+    CLEANED.clear()
+    builder = TopologyBuilder("coroutine-hooks")
+    builder.set_spout("source", ListSpout([(i,) for i in range(300)], ["n"], ledger))
+    builder.set_bolt("sink", BatchAckBolt(), 2).shuffle_grouping("source")
+    run = run_local(builder.build(), timeout=30)
+    assert run.outcome == "finished"
+    assert ledger.acked == {n: 1 for n in range(300)} and not ledger.failed
+    assert len(CLEANED) == 2
