@@ -80,7 +80,7 @@ fetch leaves a partition's queue above it, librdkafka waits ``fetch.queue.backof
 second's worth. With 1,000, the spouts of the Kafka wordcount found the queue empty on
 60-80% of their takes while the topic still held records, and their workers idled; with
 20,000, on none (400,000 sentences: 13.0-13.6k sentences/s in local mode and 13.4-15.3k
-on 2 workers, against 15.2-17.9k and 16.8-21.5k). librdkafka's bound on queued bytes
+on 2 workers, against 14.5-17.9k and 16.8-21.5k). librdkafka's bound on queued bytes
 (``queued.max.messages.kbytes``, 64 MiB) still holds for large records."""
 
 
