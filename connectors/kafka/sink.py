@@ -54,13 +54,14 @@ class KafkaBolt(Bolt):
     waits only while all of them await answers and ``process`` never waits (a plain
     function, not a coroutine per record: with the key encoded inline, writing 200,000
     records took 1.5-2.1 us of the event loop's CPU per record, against 2.1-2.5 us as an
-    ``AsyncBolt``, and 0.9-1.1 us for librdkafka's ``produce`` alone). One
+    ``AsyncBolt``, and 0.9-1.2 us for librdkafka's ``produce`` alone). One
     writer (the default) keeps each partition's records in the order of their tuples;
     with more, a batch can overtake the one before it (records of one key from two
     batches may land out of order), and the sink no longer waits for each batch's answers
-    before the next (Kafka wordcount on 2 workers with 3 writers: its sinks busy 20-22% of
-    the time instead of 81-88%; 12.2-17.6k sentences/s against 13.1-14.1k, which is
-    within this machine's noise, as the machine's CPU is then the limit). With one batch
+    before the next (Kafka wordcount on 2 workers with 3 writers, measured while the
+    wait for a writer was still in ``process``: its sinks busy 20-22% of the time instead
+    of 81-88%; 12.2-17.6k sentences/s against 13.1-14.1k, which is within this machine's
+    noise, as the machine's CPU is then the limit). With one batch
     per producer, a batch is answered when its producer holds no write, so librdkafka
     reports only failed writes (a report per write cost 0.5-0.9 us more per record).
     ``linger_ms`` is short, as every batch's writes wait for it (wordcount on
