@@ -496,9 +496,17 @@ def test_acks_made_outside_a_batch_leave_with_flush_acks(flush: bool) -> None:
         assert ledger.failed  # trees whose acks never left timed out
 
 
+async def next_loop_turn() -> None:
+    """Suspend until the event loop's next turn, as a hook that awaits I/O would."""
+    loop = asyncio.get_running_loop()
+    turn = loop.create_future()
+    loop.call_soon(turn.set_result, None)
+    await turn
+
+
 class BatchAckBolt(Bolt):
     """A plain ``process`` with coroutine hooks, as KafkaBolt has: tuples are kept, and
-    ``end_batch`` awaits before acking the batch."""
+    ``end_batch`` suspends before acking the batch."""
 
     async def prepare(self, config: Mapping[str, Any], context: Any) -> None:
         self.batch: list[Tuple] = []
@@ -507,13 +515,13 @@ class BatchAckBolt(Bolt):
         self.batch.append(tup)
 
     async def end_batch(self) -> None:
-        await asyncio.sleep(0)
+        await next_loop_turn()
         batch, self.batch = self.batch, []
         for tup in batch:
             self.ack(tup)
 
     async def cleanup(self) -> None:
-        await asyncio.sleep(0)
+        await next_loop_turn()
         CLEANED.append(self)
 
 
