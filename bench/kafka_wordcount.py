@@ -161,9 +161,10 @@ def run_local(directory: Path, values: list[bytes], partitions: int, extra: list
 
 
 def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitions: int,
-                extra: list[str]) -> tuple[float, float, str]:
+                extra: list[str]) -> tuple[float, float, str, str]:
     """The topology on 2 workers of ``cluster``, on a fresh broker, until every sentence is
-    acked. Returns sentences/s from submission and from the first ack, and a line on CPU."""
+    acked. Returns sentences/s from submission and from the first ack, a line on CPU use
+    and ``streamflow status`` halfway through."""
     n = len(values)
     with fresh_broker(directory, values, partitions) as bootstrap:
         started = time.perf_counter()
@@ -193,7 +194,7 @@ def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitio
     steady = finished - first
     cpu = (f"{busy / steady:.2f} of {os.cpu_count()} CPUs busy; workers "
            f"{' + '.join(f'{cpu / steady:.2f}' for cpu in workers)}")
-    return n / (finished - started), n / steady, cpu + "\n" + halfway
+    return n / (finished - started), n / steady, cpu, halfway
 
 
 def summary(name: str, rates: list[float], bare: list[float]) -> str:
@@ -238,11 +239,10 @@ def main() -> None:
                 print(f"streamflow local     (run {run}): {local[-1]:>9,.0f} sentences/s  "
                       f"{local[-1] / bare[-1]:.0%} of the bare loop (start-up included)")
 
-                rate, steady, details = run_cluster(cluster, Path(tmp) / f"kafka-cluster-{run}", values, parts,
-                                                    extra)
+                rate, steady, cpu, halfway = run_cluster(cluster, Path(tmp) / f"kafka-cluster-{run}", values,
+                                                         parts, extra)
                 cluster_rates.append(rate)
                 cluster_steady.append(steady)
-                cpu, halfway = details.split("\n", 1)
                 print(f"streamflow 2 workers (run {run}): {rate:>9,.0f} sentences/s  {rate / bare[-1]:.0%} of the "
                       f"bare loop (submission and start-up included; {steady:,.0f} sentences/s from the "
                       f"first ack on, with {cpu})")

@@ -115,6 +115,9 @@ class KafkaBolt(Bolt):
         self._writer: _Writer | None = None
         """The writer of the batch being taken."""
         self._answers: asyncio.Task[None] | None = None
+        """Polls the writing producers and settles their batches: the one poller."""
+        self._freed = asyncio.Event()
+        """Set when a writer is freed, for ``end_batch`` waiting on one."""
         self._failures: list[tuple[KafkaError, Any]] = []
         self._records: dict[Origin, Callable[[Sequence[Any]], Written]] = {}
         self.produced = self.produced_bytes = self.delivery_errors = 0
@@ -165,9 +168,9 @@ class KafkaBolt(Bolt):
             self._writing.append(writer)
             if self._answers is None or self._answers.done():
                 self._answers = asyncio.create_task(self._await_answers())
-        while not self._free:
-            await asyncio.sleep(DELIVERY_POLL)
-            self._settle()
+        while not self._free:  # every writer awaits answers: the answer task frees one
+            self._freed.clear()
+            await self._freed.wait()
         if self._failures:
             failed, self._failures = self._failures, []
             client = f"; last client error: {self._errors.last.str()}" if self._errors.last is not None else ""
@@ -202,6 +205,8 @@ class KafkaBolt(Bolt):
                 self.produced_bytes += writer.bytes
             writer.tuples, writer.bytes, writer.failed = [], 0, []
             self._free.append(writer)
+        if answered:
+            self._freed.set()
         return bool(answered)
 
     def _answer_partly(self, writer: _Writer) -> None:
