@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Any, Sequence
 
 DEFAULT_STREAM = "default"
@@ -24,6 +25,9 @@ class Origin:
 
 TICK_ORIGIN = Origin(SYSTEM_COMPONENT, 0, TICK_STREAM, ())
 
+Anchors = tuple[int, ...] | None
+"""A tuple's ``(root, edge, root, edge, ...)`` ids, or None when it is unanchored."""
+
 
 class Tuple:
     """One tuple as a bolt receives it.
@@ -42,7 +46,7 @@ class Tuple:
 
     __slots__ = ("values", "origin", "anchors", "ack_val")
 
-    def __init__(self, values: Sequence[Any], origin: Origin, anchors: tuple[int, ...] | None) -> None:
+    def __init__(self, values: Sequence[Any], origin: Origin, anchors: Anchors) -> None:
         self.values = values
         self.origin = origin
         self.anchors = anchors
@@ -93,3 +97,9 @@ class Tuple:
 
     def __repr__(self) -> str:
         return f"Tuple({self.source}:{self.stream} task={self.source_task} values={list(self.values)!r})"
+
+
+def batch_of(origin: Origin, values: list[Sequence[Any]], anchors: list[Anchors]) -> list[Tuple]:
+    """The tuples of a batch that travelled as columns (one origin, values, anchors): how
+    a batch becomes tuples at the task that receives it, in whichever worker."""
+    return list(map(Tuple, values, repeat(origin), anchors))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import operator
 from typing import Any
 
-from streamflow import BasicBolt, TopologyBuilder
+from streamflow import BasicBolt, TopologyBuilder, Tuple
 from streamflow.acking import PendingTrees
-from streamflow.collector import SpoutOutputCollector
+from streamflow.collector import BoltOutputCollector, SpoutOutputCollector
 from streamflow.inbox import ACK_INIT
 from streamflow.stats import TaskStats
 from streamflow.testing import ListSpout
+from streamflow.tuples import Origin
 
 
 class Sink(BasicBolt):
@@ -23,9 +27,10 @@ class Recorder:
 
     def __init__(self) -> None:
         self.control: list[tuple[int, str, Any]] = []
+        self.tuples: list[tuple[int, str, list[Any], list[Any]]] = []
 
-    async def send_tuples(self, task: int, tuples: list[Any]) -> None:
-        pass
+    async def send_tuples(self, task: int, origin: Any, values: list[Any], anchors: list[Any]) -> None:
+        self.tuples.append((task, origin.stream, values, anchors))
 
     def send_control(self, task: int, kind: str, payload: Any) -> None:
         self.control.append((task, kind, payload))
@@ -48,3 +53,35 @@ def test_a_spout_picks_roots_whose_acker_runs_in_its_worker() -> None:
     assert {task for task, kind, _ in transport.control if kind == ACK_INIT} == {local_acker}
     roots = [root for _, _, inits in transport.control for root, _, _ in inits]
     assert len(set(roots)) == 200  # still distinct random ids
+
+
+class TwoStreams(BasicBolt):
+    outputs = {"default": ["word"], "pairs": ["left", "right"]}
+
+
+def test_a_flush_sends_each_streams_batch_in_emit_order_with_its_anchors() -> None:
+    builder = TopologyBuilder("batches")
+    builder.set_spout("source", ListSpout([(1,)], ["n"]))
+    builder.set_bolt("two", TwoStreams()).shuffle_grouping("source")
+    sink = builder.set_bolt("sink", Sink())
+    sink.global_grouping("two")
+    sink.global_grouping("two", "pairs")
+    topology = builder.build()
+    layout = topology.task_layout()
+    task, target = layout["two"][0], layout["sink"][0]
+    transport = Recorder()
+    collector = BoltOutputCollector(topology, "two", task, transport, {task}, TaskStats("two", task))
+    collector.current = Tuple(("in",), Origin("source", layout["source"][0], "default", ("n",)), (77, 5))
+    for i in range(3):
+        collector.emit_anchored((f"w{i}",))
+        collector.emit_anchored((f"l{i}", f"r{i}"), "pairs")
+    asyncio.run(collector.flush())
+    assert [(t, stream, values) for t, stream, values, _ in transport.tuples] == [
+        (target, "default", [("w0",), ("w1",), ("w2",)]),
+        (target, "pairs", [("l0", "r0"), ("l1", "r1"), ("l2", "r2")]),
+    ]
+    anchors = [a for _, _, _, batch in transport.tuples for a in batch]
+    assert all(root == 77 for root, _ in anchors)
+    assert functools.reduce(operator.xor, (edge for _, edge in anchors)) == collector.current.ack_val
+    asyncio.run(collector.flush())  # nothing new: nothing sent
+    assert len(transport.tuples) == 2

@@ -40,8 +40,16 @@ def codecs() -> tuple[Codec, Codec, Any]:
     return sender, receiver, {s: Origin("split", task, s, outputs[s]) for s in ("default", "pairs")}
 
 
+def columns(tuples: list[Tuple]) -> tuple[int, str, list[Any], list[Any]]:
+    """A batch of one origin as a collector sends it: source task, stream, values, anchors."""
+    origin = tuples[0].origin
+    assert all(t.origin is origin for t in tuples)
+    return origin.source_task, origin.stream, [t.values for t in tuples], [t.anchors for t in tuples]
+
+
 def round_trip(sender: Codec, receiver: Codec, messages: list[Any]) -> tuple[bytes, list[Any]]:
-    frame = sender.encode(messages)
+    """Encode and decode ``messages``, whose TUPLES payloads are lists of tuples."""
+    frame = sender.encode([(task, kind, columns(p) if kind == TUPLES else p) for task, kind, p in messages])
     (length,) = struct.unpack(">I", frame[:4])
     assert length == len(frame) - 4
     decoded = receiver.decode(frame[4:])
@@ -91,14 +99,16 @@ def test_values_of_other_types_make_the_frame_pickle_and_keep_their_types() -> N
     assert [type(t.values[0]) for t in tuples] == [Point, Decimal, datetime.date, str]
 
 
-def test_a_batch_of_two_streams_comes_back_grouped_by_stream() -> None:
+def test_batches_of_two_streams_in_one_frame_come_back_each_with_its_origin() -> None:
     sender, receiver, origins = codecs()
     words, pairs = origins["default"], origins["pairs"]
-    sent = [Tuple(("a",), words, (1, 2)), Tuple(("b", "c"), pairs, None),
-            Tuple(("d",), words, (3, 4)), Tuple(("e", {"f": [1.5, None, True]}), pairs, (5, 6))]
-    _, [(_, _, tuples)] = round_trip(sender, receiver, [(9, TUPLES, sent)])
-    assert as_rows(tuples) == as_rows([sent[0], sent[2], sent[1], sent[3]])
-    assert [t["left"] for t in tuples if t.stream == "pairs"] == ["b", "e"]
+    sent_words = [Tuple(("a",), words, (1, 2)), Tuple(("d",), words, (3, 4))]
+    sent_pairs = [Tuple(("b", "c"), pairs, None), Tuple(("e", {"f": [1.5, None, True]}), pairs, (5, 6))]
+    _, [(_, _, got_words), (_, _, got_pairs)] = round_trip(
+        sender, receiver, [(9, TUPLES, sent_words), (9, TUPLES, sent_pairs)])
+    assert as_rows(got_words) == as_rows(sent_words)
+    assert as_rows(got_pairs) == as_rows(sent_pairs)
+    assert [t["left"] for t in got_pairs] == ["b", "e"]
 
 
 def test_a_frame_of_unknown_format_is_refused() -> None:

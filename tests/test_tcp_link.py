@@ -15,7 +15,7 @@ from streamflow import BasicBolt, TopologyBuilder
 from streamflow.inbox import Inbox
 from streamflow.testing import ListSpout
 from streamflow.transport.tcp import Codec, PeerLink, TcpTransport
-from streamflow.tuples import Origin, Tuple
+from streamflow.tuples import Origin
 
 
 def test_a_link_that_connected_to_itself_lets_go_of_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,7 +77,7 @@ def test_a_worker_learns_the_load_of_the_worker_it_sends_to() -> None:
         sender.update_routes({far: ("127.0.0.1", port)})
         origin = Origin("source", source, "default", ("n",))
         try:
-            await sender.send_tuples(far, [Tuple((1,), origin, None)])  # opens the link
+            await sender.send_tuples(far, origin, [(1,)], [None])  # opens the link
             deadline = asyncio.get_running_loop().time() + 10
             while sender.loads.load_of(far) is None and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)

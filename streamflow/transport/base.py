@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from streamflow.load import LoadSource
-from streamflow.tuples import Tuple
+from streamflow.tuples import Anchors, Origin
 
 
 class Transport(Protocol):
@@ -15,8 +15,10 @@ class Transport(Protocol):
     def loads(self) -> LoadSource | None:
         """The workers' loads, where tasks run in several workers (for load-aware shuffle)."""
 
-    async def send_tuples(self, task: int, tuples: list[Tuple]) -> None:
-        """Deliver a batch of tuples; waits while the receiver is full (backpressure)."""
+    async def send_tuples(self, task: int, origin: Origin, values: list[Sequence[Any]],
+                          anchors: list[Anchors]) -> None:
+        """Deliver a batch of tuples of one origin, as columns of values and anchors;
+        waits while the receiver is full (backpressure)."""
 
     def send_control(self, task: int, kind: str, payload: Any) -> None:
         """Deliver an acker or timer message; never waits (see :mod:`streamflow.inbox`)."""

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from streamflow.inbox import Inbox
 from streamflow.load import LoadSource
-from streamflow.tuples import Tuple
+from streamflow.tuples import Anchors, Origin, batch_of
 
 
 class InProcessTransport:
     """The transport of local mode, and of tasks that share a worker in cluster mode.
 
-    Batches are handed over by reference: the sender builds a fresh list per flush and
-    never touches it again, so nothing is copied.
+    A batch's tuples are built here, in one call, from the columns the sender filled.
     """
 
     loads: LoadSource | None = None
@@ -22,8 +21,9 @@ class InProcessTransport:
     def __init__(self, inboxes: Mapping[int, Inbox]) -> None:
         self._inboxes = inboxes
 
-    async def send_tuples(self, task: int, tuples: list[Tuple]) -> None:
-        await self._inboxes[task].put_tuples(tuples)
+    async def send_tuples(self, task: int, origin: Origin, values: list[Sequence[Any]],
+                          anchors: list[Anchors]) -> None:
+        await self._inboxes[task].put_tuples(batch_of(origin, values, anchors))
 
     def send_control(self, task: int, kind: str, payload: Any) -> None:
         self._inboxes[task].put_control(kind, payload)

@@ -4,8 +4,9 @@ Every worker listens on its slot's port and opens one connection to each worker 
 sends to. A frame is a 4-byte big-endian length and a list of ``(task, kind, payload)``
 messages (see :class:`Codec`): everything a worker's tasks sent to one peer since the
 last frame (in the spirit of Dask's ``BatchedSend``), so one ``write`` carries many
-batches. Tuples travel as ``(values, source task, stream, anchors)`` and are rebuilt with
-the receiver's own :class:`~streamflow.tuples.Origin` objects.
+batches. A batch of tuples travels as the columns its sender's collector filled
+(source task, stream, values, anchors) and becomes tuples at the receiver, with the
+receiver's own :class:`~streamflow.tuples.Origin` objects.
 
 Frames are decoded with marshal or pickle, which trust their input (pickle runs code
 when loading): the first frame of each connection is the topology's secret, and a
@@ -35,18 +36,18 @@ import marshal
 import pickle
 import socket
 import struct
-from itertools import repeat
-from operator import attrgetter
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from streamflow.inbox import TUPLES, Inbox
 from streamflow.load import LOAD_INTERVAL, Address, CpuMeter, WorkerLoads
 from streamflow.topology import Topology
-from streamflow.tuples import Origin, Tuple
+from streamflow.tuples import Anchors, Origin, Tuple, batch_of
 
 log = logging.getLogger(__name__)
 
 Message = tuple[int, str, Any]
+Columns = tuple[int, str, list[Sequence[Any]], list[Anchors]]
+"""A TUPLES message's payload: source task, stream, values, anchors."""
 
 _LENGTH = struct.Struct(">I")
 _LOAD = struct.Struct(">d")
@@ -61,10 +62,6 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 class Codec:
     """Turns message batches into frames and back, for one topology.
-
-    A batch of tuples travels as one group per origin (source task and stream: nearly
-    always a single group, as a batch comes from one task's flush) holding a list of
-    values and a list of anchors, so no per-tuple row is built.
 
     A frame is :mod:`marshal` when every value is of a built-in type (str, bytes, numbers,
     and tuples, lists, dicts and sets of them: what topologies emit), about a third faster
@@ -83,12 +80,10 @@ class Codec:
 
     @staticmethod
     def encode(messages: list[Message]) -> bytes:
-        rows = [(task, kind, _columns(payload) if kind == TUPLES else payload)
-                for task, kind, payload in messages]
         try:
-            body = _MARSHAL + marshal.dumps(rows)
+            body = _MARSHAL + marshal.dumps(messages)
         except ValueError:  # a value of another type: pickle keeps it as it is
-            body = _PICKLE + pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+            body = _PICKLE + pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
         return _LENGTH.pack(len(body)) + body
 
     @staticmethod
@@ -101,32 +96,13 @@ class Codec:
             return pickle.loads(body)  # type: ignore[no-any-return]
         raise ConnectionError(f"frame of unknown format {kind!r}")
 
-    def tuples(self, groups: list[tuple[int, str, list[Any], list[Any]]]) -> list[Tuple]:
-        origins = self._origins
-        if len(groups) == 1:
-            task, stream, values, anchors = groups[0]
-            return list(map(Tuple, values, repeat(origins[(task, stream)]), anchors))
-        out: list[Tuple] = []
-        for task, stream, values, anchors in groups:
-            out.extend(map(Tuple, values, repeat(origins[(task, stream)]), anchors))
-        return out
+    def tuples(self, columns: Columns) -> list[Tuple]:
+        """The tuples of a TUPLES message's payload."""
+        task, stream, values, anchors = columns
+        return batch_of(self._origins[(task, stream)], values, anchors)
 
 
 _MARSHAL, _PICKLE = b"M", b"P"
-_origin_of, _values_of, _anchors_of = attrgetter("origin"), attrgetter("values"), attrgetter("anchors")
-
-
-def _columns(tuples: list[Tuple]) -> list[tuple[int, str, list[Any], list[Any]]]:
-    """Group a batch by origin into (source task, stream, values, anchors) columns."""
-    origins = set(map(_origin_of, tuples))
-    if len(origins) == 1:
-        (origin,) = origins
-        return [(origin.source_task, origin.stream, list(map(_values_of, tuples)), list(map(_anchors_of, tuples)))]
-    groups: dict[Origin, list[Tuple]] = {}
-    for t in tuples:
-        groups.setdefault(t.origin, []).append(t)
-    return [(o.source_task, o.stream, list(map(_values_of, ts)), list(map(_anchors_of, ts)))
-            for o, ts in groups.items()]
 
 
 async def read_frame(reader: asyncio.StreamReader, head: bytes | None = None) -> bytes:
@@ -154,12 +130,12 @@ class PeerLink:
         self._space.set()
         self._task = asyncio.create_task(self._run(), name=f"link-{address[0]}:{address[1]}")
 
-    async def send_tuples(self, task: int, tuples: list[Tuple]) -> None:
+    async def send_tuples(self, task: int, columns: Columns) -> None:
         while self._queued_tuples >= LINK_CAPACITY:
             self._space.clear()
             await self._space.wait()
-        self._queued_tuples += len(tuples)
-        self.enqueue((task, TUPLES, tuples))
+        self._queued_tuples += len(columns[2])
+        self.enqueue((task, TUPLES, columns))
 
     def enqueue(self, message: Message) -> None:
         self._queue.append(message)
@@ -228,7 +204,7 @@ class PeerLink:
                 raise ConnectionResetError("the peer closed the connection")
             batch = self._queue
             self._queue = []
-            sent_tuples = sum(len(p) for _, kind, p in batch if kind == TUPLES)
+            sent_tuples = sum(len(p[2]) for _, kind, p in batch if kind == TUPLES)
             try:
                 writer.write(Codec.encode(batch))
                 await writer.drain()
@@ -292,16 +268,17 @@ class TcpTransport:
                 address, self._secret, lambda load: self.loads.peer_reported(address, load))
         return link
 
-    async def send_tuples(self, task: int, tuples: list[Tuple]) -> None:
+    async def send_tuples(self, task: int, origin: Origin, values: list[Sequence[Any]],
+                          anchors: list[Anchors]) -> None:
         inbox = self._inboxes.get(task)
         if inbox is not None:
-            await inbox.put_tuples(tuples)
+            await inbox.put_tuples(batch_of(origin, values, anchors))
             return
         link = self._link(task)
         if link is None:
             self.dropped += 1
             return
-        await link.send_tuples(task, tuples)
+        await link.send_tuples(task, (origin.source_task, origin.stream, values, anchors))
 
     def send_control(self, task: int, kind: str, payload: Any) -> None:
         inbox = self._inboxes.get(task)
