@@ -17,7 +17,8 @@ do not keep their order relative to each other (as between workers before).
 
 from __future__ import annotations
 
-from typing import Any, Collection, Sequence
+from operator import itemgetter
+from typing import Any, Collection, Iterable, Sequence
 
 from streamflow.acking import PendingTrees, RecentFailures, new_id
 from streamflow.groupings import Router, make_router
@@ -26,6 +27,8 @@ from streamflow.stats import TaskStats
 from streamflow.topology import ACKER_COMPONENT, Topology
 from streamflow.transport.base import Transport
 from streamflow.tuples import DEFAULT_STREAM, Anchors, Origin, Tuple
+
+_first = itemgetter(0)
 
 Batch = tuple[list[Sequence[Any]], list[Anchors]]
 """The tuples emitted to one task on one stream since the last flush: values and anchors."""
@@ -125,32 +128,34 @@ class OutputCollector:
     def _flush_control(self) -> None:
         """Send buffered acker messages; subclasses add theirs."""
 
-    def _acker_of(self, root: int) -> int:
-        """The acker task of a tree: picked by its root id, as a fields grouping would."""
-        return self._ackers[root % len(self._ackers)]
-
     def _send_per_acker(self, kind: str, roots: dict[int, Any] | list[Any]) -> None:
-        """Send a batch of acker messages, split by acker task when there are several.
+        """Send a batch of acker messages to the acker of each root: the acker task at
+        ``root % ackers``, as a fields grouping on the root would pick.
 
         ``roots`` is a dict keyed by root id, or a list of root ids or of tuples that
-        start with the root id.
+        start with the root id. Spouts pick roots whose acker runs in their worker, so
+        the roots of a batch mostly share one acker: the batch then goes whole, after
+        one pass in C over its ids.
         """
-        if len(self._ackers) == 1:
-            self._transport.send_control(self._ackers[0], kind, roots)
+        ackers, send = self._ackers, self._transport.send_control
+        n = len(ackers)
+        if n == 1:
+            send(ackers[0], kind, roots)
             return
-        if isinstance(roots, dict):
-            parts_d: dict[int, dict[int, Any]] = {}
-            for root, value in roots.items():
-                parts_d.setdefault(self._acker_of(root), {})[root] = value
-            for acker, part_d in parts_d.items():
-                self._transport.send_control(acker, kind, part_d)
+        ids: Iterable[int] = roots
+        if isinstance(roots, list) and roots and isinstance(roots[0], tuple):
+            ids = map(_first, roots)
+        slots = list(map(n.__rmod__, ids))  # root % n for each root
+        if slots.count(slots[0]) == len(slots):
+            send(ackers[slots[0]], kind, roots)
             return
-        parts: dict[int, list[Any]] = {}
-        for item in roots:
-            root = item[0] if isinstance(item, tuple) else item
-            parts.setdefault(self._acker_of(root), []).append(item)
-        for acker, part in parts.items():
-            self._transport.send_control(acker, kind, part)
+        for slot in set(slots):
+            part: dict[int, Any] | list[Any]
+            if isinstance(roots, dict):
+                part = {root: value for (root, value), s in zip(roots.items(), slots, strict=True) if s == slot}
+            else:
+                part = [item for item, s in zip(roots, slots, strict=True) if s == slot]
+            send(ackers[slot], kind, part)
 
 
 class SpoutOutputCollector(OutputCollector):

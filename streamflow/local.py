@@ -17,7 +17,7 @@ import uvloop
 
 from streamflow.stats import ComponentSummary, format_summary, summarize
 from streamflow.topology import ACKER_COMPONENT, Topology
-from streamflow.worker import Worker
+from streamflow.worker import Worker, worker_gc
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def run_local(topology: Topology, timeout: float | None = None) -> LocalRun:
 
     Raises :class:`~streamflow.executor.TaskFailed` if a component cannot start.
     """
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with worker_gc(), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_run(topology, timeout))
 
 

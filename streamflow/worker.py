@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Callable, Collection, Mapping
+import gc
+from contextlib import contextmanager
+from typing import Callable, Collection, Iterator, Mapping
 
 from streamflow.executor import (
     AckerExecutor,
@@ -29,6 +31,26 @@ TransportFactory = Callable[[Mapping[int, Inbox]], Transport]
 
 QUIESCENCE_POLL = 0.01
 """Seconds between two checks that a finished topology has nothing left in flight."""
+
+GC_YOUNG_THRESHOLD = 50_000
+"""Net allocations between two runs of the cyclic garbage collector's youngest generation
+while a worker runs (Python's default is 700). Tuples, their values and anchors are
+short-lived and freed by reference counting, but a batch in flight holds thousands of
+them: at 700, every few hundred tuples the collector walked the batches in flight to
+find no cycle (local wordcount, in instructions counted by callgrind: 6.5% more per
+sentence at 700 than at 10,000, 50,000 or 200,000, which are alike)."""
+
+
+@contextmanager
+def worker_gc() -> Iterator[None]:
+    """Run the youngest generation every :data:`GC_YOUNG_THRESHOLD` allocations while a
+    worker runs in this process; the thresholds before are restored after."""
+    before = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 class Worker:

@@ -35,7 +35,7 @@ from streamflow.logs import log_to_stderr_as_json
 from streamflow.metrics import WorkerCollector, exposition
 from streamflow.topology import Topology
 from streamflow.transport.tcp import Address, Codec, TcpTransport
-from streamflow.worker import Worker
+from streamflow.worker import Worker, worker_gc
 from streamflow.zkstate import ClusterState, slot_key
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def run_worker(settings: WorkerSettings) -> int:
     state = ClusterState(settings.zk, settings.zk_root, settings.zk_auth)
     state.start()
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        with worker_gc(), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(WorkerProcess(settings, state).run())
     finally:
         state.stop()

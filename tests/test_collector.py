@@ -10,7 +10,7 @@ from typing import Any
 from streamflow import BasicBolt, TopologyBuilder, Tuple
 from streamflow.acking import PendingTrees
 from streamflow.collector import BoltOutputCollector, SpoutOutputCollector
-from streamflow.inbox import ACK_INIT
+from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT
 from streamflow.stats import TaskStats
 from streamflow.testing import ListSpout
 from streamflow.tuples import Origin
@@ -85,3 +85,29 @@ def test_a_flush_sends_each_streams_batch_in_emit_order_with_its_anchors() -> No
     assert functools.reduce(operator.xor, (edge for _, edge in anchors)) == collector.current.ack_val
     asyncio.run(collector.flush())  # nothing new: nothing sent
     assert len(transport.tuples) == 2
+
+
+def test_acks_and_fails_reach_the_acker_of_each_root() -> None:
+    builder = TopologyBuilder("split-acks")
+    builder.set_spout("source", ListSpout([(1,)], ["n"]))
+    builder.set_bolt("sink", Sink()).shuffle_grouping("source")
+    topology = builder.build({"topology.acker.executors": 3})
+    layout = topology.task_layout()
+    task, ackers = layout["sink"][0], layout["__acker"]
+    origin = Origin("source", layout["source"][0], "default", ("n",))
+    transport = Recorder()
+    collector = BoltOutputCollector(topology, "sink", task, transport, {task}, TaskStats("sink", task))
+    for root in range(30):
+        collector.ack(Tuple((root,), origin, (root, 1000 + root)))
+    collector.fail(Tuple((0,), origin, (31, 5, 33, 6)))
+    collector._flush_control()
+    acks = {acker: payload for acker, kind, payload in transport.control if kind == ACK_ACK}
+    assert acks == {ackers[i]: {root: 1000 + root for root in range(i, 30, 3)} for i in range(3)}
+    fails = {acker: payload for acker, kind, payload in transport.control if kind == ACK_FAIL}
+    assert fails == {ackers[31 % 3]: [31], ackers[33 % 3]: [33]}
+
+    transport.control.clear()  # roots of one acker: the batch goes whole
+    for root in range(0, 30, 3):
+        collector.ack(Tuple((root,), origin, (root, 7)))
+    collector._flush_control()
+    assert transport.control == [(ackers[0], ACK_ACK, {root: 7 for root in range(0, 30, 3)})]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any, Mapping
 
@@ -21,6 +22,7 @@ from streamflow import (
 )
 from streamflow.executor import MAX_TUPLES_PER_TURN, TaskFailed
 from streamflow.testing import CollectBolt, Ledger, ListSpout
+from streamflow.worker import GC_YOUNG_THRESHOLD
 
 ROWS = [(f"k{i % 37}", i) for i in range(600)]
 
@@ -539,3 +541,24 @@ def test_a_bolt_with_a_plain_process_may_have_coroutine_hooks() -> None:
     assert run.outcome == "finished"
     assert ledger.acked == {n: 1 for n in range(300)} and not ledger.failed
     assert len(CLEANED) == 2
+
+
+SEEN_THRESHOLDS: list[tuple[int, int, int]] = []
+
+
+class ThresholdBolt(BasicBolt):
+    """Records the garbage collector's thresholds as the worker runs it."""
+
+    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        SEEN_THRESHOLDS.append(gc.get_threshold())
+
+
+def test_a_worker_collects_cycles_in_larger_steps_and_restores_the_thresholds_after() -> None:
+    SEEN_THRESHOLDS.clear()
+    before = gc.get_threshold()
+    builder = TopologyBuilder("gc")
+    builder.set_spout("source", ListSpout([(1,)], ["n"]))
+    builder.set_bolt("sink", ThresholdBolt()).shuffle_grouping("source")
+    assert run_local(builder.build(), timeout=30).outcome == "finished"
+    assert SEEN_THRESHOLDS == [(GC_YOUNG_THRESHOLD, *before[1:])]
+    assert gc.get_threshold() == before
