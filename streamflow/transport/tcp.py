@@ -200,6 +200,9 @@ class PeerLink:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
+            # Woken by the first batch of a loop turn: let the tasks that run after it in
+            # the turn queue theirs too, so that one frame carries the whole turn's batches.
+            await asyncio.sleep(0)
             if writer.is_closing():
                 raise ConnectionResetError("the peer closed the connection")
             batch = self._queue
