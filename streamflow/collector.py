@@ -12,7 +12,7 @@ Acks and fails accumulate per root id. Nothing leaves until the executor calls
 target task and one message carries all acker updates of the batch (several acks of one
 root collapse into one XOR). Tuples of one stream reach a task in the order they were
 emitted; a flush sends each stream's batch in turn, so tuples of two streams to one task
-do not keep their order relative to each other (as between workers before).
+do not keep their order relative to each other.
 """
 
 from __future__ import annotations
