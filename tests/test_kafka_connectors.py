@@ -37,6 +37,7 @@ from cluster import Cluster, metric_samples, wait_for
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from kafka import KafkaBroker, KafkaRecord, free_port, moto_available
 from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
+from streamflow_connectors.kafka import sink as sink_module
 
 from streamflow import BasicBolt, Bolt, TaskContext, Topology, TopologyBuilder, Tuple, run_local
 from streamflow.loader import load_topology
@@ -1016,8 +1017,8 @@ def test_sink_metrics_count_writes_the_broker_never_acknowledged(kafka: KafkaBro
 
 def test_the_sink_takes_new_batches_while_writers_await_the_broker() -> None:
     # The broker is away, so no write is answered before the 10 s delivery timeout. The
-    # spout emits 5 tuples per round, so batches are small: with three writers, three
-    # batches await the broker at once and the sink has executed more than the first.
+    # spout emits 5 tuples per round, so batches are small: with three writers, two
+    # batches await the broker and the third writer takes every batch after them.
     nowhere = f"127.0.0.1:{free_port()}"
     b = TopologyBuilder("writers")
     b.set_spout("rows", ListSpout([(i,) for i in range(200)], fields=("n",)))
@@ -1026,16 +1027,41 @@ def test_the_sink_takes_new_batches_while_writers_await_the_broker() -> None:
     try:
         assert run.worker is not None
         sink = next(e for e in run.worker.executors if e.component == "sink")
-        wait_for(lambda: sink.started and len(sink.instance._writing) == 3, 8,
-                 "three batches awaiting the broker at once")
+        wait_for(lambda: run.tasks("sink")[0].executed == 200, 8, "every tuple taken by the sink")
+        writing, taking = sink.instance._writing, sink.instance._writer
+        assert len(writing) == 2 and taking is not None
+        assert sum(len(w.tuples) for w in (*writing, taking)) == 200
+        assert len(taking.tuples) > 100  # the first two batches went to the broker, the rest to it
         (stats,) = run.tasks("sink")
-        assert stats.executed > len(sink.instance._writing[0].tuples)
         assert stats.acked == stats.failed == 0  # nothing answered yet
     finally:
         run.stop()
     assert run.join(30) == "stopped"
     with pytest.raises(ValueError, match="at least one writer"):
         KafkaBolt(nowhere, "out", writers=0)
+
+
+def test_a_writer_that_took_its_share_waits_for_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As above, but a writer takes at most 20 records while the others await answers:
+    # then all three await the broker and the sink waits, holding the rest back.
+    monkeypatch.setattr(sink_module, "OPEN_WRITER_RECORDS", 20)
+    nowhere = f"127.0.0.1:{free_port()}"
+    b = TopologyBuilder("writers-bounded")
+    b.set_spout("rows", ListSpout([(i,) for i in range(200)], fields=("n",)))
+    b.set_bolt("sink", KafkaBolt(nowhere, "out", delivery_timeout=10, writers=3)).shuffle_grouping("rows")
+    run = LiveRun(b.build({"topology.producer.batch.size": 5}), timeout=60)
+    try:
+        assert run.worker is not None
+        sink = next(e for e in run.worker.executors if e.component == "sink")
+        wait_for(lambda: sink.started and len(sink.instance._writing) == 3, 8, "three writers awaiting the broker")
+        writing = sink.instance._writing
+        assert sink.instance._writer is None and len(writing[-1].tuples) >= 20
+        (stats,) = run.tasks("sink")
+        assert stats.executed == sum(len(w.tuples) for w in writing) < 200
+        assert stats.acked == stats.failed == 0
+    finally:
+        run.stop()
+    assert run.join(30) == "stopped"
 
 
 # -- the sink's records ---------------------------------------------------------------------------

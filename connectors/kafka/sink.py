@@ -20,6 +20,12 @@ DELIVERY_POLL = 0.001
 """Seconds between looks for delivery reports while writes await them: about what a
 broker on the same network takes to acknowledge a write."""
 
+OPEN_WRITER_RECORDS = 20_000
+"""Records a writer takes, over several batches while every other writer awaits the
+broker, before the sink waits for a writer to be free (librdkafka holds at most
+100,000 records per producer by default). Acking bounds them sooner: a record's tuple
+stays pending at its spout until the broker has it."""
+
 
 class _Writer:
     """A producer and the batch it writes. The batch is answered in full once the
@@ -50,20 +56,21 @@ class KafkaBolt(Bolt):
     The writes of a batch share librdkafka's batching. Once the broker has answered every
     write of a batch, the bolt acks each tuple whose write it acknowledged and fails the
     others, which their spout replays. Each of ``writers`` producers writes one batch at
-    a time, and ``end_batch`` returns once a writer is free for the next batch, so it
-    waits only while all of them await answers and ``process`` never waits (a plain
-    function, not a coroutine per record: with the key encoded inline, writing 200,000
-    records took 1.5-2.1 us of the event loop's CPU per record, against 2.1-2.5 us as an
-    ``AsyncBolt``, and 0.9-1.2 us for librdkafka's ``produce`` alone). One
-    writer (the default) keeps each partition's records in the order of their tuples;
-    with more, a batch can overtake the one before it (records of one key from two
-    batches may land out of order), and the sink no longer waits for each batch's answers
-    before the next (Kafka wordcount on 2 workers with 3 writers, measured while the
-    wait for a writer was still in ``process``: its sinks busy 20-22% of the time instead
-    of 81-88%; 12.2-17.6k sentences/s against 13.1-14.1k, which is within this machine's
-    noise, as the machine's CPU is then the limit). With one batch
-    per producer, a batch is answered when its producer holds no write, so librdkafka
-    reports only failed writes (a report per write cost 0.5-0.9 us more per record).
+    a time; ``process`` is a plain function (no coroutine per record: with the key
+    encoded inline, writing 200,000 records took 1.5-2.1 us of the event loop's CPU per
+    record, against 2.1-2.5 us as an ``AsyncBolt``, and 0.9-1.2 us for librdkafka's
+    ``produce`` alone). With one writer (the default), ``end_batch`` waits for the
+    broker's answers before the next batch, which keeps each partition's records in the
+    order of their tuples. With more, a batch can overtake the one before it (records of
+    one key from two batches may land out of order), and the sink never waits for the
+    broker: while the other writers await answers, the last one keeps taking batches,
+    up to :data:`OPEN_WRITER_RECORDS`, and goes to the broker as soon as another is free.
+    (Kafka wordcount on 2 workers with 3 writers that each took one batch, so that the
+    sink waited when all three awaited answers: sinks busy 43% of the time with
+    1,100-3,800 tuples queued, and trees took 102 ms to complete at p99.) With one
+    batch per producer, a batch is answered when its producer holds no write, so
+    librdkafka reports only failed writes (a report per write cost 0.5-0.9 us more per
+    record).
     ``linger_ms`` is short, as every batch's writes wait for it (wordcount on
     Tansu ran at 6.7k sentences/s with 5 ms, 10k with 1 ms; with 0, the broker drowned in
     one-record requests). A write the broker has not acknowledged within
@@ -113,7 +120,7 @@ class KafkaBolt(Bolt):
         self._writing: list[_Writer] = []
         """Writers whose batch awaits the broker's answers, oldest first."""
         self._writer: _Writer | None = None
-        """The writer of the batch being taken."""
+        """The writer taking records (one batch, or several while the others await answers)."""
         self._answers: asyncio.Task[None] | None = None
         """Polls the writing producers and settles their batches: the one poller."""
         self._freed = asyncio.Event()
@@ -126,7 +133,7 @@ class KafkaBolt(Bolt):
         to_record = self._records.get(tup.origin) or self._record_of(tup.origin)
         topic, key, value = to_record(tup.values)
         writer = self._writer
-        if writer is None:  # the batch's first tuple: end_batch left a writer free
+        if writer is None:  # the first tuple since a writer was sent: one is free
             writer = self._writer = self._free.pop()
         writer.producer.produce(topic, value, key)
         writer.tuples.append(tup)
@@ -159,24 +166,31 @@ class KafkaBolt(Bolt):
         return record
 
     async def end_batch(self) -> None:
-        """Hand the batch to the task that awaits the broker's answers, and return once a
-        writer is free for the next batch: ``process`` never waits, so the wait is once
-        per batch, here, not a coroutine per tuple. Raises once for writes that failed
-        since the last batch (their tuples were failed)."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            self._writing.append(writer)
-            if self._answers is None or self._answers.done():
-                self._answers = asyncio.create_task(self._await_answers())
-        while not self._free:  # every writer awaits answers: the answer task frees one
-            self._freed.clear()
-            await self._freed.wait()
+        """Send the batch's writer to the broker when another writer can take the next
+        batch; otherwise let it take the next batch too, unless it is the only writer or
+        holds :data:`OPEN_WRITER_RECORDS`, in which case wait until a writer is free.
+        ``process`` never waits, so the wait is here, once per batch, not a coroutine per
+        tuple. Raises once for writes that failed since the last batch (their tuples were
+        failed)."""
+        writer = self._writer
+        if writer is not None and (self._free or not self._writing or len(writer.tuples) >= OPEN_WRITER_RECORDS):
+            self._send(writer)
+            while not self._free:  # every writer awaits answers: the answer task frees one
+                self._freed.clear()
+                await self._freed.wait()
         if self._failures:
             failed, self._failures = self._failures, []
             client = f"; last client error: {self._errors.last.str()}" if self._errors.last is not None else ""
             self._errors.last = None
             raise KafkaClientError(f"Kafka at {self.bootstrap_servers}: {len(failed)} writes failed: "
                                    f"{failed[-1][0].str()}{client}")
+
+    def _send(self, writer: _Writer) -> None:
+        """Stop ``writer`` taking records: its writes now only await the broker's answers."""
+        self._writer = None
+        self._writing.append(writer)
+        if self._answers is None or self._answers.done():
+            self._answers = asyncio.create_task(self._await_answers())
 
     async def _await_answers(self) -> None:
         """Settle batches as the broker answers them, sending their acks and fails at once
@@ -188,7 +202,9 @@ class KafkaBolt(Bolt):
 
     def _settle(self) -> bool:
         """Ack (or fail) the tuples of every batch whose writes are all answered, and free
-        its writer. Returns whether there was one."""
+        its writer; then send the writer still taking batches, if any, as the next batch
+        has a free writer. Runs between the sink's batches (the answer task runs only
+        while the executor awaits). Returns whether a batch was answered."""
         answered = []
         for writer in self._writing:
             writer.producer.poll(0)
@@ -199,13 +215,16 @@ class KafkaBolt(Bolt):
             if writer.failed:
                 self._answer_partly(writer)
             else:
+                ack = self.ack
                 for tup in writer.tuples:
-                    self.ack(tup)
+                    ack(tup)
                 self.produced += len(writer.tuples)
                 self.produced_bytes += writer.bytes
             writer.tuples, writer.bytes, writer.failed = [], 0, []
             self._free.append(writer)
         if answered:
+            if self._writer is not None:
+                self._send(self._writer)
             self._freed.set()
         return bool(answered)
 
