@@ -147,6 +147,9 @@ class BoltBase(Component):
     """``emit_direct(task, values, stream="default", anchors=None)``: bound by the runtime."""
     ack: Callable[[Tuple], None]
     """``ack(tup)``: bound by the runtime."""
+    ack_all: Callable[[Sequence[Tuple]], None]
+    """``ack_all(tuples)``: ``ack`` of each, in one call, cheaper per tuple (a sink acking
+    the batch a server confirmed); bound by the runtime."""
     fail: Callable[[Tuple], None]
     """``fail(tup)``: bound by the runtime."""
     flush_acks: Callable[[], None]

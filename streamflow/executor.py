@@ -304,6 +304,7 @@ class BoltExecutor(ComponentExecutor):
         bolt.emit = self.collector.emit_anchored if basic else self.collector.emit
         bolt.emit_direct = self.collector.emit_direct
         bolt.ack = self.collector.ack
+        bolt.ack_all = self.collector.ack_all
         bolt.fail = self.collector.fail
         bolt.flush_acks = self.collector.flush_acks
         self._process: Callable[[list[Tuple]], Awaitable[None] | None]
@@ -373,18 +374,21 @@ class BoltExecutor(ComponentExecutor):
                 record(exc, "process")
 
     def _process_basic(self, tuples: list[Tuple]) -> None:
+        """A BasicBolt's batch: each tuple that ``process`` took without raising is acked,
+        all in one call at the end (a tuple's acks leave with the batch either way)."""
         collector = self.collector
-        process, ack, fail = cast(Bolt, self.bolt).process, collector.ack, collector.fail
+        process, fail = cast(Bolt, self.bolt).process, collector.fail
+        failed: list[Tuple] = []
         for tup in tuples:
             collector.current = tup
             try:
                 process(tup)
             except Exception as exc:
                 fail(tup)
+                failed.append(tup)
                 self.stats.record_error(exc, "process")
-            else:
-                ack(tup)
         collector.current = None
+        collector.ack_all(_without(tuples, failed) if failed else tuples)
 
     async def _process_async(self, tuples: list[Tuple]) -> None:
         process = cast(AsyncBolt, self.bolt).process
@@ -398,20 +402,27 @@ class BoltExecutor(ComponentExecutor):
     async def _process_async_basic(self, tuples: list[Tuple]) -> None:
         collector = self.collector
         process = cast(AsyncBolt, self.bolt).process
+        failed: list[Tuple] = []
         for tup in tuples:
             collector.current = tup
             try:
                 await process(tup)
             except Exception as exc:
                 collector.fail(tup)
+                failed.append(tup)
                 self.stats.record_error(exc, "process")
-            else:
-                collector.ack(tup)
         collector.current = None
+        collector.ack_all(_without(tuples, failed) if failed else tuples)
 
     async def close(self) -> None:
         """Release the bolt's resources once the task has stopped."""
         await self._close_with("cleanup")
+
+
+def _without(tuples: list[Tuple], failed: list[Tuple]) -> list[Tuple]:
+    """``tuples`` but the ``failed`` ones (by identity: tuples do not compare by value)."""
+    gone = set(map(id, failed))
+    return [t for t in tuples if id(t) not in gone]
 
 
 class AckerExecutor(Executor):

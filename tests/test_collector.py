@@ -111,3 +111,32 @@ def test_acks_and_fails_reach_the_acker_of_each_root() -> None:
         collector.ack(Tuple((root,), origin, (root, 7)))
     collector._flush_control()
     assert transport.control == [(ackers[0], ACK_ACK, {root: 7 for root in range(0, 30, 3)})]
+
+
+def test_ack_all_acks_as_one_ack_per_tuple_does() -> None:
+    builder = TopologyBuilder("ack-all")
+    builder.set_spout("source", ListSpout([(1,)], ["n"]))
+    builder.set_bolt("sink", Sink()).shuffle_grouping("source")
+    topology = builder.build()
+    layout = topology.task_layout()
+    task = layout["sink"][0]
+    origin = Origin("source", layout["source"][0], "default", ("n",))
+
+    def batch() -> list[Tuple]:
+        tuples = [Tuple((i,), origin, (i % 3, 100 + i)) for i in range(9)]
+        tuples.append(Tuple((9,), origin, (1, 7, 5, 8)))  # in two trees
+        tuples.append(Tuple((10,), origin, None))  # unanchored
+        for i, tup in enumerate(tuples):
+            tup.ack_val = 1000 * i
+        return tuples
+
+    one_by_one, at_once = Recorder(), Recorder()
+    first = BoltOutputCollector(topology, "sink", task, one_by_one, {task}, TaskStats("sink", task))
+    second = BoltOutputCollector(topology, "sink", task, at_once, {task}, TaskStats("sink", task))
+    for tup in batch():
+        first.ack(tup)
+    second.ack_all(batch())
+    first._flush_control()
+    second._flush_control()
+    assert at_once.control == one_by_one.control and len(at_once.control) == 1
+    assert second.stats.acked == first.stats.acked == 11

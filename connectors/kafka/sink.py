@@ -215,9 +215,7 @@ class KafkaBolt(Bolt):
             if writer.failed:
                 self._answer_partly(writer)
             else:
-                ack = self.ack
-                for tup in writer.tuples:
-                    ack(tup)
+                self.ack_all(writer.tuples)
                 self.produced += len(writer.tuples)
                 self.produced_bytes += writer.bytes
             writer.tuples, writer.bytes, writer.failed = [], 0, []
