@@ -15,7 +15,9 @@ vocabulary over 4 partitions. Then, each reading the same topic under its own gr
 - the same topology on a local cluster (ZooKeeper, nimbus, 2 supervisors) with 2 workers
   and a spout task in each (``-c spout.parallelism=2``, 2 partitions per task; with one
   spout task for both workers, runs here were 35-50% slower), timed from submission until
-  the spout has acked every sentence.
+  the spout has acked every sentence; and from the first acks on, the rate of the
+  sentences acked after the first status that shows acks. Status sums the workers'
+  heartbeats (one a second), so each end is seen up to a second late.
 
 ``-c`` values go to both engine runs. It prints sentences/s for each and each engine
 run's ratio to the bare loop, and for the 2-worker run how many of the machine's CPUs
@@ -163,8 +165,9 @@ def run_local(directory: Path, values: list[bytes], partitions: int, extra: list
 def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitions: int,
                 extra: list[str]) -> tuple[float, float, str, str]:
     """The topology on 2 workers of ``cluster``, on a fresh broker, until every sentence is
-    acked. Returns sentences/s from submission and from the first ack, a line on CPU use
-    and ``streamflow status`` halfway through."""
+    acked. Returns sentences/s from submission and from the first acks on (those acked
+    after the first status that shows acks), a line on CPU use and ``streamflow status``
+    halfway through."""
     n = len(values)
     with fresh_broker(directory, values, partitions) as bootstrap:
         started = time.perf_counter()
@@ -178,13 +181,14 @@ def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitio
             return int(nimbus.call("GET", "status", "wc")["components"]["sentences"]["acked"])
 
         try:
-            wait_for(lambda: acked() > 0, 120, "the first sentence acked", every=0.05)
+            acked_first = wait_for(lambda: acked() or None, 120, "the first sentence acked", every=0.05)
             first, busy_from = time.perf_counter(), CpuMeter.machine()
             pids = [w["pid"] for w in nimbus.call("GET", "status", "wc")["workers"] if w["pid"]]
             workers_from = [CpuMeter.cpu(pid) or 0.0 for pid in pids]
             wait_for(lambda: acked() >= n // 2, 600, "half the sentences acked", every=0.25)
             halfway = format_status(nimbus.call("GET", "status", "wc"))
-            wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.5)
+            wait_for(lambda: acked() >= n * 0.9, 600, "nine tenths of the sentences acked", every=0.5)
+            wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.05)
             finished, busy = time.perf_counter(), CpuMeter.machine() - busy_from
             workers = [(CpuMeter.cpu(pid) or 0.0) - cpu for pid, cpu in zip(pids, workers_from, strict=True)]
         finally:
@@ -194,7 +198,7 @@ def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitio
     steady = finished - first
     cpu = (f"{busy / steady:.2f} of {os.cpu_count()} CPUs busy; workers "
            f"{' + '.join(f'{cpu / steady:.2f}' for cpu in workers)}")
-    return n / (finished - started), n / steady, cpu, halfway
+    return n / (finished - started), (n - acked_first) / steady, cpu, halfway
 
 
 def summary(name: str, rates: list[float], bare: list[float]) -> str:
