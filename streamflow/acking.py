@@ -16,7 +16,7 @@ the oldest entries are at the front and expiry stops at the first entry still yo
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 new_id = random.Random(random.SystemRandom().getrandbits(64)).getrandbits
 """``new_id(64)``: a random 64-bit root or edge id (a fast PRNG seeded from the OS)."""
@@ -58,17 +58,27 @@ class AckerState:
 
     def ack(self, root: int, xor: int, now: float) -> int | None:
         """A bolt acked edges of ``root``. Returns the spout task if the tree completed."""
-        entry = self._trees.get(root)
-        if entry is None:
-            self._trees[root] = [xor, None, now]
-            return None
-        if entry[0] is None:
-            return None
-        entry[0] ^= xor
-        if entry[0] == 0 and entry[1] is not None:
-            del self._trees[root]
-            return entry[1]  # type: ignore[no-any-return]
-        return None
+        done: dict[int, list[int]] = {}
+        self.ack_all({root: xor}, now, done)
+        return next(iter(done), None)
+
+    def ack_all(self, acks: Mapping[int, int], now: float, done: dict[int, list[int]]) -> None:
+        """:meth:`ack` of each root -> xor of a bolt's ack message, in one call; the roots
+        of completed trees are added to ``done`` under their spout task."""
+        trees = self._trees
+        for root, xor in acks.items():
+            entry = trees.get(root)
+            if entry is None:
+                trees[root] = [xor, None, now]
+            elif entry[0] is not None:
+                entry[0] ^= xor
+                if entry[0] == 0 and entry[1] is not None:
+                    del trees[root]
+                    roots = done.get(entry[1])
+                    if roots is None:
+                        done[entry[1]] = [root]
+                    else:
+                        roots.append(root)
 
     def fail(self, root: int, now: float) -> int | None:
         """A bolt failed a tuple of ``root``. Returns the spout task to tell, if known yet;

@@ -456,10 +456,7 @@ class AckerExecutor(Executor):
                 kind, payload = message
                 stats.executed += len(payload)
                 if kind == ACK_ACK:
-                    for root, xor in payload.items():
-                        spout = state.ack(root, xor, now)
-                        if spout is not None:
-                            done.setdefault(spout, []).append(root)
+                    state.ack_all(payload, now, done)
                 elif kind == ACK_INIT:
                     for root, xor, spout in payload:
                         outcome = state.init(root, xor, spout, now)

@@ -343,3 +343,17 @@ def test_new_id_is_64_bit_and_varies():
     ids = [new_id(64) for _ in range(1000)]
     assert all(0 <= i < 2**64 for i in ids)
     assert len(set(ids)) == 1000
+
+
+def test_ack_all_completes_the_trees_of_a_batch_for_their_spout_tasks():
+    state = AckerState()
+    state.init(1, 0b011, 7, 0.0)  # completes with this batch
+    state.init(2, 0b101, 8, 0.0)  # completes with this batch
+    state.init(3, 0b110, 7, 0.0)  # stays pending
+    state.fail(4, 0.0)  # failed before its init: acks change nothing
+    done: dict[int, list[int]] = {}
+    state.ack_all({1: 0b011, 2: 0b101, 3: 0b010, 4: 0b1, 5: 0b111}, 0.0, done)  # 5: ack before init
+    assert done == {7: [1], 8: [2]}
+    assert len(state) == 3  # 3 pending, 4 failed, 5 awaiting its init
+    assert state.init(5, 0b111, 8, 0.0) == COMPLETED
+    assert state.init(4, 0b1, 8, 0.0) == FAILED
