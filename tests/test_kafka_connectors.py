@@ -1025,18 +1025,25 @@ def test_sink_metrics_count_writes_the_broker_never_acknowledged(kafka: KafkaBro
     assert "writes failed: Local: Message timed out" in error, error
 
 
+def three_writers_with_no_broker(name: str) -> tuple[LiveRun, Any]:
+    """A live run of 200 tuples, 5 per spout round, into a KafkaBolt of three writers whose
+    broker is away (no write answered before its 10 s delivery timeout), and the sink's
+    executor."""
+    b = TopologyBuilder(name)
+    b.set_spout("rows", ListSpout([(i,) for i in range(200)], fields=("n",)))
+    sink = KafkaBolt(f"127.0.0.1:{free_port()}", "out", delivery_timeout=10, writers=3)
+    b.set_bolt("sink", sink).shuffle_grouping("rows")
+    run = LiveRun(b.build({"topology.producer.batch.size": 5}), timeout=60)
+    assert run.worker is not None
+    return run, next(e for e in run.worker.executors if e.component == "sink")
+
+
 def test_the_sink_takes_new_batches_while_writers_await_the_broker() -> None:
     # The broker is away, so no write is answered before the 10 s delivery timeout. The
     # spout emits 5 tuples per round, so batches are small: with three writers, two
     # batches await the broker and the third writer takes every batch after them.
-    nowhere = f"127.0.0.1:{free_port()}"
-    b = TopologyBuilder("writers")
-    b.set_spout("rows", ListSpout([(i,) for i in range(200)], fields=("n",)))
-    b.set_bolt("sink", KafkaBolt(nowhere, "out", delivery_timeout=10, writers=3)).shuffle_grouping("rows")
-    run = LiveRun(b.build({"topology.producer.batch.size": 5}), timeout=60)
+    run, sink = three_writers_with_no_broker("writers")
     try:
-        assert run.worker is not None
-        sink = next(e for e in run.worker.executors if e.component == "sink")
         wait_for(lambda: run.tasks("sink")[0].executed == 200, 8, "every tuple taken by the sink")
         writing, taking = sink.instance._writing, sink.instance._writer
         assert len(writing) == 2 and taking is not None
@@ -1048,21 +1055,15 @@ def test_the_sink_takes_new_batches_while_writers_await_the_broker() -> None:
         run.stop()
     assert run.join(30) == "stopped"
     with pytest.raises(ValueError, match="at least one writer"):
-        KafkaBolt(nowhere, "out", writers=0)
+        KafkaBolt(f"127.0.0.1:{free_port()}", "out", writers=0)
 
 
 def test_a_writer_that_took_its_share_waits_for_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     # As above, but a writer takes at most 20 records while the others await answers:
     # then all three await the broker and the sink waits, holding the rest back.
     monkeypatch.setattr(sink_module, "OPEN_WRITER_RECORDS", 20)
-    nowhere = f"127.0.0.1:{free_port()}"
-    b = TopologyBuilder("writers-bounded")
-    b.set_spout("rows", ListSpout([(i,) for i in range(200)], fields=("n",)))
-    b.set_bolt("sink", KafkaBolt(nowhere, "out", delivery_timeout=10, writers=3)).shuffle_grouping("rows")
-    run = LiveRun(b.build({"topology.producer.batch.size": 5}), timeout=60)
+    run, sink = three_writers_with_no_broker("writers-bounded")
     try:
-        assert run.worker is not None
-        sink = next(e for e in run.worker.executors if e.component == "sink")
         wait_for(lambda: sink.started and len(sink.instance._writing) == 3, 8, "three writers awaiting the broker")
         writing = sink.instance._writing
         assert sink.instance._writer is None and len(writing[-1].tuples) >= 20
