@@ -375,10 +375,10 @@ def split_dead_letters(records: Sequence[Any]) -> tuple[Counter[str], Counter[by
 
 
 def test_kafka_wordcount_keeps_more_trees_in_flight_unless_told_otherwise() -> None:
-    # Its trees wait for the broker's answers, so it sets 1,500 trees in flight per spout
+    # Its trees wait for the broker's answers, so it sets 800 trees in flight per spout
     # task; a -c value still wins, and the file variant keeps the engine's default.
     bootstrap = f"127.0.0.1:{free_port()}"
-    assert load_topology(WORDCOUNT, {"kafka.bootstrap": bootstrap}).config["topology.max.spout.pending"] == 1500
+    assert load_topology(WORDCOUNT, {"kafka.bootstrap": bootstrap}).config["topology.max.spout.pending"] == 800
     told = load_topology(WORDCOUNT, {"kafka.bootstrap": bootstrap, "topology.max.spout.pending": 200})
     assert told.config["topology.max.spout.pending"] == 200
     assert load_topology(WORDCOUNT, {}).config["topology.max.spout.pending"] == 500  # the engine's default

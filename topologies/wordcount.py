@@ -12,7 +12,7 @@
         running counts to ``word-counts`` (JSON {"word": ..., "count": ...}, keyed by
         word); ``-c input.topic=``, ``-c output.topic=``, ``-c deadletter.topic=`` change
         the topics, ``-c kafka.group_id=`` the group offsets are committed under; it
-        keeps 1,500 trees in flight per spout task (``-c topology.max.spout.pending=``).
+        keeps 800 trees in flight per spout task (``-c topology.max.spout.pending=``).
 
 Other options: ``-c spout.parallelism=N``, ``-c split.parallelism=N``,
 ``-c count.parallelism=N``, ``-c sink.parallelism=N``.
@@ -108,9 +108,11 @@ def build(config: Mapping[str, Any]) -> Topology:
         sink = KafkaBolt(str(bootstrap), str(config.get("output.topic", "word-counts")),
                          key_field="word", fields=["word", "count"], writers=3, linger_ms=5)
         # Every sentence's tree waits for the broker to answer its writes: more trees in
-        # flight keep the workers busy meanwhile (Kafka bench, 2 workers, from the first
-        # ack: 19.3-21.5k sentences/s with 500, 24.0-24.3k with 1,500). -c still wins.
-        settings["topology.max.spout.pending"] = 1500
+        # flight than the engine's 500 keep the workers busy meanwhile, but more again
+        # only lengthen the queues (Kafka bench, 2 workers, interleaved runs, medians from
+        # submission: 23.5k sentences/s with 800, 20.6k with 1,500 and 18.0k with 3,000;
+        # then 19.5k with 800 against 18.6k with 1,500). -c still wins.
+        settings["topology.max.spout.pending"] = 800
     else:
         source = LineSpout(str(config.get("input.path") or SAMPLE), field="sentence")
         if config.get("output.path"):
