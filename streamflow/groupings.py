@@ -81,7 +81,11 @@ def _key_hash(indexes: tuple[int, ...]) -> Callable[[Sequence[Any]], int]:
 
 
 def shuffle_router(targets: Sequence[int], rng: random.Random) -> Router:
-    """Round robin over the targets in a random order: even load, one task per tuple."""
+    """Round robin over the targets in a random order: even load, one task per tuple.
+    Over one target (local-or-shuffle to the one local task, say), the target itself:
+    a constant costs less than a cycle's step, once per tuple."""
+    if len(targets) == 1:
+        return constant_router(targets)
     order = [(t,) for t in targets]
     rng.shuffle(order)
     next_target = cycle(order).__next__
