@@ -232,7 +232,7 @@ def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitio
 
 
 def summary(name: str, rates: list[float], bare: list[float]) -> str:
-    return (f"{name}: best {max(rates):>9,.0f}  median {statistics.median(rates):>9,.0f} sentences/s"
+    return (f"{name:<34}: best {max(rates):>9,.0f}  median {statistics.median(rates):>9,.0f} sentences/s"
             f"  ({max(rates) / max(bare):.0%} and {statistics.median(rates) / statistics.median(bare):.0%}"
             f" of the bare loop's best and median)")
 
@@ -287,10 +287,10 @@ def main() -> None:
                 cluster.stop()
             zk.stop()
     if args.repeat > 1:
-        print(summary("bare loop                        ", bare, bare))
-        print(summary("streamflow local                 ", local, bare))
-        print(summary("streamflow 2 workers             ", cluster_rates, bare))
-        print(summary("2 workers, from the first count on  ", cluster_steady, bare))
+        print(summary("bare loop", bare, bare))
+        print(summary("streamflow local", local, bare))
+        print(summary("streamflow 2 workers", cluster_rates, bare))
+        print(summary("2 workers, from the first count on", cluster_steady, bare))
 
 
 if __name__ == "__main__":
