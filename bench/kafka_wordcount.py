@@ -24,9 +24,10 @@ vocabulary over 4 partitions. Then, each reading the same topic under its own gr
 
 ``-c`` values go to both engine runs. It prints sentences/s for each and each engine
 run's ratio to the bare loop, and for the 2-worker run how many of the machine's CPUs
-were busy (all processes, from /proc/stat) from the first ack on (below the CPU count,
-the run waited on something other than CPU), how much of a CPU each worker process
-used, and ``streamflow status`` halfway through. Targets of
+were busy (all processes, from /proc/stat) from the first ack seen to the half-way
+point, a window inside the run (below the CPU count, the run waited on something other
+than CPU; a window to the end would take in the idle second before the end is seen), how
+much of a CPU each worker process used then, and ``streamflow status`` halfway through. Targets of
 the Kafka issue on this 2-core machine: 2 workers >= 25,000 sentences/s and >= 80% of
 the bare loop.
 
@@ -216,18 +217,18 @@ def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitio
             pids = [w["pid"] for w in nimbus.call("GET", "status", "wc")["workers"] if w["pid"]]
             workers_from = [CpuMeter.cpu(pid) or 0.0 for pid in pids]
             wait_for(lambda: acked() >= n // 2, 600, "half the sentences acked", every=0.25)
+            halfway_at, busy = time.perf_counter(), CpuMeter.machine() - busy_from
+            workers = [(CpuMeter.cpu(pid) or 0.0) - cpu for pid, cpu in zip(pids, workers_from, strict=True)]
             halfway = format_status(nimbus.call("GET", "status", "wc"))
             wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.25)
-            finished, busy = time.perf_counter(), CpuMeter.machine() - busy_from
-            workers = [(CpuMeter.cpu(pid) or 0.0) - cpu for pid, cpu in zip(pids, workers_from, strict=True)]
         finally:
             cluster.cli("kill", "wc", "--wait", "0")
             wait_for(lambda: not cluster.api("list")["topologies"] and not cluster.worker_pids(), 60,
                      "the topology and its workers gone", every=0.2)
         first_written, last_written = written_between(bootstrap, "counts", partitions)
-    steady = finished - first
-    cpu = (f"{busy / steady:.2f} of {os.cpu_count()} CPUs busy; workers "
-           f"{' + '.join(f'{cpu / steady:.2f}' for cpu in workers)}")
+    seconds = halfway_at - first
+    cpu = (f"{busy / seconds:.2f} of {os.cpu_count()} CPUs busy; workers "
+           f"{' + '.join(f'{cpu / seconds:.2f}' for cpu in workers)}")
     return n / (last_written - submitted), n / (last_written - first_written), cpu, halfway
 
 
