@@ -1075,6 +1075,42 @@ def test_a_writer_that_took_its_share_waits_for_the_broker(monkeypatch: pytest.M
     assert run.join(30) == "stopped"
 
 
+class FirstWriterToNowhere(KafkaBolt):
+    """A KafkaBolt whose first writer's producer dials a port where no broker listens."""
+
+    async def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        await super().prepare(config, context)
+        self._free[-1] = sink_module._Writer({"bootstrap.servers": f"127.0.0.1:{free_port()}",
+                                              "acks": "all", "linger.ms": 1, "message.timeout.ms": 10_000})
+
+
+def test_a_batch_stuck_on_a_broker_does_not_hold_back_the_answers_of_later_ones(
+        kafka: KafkaBroker, topic_prefix: str) -> None:
+    # The sink polls only its oldest batch, but every tenth look polls all of them: the
+    # batches after one stuck on a broker that is down are acked as their broker answers,
+    # not after the stuck one's 10 s delivery timeout.
+    topic = f"{topic_prefix}out"
+    kafka.create_topic(topic, 1)
+    b = TopologyBuilder("stuck-writer")
+    b.set_spout("rows", ListSpout([(i,) for i in range(200)], fields=("n",)))
+    b.set_bolt("sink", FirstWriterToNowhere(kafka.bootstrap, topic, delivery_timeout=10, writers=3)
+               ).shuffle_grouping("rows")
+    run = LiveRun(b.build({"topology.producer.batch.size": 5}), timeout=60)
+    assert run.worker is not None
+    sink = next(e for e in run.worker.executors if e.component == "sink")
+    try:
+        (stats,) = run.tasks("sink")
+        wait_for(lambda: stats.executed == 200 and bool(sink.instance._writing)
+                 and stats.acked + len(sink.instance._writing[0].tuples) == 200,
+                 8, "every tuple acked but the stuck batch's")
+        stuck = sink.instance._writing[0]
+        assert stuck.tuples and len(stuck.producer)  # the first batch still awaits its broker
+        assert stats.failed == 0
+    finally:
+        run.stop()
+    assert run.join(30) == "stopped"
+
+
 # -- the sink's records ---------------------------------------------------------------------------
 
 
