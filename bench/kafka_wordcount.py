@@ -141,7 +141,7 @@ def bare_loop(bootstrap: str, topic: str, out: str, partitions: int) -> tuple[in
 
 
 @contextmanager
-def fresh_broker(directory: Path, values: list[bytes], partitions: int) -> Iterator[str]:
+def fresh_broker(directory: Path, values: list[bytes], partitions: int) -> Iterator[KafkaBroker]:
     """A broker of its own for one run, holding only the input: Tansu's memory storage
     slows down as it fills (wordcount went from 9.5k to 7.4k sentences/s on a broker that
     already held a bare loop's 2 million output records), so no run pays for another's."""
@@ -151,14 +151,15 @@ def fresh_broker(directory: Path, values: list[bytes], partitions: int) -> Itera
         broker.create_topic("sentences", partitions)
         broker.create_topic("counts", partitions)
         produce(broker.bootstrap, "sentences", values, partitions)
-        yield broker.bootstrap
+        yield broker
     finally:
         broker.stop()
 
 
 def run_local(directory: Path, values: list[bytes], partitions: int, extra: list[str]) -> float:
     """``streamflow local`` on a fresh broker; returns sentences/s, start-up included."""
-    with fresh_broker(directory, values, partitions) as bootstrap:
+    with fresh_broker(directory, values, partitions) as broker:
+        bootstrap = broker.bootstrap
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "streamflow.cli", "local", str(WORDCOUNT),
                         "-c", f"kafka.bootstrap={bootstrap}", "-c", "kafka.stop_at_end=true",
@@ -166,32 +167,15 @@ def run_local(directory: Path, values: list[bytes], partitions: int, extra: list
         return len(values) / (time.perf_counter() - started)
 
 
-def written_between(bootstrap: str, topic: str, partitions: int) -> tuple[float, float]:
+def written_between(broker: KafkaBroker, topic: str) -> tuple[float, float]:
     """The timestamps (s since the epoch) of the first and the last record written to
     ``topic``: of each partition's first record and last record batch (Tansu's end offset
     is that batch's base offset + 1; a real broker's, its last record's + 1)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-timing",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
     firsts, lasts = [], []
-    try:
-        for p in range(partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            firsts += _timestamps(consumer, TopicPartition(topic, p, low), first_only=True)
-            lasts += _timestamps(consumer, TopicPartition(topic, p, max(low, high - 1)))
-    finally:
-        consumer.close()
-    return min(firsts), max(lasts)
-
-
-def _timestamps(consumer: Consumer, start: TopicPartition, first_only: bool = False) -> list[float]:
-    """The timestamps of the records from ``start`` to its partition's end, or of the first."""
-    consumer.assign([start])
-    stamps: list[float] = []
-    while (message := cast(Message | None, consumer.poll(10))) is not None and message.error() is None:
-        stamps.append(message.timestamp()[1] / 1000)
-        if first_only:
-            break
-    return stamps
+    for p, end in broker.end_offsets(topic).items():
+        firsts += broker.consume_all(topic, count=1, partitions=[p])
+        lasts += broker.consume_all(topic, partitions=[p], start_offsets={p: max(end - 1, 0)})
+    return min(r.timestamp for r in firsts) / 1000, max(r.timestamp for r in lasts) / 1000
 
 
 def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitions: int,
@@ -200,7 +184,8 @@ def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitio
     acked. Returns sentences/s from submission and from the first count written, both to
     the last count written; a line on CPU use and ``streamflow status`` halfway through."""
     n = len(values)
-    with fresh_broker(directory, values, partitions) as bootstrap:
+    with fresh_broker(directory, values, partitions) as broker:
+        bootstrap = broker.bootstrap
         submitted = time.time()
         result = cluster.cli("submit", str(WORDCOUNT), "--name", "wc", "--workers", "2",
                              "-c", "spout.parallelism=2", "-c", f"kafka.bootstrap={bootstrap}",
@@ -225,7 +210,7 @@ def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitio
             cluster.cli("kill", "wc", "--wait", "0")
             wait_for(lambda: not cluster.api("list")["topologies"] and not cluster.worker_pids(), 60,
                      "the topology and its workers gone", every=0.2)
-        first_written, last_written = written_between(bootstrap, "counts", partitions)
+        first_written, last_written = written_between(broker, "counts")
     seconds = halfway_at - first
     cpu = (f"{busy / seconds:.2f} of {os.cpu_count()} CPUs busy; workers "
            f"{' + '.join(f'{cpu / seconds:.2f}' for cpu in workers)}")
@@ -264,8 +249,8 @@ def main() -> None:
             cluster = Cluster(zk.hosts, "/bench", Path(tmp) / "cluster", nimbus_count=1, supervisors=2,
                               slots=1).start()
             for run in range(1, args.repeat + 1):
-                with fresh_broker(Path(tmp) / f"kafka-bare-{run}", values, parts) as bootstrap:
-                    done, seconds = bare_loop(bootstrap, "sentences", "counts", parts)
+                with fresh_broker(Path(tmp) / f"kafka-bare-{run}", values, parts) as broker:
+                    done, seconds = bare_loop(broker.bootstrap, "sentences", "counts", parts)
                 assert done == n, f"the bare loop consumed {done} of {n} sentences"
                 bare.append(done / seconds)
                 print(f"bare loop            (run {run}): {bare[-1]:>9,.0f} sentences/s")

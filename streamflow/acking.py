@@ -74,11 +74,7 @@ class AckerState:
                 entry[0] ^= xor
                 if entry[0] == 0 and entry[1] is not None:
                     del trees[root]
-                    roots = done.get(entry[1])
-                    if roots is None:
-                        done[entry[1]] = [root]
-                    else:
-                        roots.append(root)
+                    done.setdefault(entry[1], []).append(root)
 
     def fail(self, root: int, now: float) -> int | None:
         """A bolt failed a tuple of ``root``. Returns the spout task to tell, if known yet;

@@ -1048,17 +1048,20 @@ def test_sink_metrics_count_writes_the_broker_never_acknowledged(kafka: KafkaBro
     assert "writes failed: Local: Message timed out" in error, error
 
 
-def three_writers_with_no_broker(name: str) -> tuple[LiveRun, Any]:
-    """A live run of 200 tuples, 5 per spout round, into a KafkaBolt of three writers whose
-    broker is away (no write answered before its 10 s delivery timeout), and the sink's
-    executor."""
+def sink_run(name: str, sink: KafkaBolt) -> tuple[LiveRun, Any]:
+    """A live run of 200 tuples, 5 per spout round, into ``sink``, and the sink's executor."""
     b = TopologyBuilder(name)
     b.set_spout("rows", ListSpout([(i,) for i in range(200)], fields=("n",)))
-    sink = KafkaBolt(f"127.0.0.1:{free_port()}", "out", delivery_timeout=10, writers=3)
     b.set_bolt("sink", sink).shuffle_grouping("rows")
     run = LiveRun(b.build({"topology.producer.batch.size": 5}), timeout=60)
     assert run.worker is not None
     return run, next(e for e in run.worker.executors if e.component == "sink")
+
+
+def three_writers_with_no_broker(name: str) -> tuple[LiveRun, Any]:
+    """:func:`sink_run` into a KafkaBolt of three writers whose broker is away (no write
+    answered before its 10 s delivery timeout)."""
+    return sink_run(name, KafkaBolt(f"127.0.0.1:{free_port()}", "out", delivery_timeout=10, writers=3))
 
 
 def test_the_sink_takes_new_batches_while_writers_await_the_broker() -> None:
@@ -1114,13 +1117,8 @@ def test_a_batch_stuck_on_a_broker_does_not_hold_back_the_answers_of_later_ones(
     # not after the stuck one's 10 s delivery timeout.
     topic = f"{topic_prefix}out"
     kafka.create_topic(topic, 1)
-    b = TopologyBuilder("stuck-writer")
-    b.set_spout("rows", ListSpout([(i,) for i in range(200)], fields=("n",)))
-    b.set_bolt("sink", FirstWriterToNowhere(kafka.bootstrap, topic, delivery_timeout=10, writers=3)
-               ).shuffle_grouping("rows")
-    run = LiveRun(b.build({"topology.producer.batch.size": 5}), timeout=60)
-    assert run.worker is not None
-    sink = next(e for e in run.worker.executors if e.component == "sink")
+    run, sink = sink_run("stuck-writer", FirstWriterToNowhere(kafka.bootstrap, topic, delivery_timeout=10,
+                                                             writers=3))
     try:
         (stats,) = run.tasks("sink")
         wait_for(lambda: stats.executed == 200 and bool(sink.instance._writing)

@@ -130,8 +130,9 @@ class KafkaBolt(Bolt):
         self._answers: asyncio.Task[None] | None = None
         """Polls the writing producers and settles their batches: the one poller."""
         self._freed = asyncio.Event()
-        self._looks = 0
         """Set when a writer is freed, for ``end_batch`` waiting on one."""
+        self._looks = 0
+        """Looks for answers so far (every :data:`POLL_ALL_EVERY`-th polls every writer)."""
         self._failures: list[tuple[KafkaError, Any]] = []
         self._records: dict[Origin, Callable[[Sequence[Any]], Written]] = {}
         self.produced = self.produced_bytes = self.delivery_errors = 0
@@ -209,9 +210,9 @@ class KafkaBolt(Bolt):
 
     def _settle(self) -> bool:
         """Ack (or fail) the tuples of each batch whose writes are all answered, and free
-        its writer; then send the writer still taking batches, if any, as the
-        next batch has a free writer. Runs between the sink's batches (the answer task
-        runs only while the executor awaits). Returns whether a batch was answered.
+        its writer; then send the writer still taking batches, if any, as the next batch
+        has a free writer. Runs between the sink's batches (the answer task runs only
+        while the executor awaits). Returns whether a batch was answered.
 
         Only the oldest batch is polled until it is answered: the broker answers batches
         about in the order they were sent, and a poll costs (with 3 writers, polling each
