@@ -305,6 +305,11 @@ class LiveRun:
                 add_metrics(total, executor.instance.metrics())  # type: ignore[attr-defined]
         return total
 
+    def instance(self, component: str) -> Any:
+        """The component instance of the component's first task."""
+        assert self.worker is not None
+        return next(e for e in self.worker.executors if e.component == component).instance  # type: ignore[attr-defined]
+
     def metrics_when(self, component: str, condition: Callable[[dict[str, Any]], Any], timeout: float,
                      what: str) -> dict[str, Any]:
         """Wait until the component's metrics satisfy ``condition``; return them."""
@@ -650,7 +655,11 @@ def test_an_unacked_record_is_never_committed(kafka: KafkaBroker, topic_prefix: 
     assert metrics["kafka.in_flight"] == 1
     assert metrics["kafka.uncommitted"] == {p0: 300 - k, p1: 0}
     assert metrics["kafka.lag"] == {p0: 300 - k, p1: 0}  # what a restart would read again
-    time.sleep(0.6)  # an observation window of three commit intervals: the point stays at k
+    # Three more commit checks run (each sets the next one an interval on), and none asks past k.
+    spout = run.instance("source")
+    first_check = spout._next_commit
+    wait_for(lambda: spout._next_commit >= first_check + 3 * 0.2, 10, "three more commit checks")
+    assert spout._partitions[topic, 0].commit_sent == k
     assert kafka.committed(group, topic) == {0: k, 1: 300}
     shared.release.set()
     wait_for(lambda: kafka.committed(group, topic) == {0: 300, 1: 300}, 10, "the commit past k once it is acked")
@@ -669,7 +678,11 @@ def test_a_stuck_record_pauses_its_partition_at_max_uncommitted(kafka: KafkaBrok
     run = LiveRun(b.build({"topology.tick.tuple.freq.secs": 0.1, "topology.message.timeout.secs": 120}),
                   timeout=60)
     wait_for(lambda: len(shared.seen) >= k + bound - 1, 20, "the records up to the bound")
-    time.sleep(0.3)  # an observation window: the partition stays paused while offset k is out
+    # The spout holds the partition at its bound and has paused it in librdkafka: nothing
+    # more can come while offset k is out.
+    spout = run.instance("source")
+    wait_for(lambda: spout._held == {(topic, 0)} and (topic, 0) in spout._paused, 10, "the partition paused")
+    assert run.tasks("source")[0].emitted == k + bound
     assert len(shared.seen) == k + bound - 1  # offsets 0 .. k+bound-1 but k
     metrics = run.metrics("source")
     assert metrics["kafka.uncommitted"] == {f"partition={topic}/0": bound} and metrics["kafka.in_flight"] == 1
@@ -699,7 +712,10 @@ def test_the_spout_keeps_to_max_spout_pending(kafka: KafkaBroker, topic_prefix: 
     run = LiveRun(b.build({"topology.max.spout.pending": 10, "topology.message.timeout.secs": 60}), timeout=60)
     try:
         wait_for(lambda: len(shared.seen) >= 10, 20, "ten tuples held")
-        time.sleep(0.3)  # an observation window: no more may come while ten are in flight
+        # The executor holds the spout at max-spout-pending: it calls next_tuple no more
+        # until trees complete, and none will.
+        executor = next(e for e in run.worker.executors if e.component == "source")  # type: ignore[union-attr]
+        wait_for(lambda: executor._held, 10, "the spout held at max-spout-pending")
         assert len(shared.seen) == 10
         assert run.tasks("source")[0].emitted == 10 and run.metrics("source")["kafka.in_flight"] == 10
     finally:

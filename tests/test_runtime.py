@@ -437,10 +437,16 @@ def test_a_slow_bolt_holds_its_senders_back_and_queues_stay_bounded() -> None:
     slow_inbox = worker.inboxes[topology.task_layout()["slow"][0]]
     peak = 0
 
+    slow = next(s for s in worker.stats() if s.component == "slow")
+
     async def watch() -> None:
+        # Until the slow bolt has taken its inbox's worth twice over, and the spout
+        # had to wait: the queue's peak, sampled every 2 ms, up to a deadline.
         nonlocal peak
         worker.start()
-        for _ in range(300):
+        deadline = time.monotonic() + 30
+        while slow.executed < 2000 or not slow_inbox.blocked_puts:
+            assert time.monotonic() < deadline, f"the slow bolt took {slow.executed} tuples in 30 s"
             await asyncio.sleep(0.002)
             peak = max(peak, slow_inbox.queued_tuples)
         await worker.stop()
@@ -450,10 +456,9 @@ def test_a_slow_bolt_holds_its_senders_back_and_queues_stay_bounded() -> None:
     assert slow_inbox.blocked_puts > 0 and slow_inbox.blocked_seconds > 0  # the spout had to wait
     assert peak <= 1000 + batch
     spout = next(s for s in worker.stats() if s.component == "fast")
-    bolt = next(s for s in worker.stats() if s.component == "slow")
     # Emitted only as fast as consumed: the inbox, the bolt's current turn, and the batches
     # on either side of them.
-    assert spout.emitted - bolt.executed <= 1000 + MAX_TUPLES_PER_TURN + 3 * batch
+    assert spout.emitted - slow.executed <= 1000 + MAX_TUPLES_PER_TURN + 3 * batch
 
 
 class LaterAckBolt(AsyncBolt):
