@@ -301,7 +301,7 @@ class BoltExecutor(ComponentExecutor):
         bolt: Bolt | AsyncBolt = self.instance
         self.bolt = bolt
         basic = isinstance(bolt, (BasicBolt, AsyncBasicBolt))
-        bolt.emit = self.collector.emit_anchored if basic else self.collector.emit
+        bolt.emit = self.collector.anchored_emitter() if basic else self.collector.emit
         bolt.emit_direct = self.collector.emit_direct
         bolt.ack = self.collector.ack
         bolt.ack_all = self.collector.ack_all

