@@ -109,7 +109,7 @@ def produce(bootstrap: str, topic: str, values: list[bytes], partitions: int) ->
 def bare_loop(bootstrap: str, topic: str, out: str, partitions: int) -> tuple[int, float]:
     """Consume, split, count, produce every update: the least a program must do."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-bare", "enable.auto.commit": False})
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 20})  # as the topology's
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])

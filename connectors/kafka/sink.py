@@ -79,7 +79,7 @@ class KafkaBolt(Bolt):
     it (wordcount on Tansu ran at 6.7k sentences/s with 5 ms, 10k with 1 ms; with 0, the
     broker drowned in one-record requests). With several writers nothing waits for it,
     and a longer one makes fewer, larger requests (the Kafka wordcount's 3 writers use
-    5 ms). A write the broker has not acknowledged within
+    20 ms). A write the broker has not acknowledged within
     ``delivery_timeout`` seconds fails (an unreachable broker does not stop the task: its
     tuples fail, the error shows in ``status``, and librdkafka reconnects by itself).
     """
