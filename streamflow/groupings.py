@@ -167,7 +167,9 @@ def _floored(weights: list[float], floor: float) -> list[float]:
 
 FIELDS_MEMO = 16384
 """Text keys whose task a fields router remembers (per emitting task and subscription):
-a dict lookup costs a third of hashing the key again (113 against 171 ns a route)."""
+a dict lookup costs a third of hashing the key again (113 against 171 ns a route). The
+memo holds at most 0.4 MB, and keeps its keys alive: 2 MB in all with keys of 50
+characters."""
 
 
 def fields_router(targets: Sequence[int], indexes: tuple[int, ...]) -> Router:
