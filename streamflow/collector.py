@@ -268,7 +268,8 @@ class BoltOutputCollector(OutputCollector):
 
         def emit(values: Sequence[Any], stream: str = DEFAULT_STREAM) -> None:
             if stream != DEFAULT_STREAM or len(values) != arity:
-                return general(values, stream)
+                general(values, stream)
+                return
             stats.emitted += 1
             anchor = collector.current
             roots = anchor.anchors if anchor is not None else None
@@ -289,7 +290,6 @@ class BoltOutputCollector(OutputCollector):
                 else:
                     batch[0].append(values)
                     batch[1].append(msg)
-            return None
 
         return emit
 

@@ -3,6 +3,7 @@ ZooKeeper, workers started by the supervisors, all on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -64,6 +65,18 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(every)
+
+
+async def wait_for_async(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.01) -> Any:
+    """:func:`wait_for` inside an event loop: the loop runs on while it waits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(every)
 
 
 TOKEN = "s3cret-token"

@@ -7,11 +7,11 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from cluster import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDCOUNT = ROOT / "topologies" / "wordcount.py"
@@ -152,10 +152,11 @@ def test_endless_topology_stops_cleanly(tmp_path: Path, how: str) -> None:
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         if how == "interrupt":
-            deadline = time.monotonic() + 60
-            while not (output.exists() and output.stat().st_size > 0):
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.05)
+            def written() -> bool:
+                assert proc.poll() is None, "streamflow local ended before writing"
+                return output.exists() and output.stat().st_size > 0
+
+            wait_for(written, 60, "the first output", every=0.05)
             proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:

@@ -305,10 +305,14 @@ class LiveRun:
                 add_metrics(total, executor.instance.metrics())  # type: ignore[attr-defined]
         return total
 
+    def executor(self, component: str) -> Any:
+        """The executor of the component's first task."""
+        assert self.worker is not None
+        return next(e for e in self.worker.executors if e.component == component)
+
     def instance(self, component: str) -> Any:
         """The component instance of the component's first task."""
-        assert self.worker is not None
-        return next(e for e in self.worker.executors if e.component == component).instance  # type: ignore[attr-defined]
+        return self.executor(component).instance
 
     def metrics_when(self, component: str, condition: Callable[[dict[str, Any]], Any], timeout: float,
                      what: str) -> dict[str, Any]:
@@ -714,7 +718,7 @@ def test_the_spout_keeps_to_max_spout_pending(kafka: KafkaBroker, topic_prefix: 
         wait_for(lambda: len(shared.seen) >= 10, 20, "ten tuples held")
         # The executor holds the spout at max-spout-pending: it calls next_tuple no more
         # until trees complete, and none will.
-        executor = next(e for e in run.worker.executors if e.component == "source")  # type: ignore[union-attr]
+        executor = run.executor("source")
         wait_for(lambda: executor._held, 10, "the spout held at max-spout-pending")
         assert len(shared.seen) == 10
         assert run.tasks("source")[0].emitted == 10 and run.metrics("source")["kafka.in_flight"] == 10

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster import wait_for
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from kafka import KafkaBroker, KafkaRecord, api_versions, moto_available
@@ -221,10 +222,8 @@ def test_new_partitions_are_discovered_by_metadata_refresh(kafka: KafkaBroker, t
         kafka.delete_topic(topic)
         kafka.create_topic(topic, partitions=4)
         # The spout asks for fresh metadata at each refresh (of every topic, or of its one topic), as here.
-        deadline = time.monotonic() + 5
-        while sorted(c.list_topics(timeout=10).topics[topic].partitions) != [0, 1, 2, 3]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: sorted(c.list_topics(timeout=10).topics[topic].partitions) == [0, 1, 2, 3], 5,
+                 "the topic's four partitions", every=0.05)
     finally:
         c.close()
 

@@ -9,7 +9,7 @@ import struct
 from typing import Any
 
 import pytest
-from cluster import free_port_run
+from cluster import free_port_run, wait_for_async
 
 from streamflow import BasicBolt, TopologyBuilder
 from streamflow.inbox import Inbox
@@ -38,9 +38,8 @@ def test_a_link_that_connected_to_itself_lets_go_of_the_port(monkeypatch: pytest
         monkeypatch.setattr(asyncio, "open_connection", self_connecting)
         link = PeerLink(("127.0.0.1", port), secret)
         try:
-            deadline = asyncio.get_running_loop().time() + 5
-            while len(attempts) <= 3 and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.01)  # a link that kept its first connection dials no more
+            # A link that kept its first connection would dial no more.
+            await wait_for_async(lambda: len(attempts) > 3, 5, "a fourth dial")
             received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
             async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -78,9 +77,8 @@ def test_a_worker_learns_the_load_of_the_worker_it_sends_to() -> None:
         origin = Origin("source", source, "default", ("n",))
         try:
             await sender.send_tuples(far, origin, [(1,)], [None])  # opens the link
-            deadline = asyncio.get_running_loop().time() + 10
-            while sender.loads.load_of(far) is None and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
+            await wait_for_async(lambda: sender.loads.load_of(far) is not None, 10, "the far worker's load",
+                                 every=0.05)
             return sender.loads.load_of(far), sender.loads.load_of(near), receiver.loads.load_version
         finally:
             await sender.close()
