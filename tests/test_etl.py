@@ -5,35 +5,14 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from commands import ROOT, streamflow, summary_rows
+
 ETL = ROOT / "topologies" / "etl.py"
 SAMPLE = ROOT / "topologies" / "events-sample.jsonl"
-
-
-def streamflow(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamflow.cli", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )
-
-
-def summary_rows(stderr: str) -> dict[str, list[str]]:
-    """The per-component summary that ``streamflow local`` prints: component -> its cells."""
-    lines = stderr.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("component "))
-    rows = {}
-    for line in lines[start + 1:]:
-        cells = line.split()
-        if len(cells) < 8:
-            break
-        rows[cells[0]] = cells
-    return rows
 
 
 def assert_all_acked(stderr: str, lines: int) -> None:

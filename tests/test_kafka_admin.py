@@ -9,33 +9,14 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
-from kafka import KafkaBroker, api_versions, free_port
+from commands import assert_one_line_error, streamflow
+from kafka import KafkaBroker, api_versions
+from servers import free_port
 from streamflow_connectors.kafka.admin import QuotaAdmin
 from streamflow_connectors.kafka.client import KafkaClientError
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def streamflow(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamflow.cli", *args],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
 
 # -- Kafka's primitive types, written out independently of admin.py ----------------------
 

@@ -21,8 +21,6 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,8 +32,10 @@ import orjson
 import pytest
 import uvloop
 from cluster import Cluster, metric_samples, wait_for
+from commands import ROOT, streamflow, summary_rows
 from confluent_kafka import Consumer, Producer, TopicPartition
-from kafka import KafkaBroker, KafkaRecord, free_port, moto_available
+from kafka import KafkaBroker, KafkaRecord, moto_available
+from servers import free_port
 from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
 from streamflow_connectors.kafka import sink as sink_module
 
@@ -46,7 +46,6 @@ from streamflow.telemetry import add_metrics
 from streamflow.testing import CollectBolt, Ledger, ListSpout
 from streamflow.worker import Worker
 
-ROOT = Path(__file__).resolve().parent.parent
 WORDCOUNT = str(ROOT / "topologies" / "wordcount.py")
 ETL = str(ROOT / "topologies" / "etl.py")
 FAST = ["-c", "topology.message.timeout.secs=5"]
@@ -212,24 +211,6 @@ def header(record: Any, name: str) -> bytes | None:
 
 
 # -- running topologies -----------------------------------------------------------------------
-
-
-def streamflow(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamflow.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
-
-
-def summary_rows(stderr: str) -> dict[str, list[str]]:
-    """The per-component table ``streamflow local`` prints: component -> its cells."""
-    lines = stderr.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("component "))
-    rows = {}
-    for line in lines[start + 1:]:
-        cells = line.split()
-        if len(cells) < 8:
-            break
-        rows[cells[0]] = cells
-    return rows
 
 
 class Shared:

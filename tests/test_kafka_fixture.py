@@ -9,6 +9,7 @@ writes with acks=all and headers.
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from cluster import wait_for
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from kafka import KafkaBroker, KafkaRecord, api_versions, moto_available
+from kafka import KafkaBroker, KafkaRecord, KafkaStartError, api_versions, moto_available
 
 
 class Quiet:
@@ -240,6 +241,20 @@ def test_kill_and_restart_on_the_same_port(tmp_path: Path) -> None:
         broker.restart()
         assert broker.port == port and broker.is_running
     assert not broker.is_running
+
+
+def test_a_given_port_is_waited_for_and_a_port_that_stays_taken_is_reported(tmp_path: Path) -> None:
+    with socket.socket() as holder:  # a listening socket: no server can bind the port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        broker = KafkaBroker(tmp_path, port=port, start_timeout=1)
+        with pytest.raises(KafkaStartError, match=f"did not start on 127.0.0.1:{port}: port {port} is in use"):
+            broker.start()
+        assert not broker.is_running
+    with broker:  # the port is free again: the same broker starts on it
+        assert broker.port == port
+        assert 18 in api_versions(broker.host, port)  # ApiVersions answers
 
 
 @pytest.mark.skipif(

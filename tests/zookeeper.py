@@ -21,20 +21,16 @@ Example::
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
-import time
-import weakref
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import NoReturn
+from typing import Self
+
+from servers import ChildServer, ServerStartError
 
 __all__ = [
     "DEFAULT_JVM_ARGS",
@@ -46,7 +42,6 @@ __all__ = [
     "find_classpath",
     "find_java",
     "four_letter_word",
-    "free_port",
 ]
 
 JAVA_DIR = Path("/usr/share/java")
@@ -84,7 +79,7 @@ class ZooKeeperNotInstalledError(RuntimeError):
     """Java or the ZooKeeper jars are missing on this machine."""
 
 
-class ZooKeeperStartError(RuntimeError):
+class ZooKeeperStartError(ServerStartError):
     """The server process exited or did not answer before the start deadline."""
 
 
@@ -167,18 +162,6 @@ def find_classpath(java_dir: Path = JAVA_DIR) -> list[str]:
     return classpath
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free on ``host`` a moment ago (bind port 0, then close).
-
-    Another process may take it before the server binds it; :meth:`ZooKeeperServer.start`
-    detects that and retries with another port.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def four_letter_word(host: str, port: int, command: str, timeout: float = 1.0) -> str:
     """Send a ZooKeeper four-letter command (``ruok``, ``conf``, ``srvr``, ``mntr``...) and
     return the reply.  Raises :class:`OSError` if the server is not reachable."""
@@ -208,17 +191,7 @@ def _connection_factory(classpath: Sequence[str]) -> str | None:
 
 # --------------------------------------------------------------------------- the server
 
-_live_servers: weakref.WeakSet[ZooKeeperServer] = weakref.WeakSet()
-
-
-@atexit.register
-def _kill_live_servers() -> None:
-    """Leave no JVM behind if a test run ends without stopping its servers."""
-    for server in list(_live_servers):
-        server.kill()
-
-
-class ZooKeeperServer:
+class ZooKeeperServer(ChildServer):
     """A standalone ZooKeeper server on ``127.0.0.1`` for tests.
 
     :param directory: holds ``zoo.cfg``, the data directory ``data/`` and the server's log
@@ -234,7 +207,10 @@ class ZooKeeperServer:
     :param extra_config: more ``zoo.cfg`` settings, which override the defaults.
     """
 
-    host = "127.0.0.1"
+    name = "ZooKeeper server"
+    start_error = ZooKeeperStartError
+    probe_every = 0.05
+    """Each probe is two connections (``srvr``, ``conf``), each logged by the server."""
 
     def __init__(
         self,
@@ -249,172 +225,47 @@ class ZooKeeperServer:
         jvm_args: Sequence[str] = DEFAULT_JVM_ARGS,
         extra_config: dict[str, str] | None = None,
     ) -> None:
-        self.directory = Path(directory).absolute()
+        super().__init__(directory, "zookeeper.log", port=port, start_timeout=start_timeout,
+                         stop_timeout=stop_timeout)
         self.data_dir = self.directory / "data"
         self.config_path = self.directory / "zoo.cfg"
-        self.log_path = self.directory / "zookeeper.log"
         self.tick_time_ms = tick_time_ms
         self.min_session_timeout_ms = min_session_timeout_ms
         self.max_session_timeout_ms = max_session_timeout_ms
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
         self.jvm_args = tuple(jvm_args)
         self.extra_config = dict(extra_config or {})
-        self._port = port
-        self._port_fixed = port is not None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._last_returncode: int | None = None
+        self._java = "java"
+        self._classpath = ""
         self._connection_factory: str | None = None
-        self._log_offset = 0  # where the current run's output starts in log_path
-        self.startup_seconds: float | None = None
-        """How long the last successful :meth:`start` took, for diagnostics."""
-
-    # ----------------------------------------------------------------- properties
-
-    @property
-    def port(self) -> int:
-        """The client port.  Raises :class:`RuntimeError` before the first start."""
-        if self._port is None:
-            raise RuntimeError("the ZooKeeper server has no port before its first start()")
-        return self._port
 
     @property
     def hosts(self) -> str:
         """The connection string for clients, ``"127.0.0.1:PORT"``."""
         return f"{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        """The JVM's process id while it runs, else ``None``."""
-        process = self._process
-        return process.pid if process is not None and process.poll() is None else None
-
-    @property
-    def is_running(self) -> bool:
-        """Whether the server process is alive (it may not be answering yet)."""
-        return self._process is not None and self._process.poll() is None
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def start(self) -> ZooKeeperServer:
-        """Start the server and wait until it answers on its port; return ``self``.
-
-        If the port chosen turns out to be taken, another one is picked (unless the port
-        was given or the server ran before: clients know that one).  Raises
-        :class:`ZooKeeperStartError`, with the end of the server's log, if the server exits
-        or does not answer within ``start_timeout`` seconds.
-        """
-        if self.is_running:
-            raise RuntimeError(f"the ZooKeeper server on {self.hosts} is already running")
-        java = find_java()
+    def start(self) -> Self:
+        """Start the server and wait until it serves; return ``self``.  Raises
+        :class:`ZooKeeperStartError` as :meth:`ChildServer.start` says."""
+        self._java = find_java()
         jars = find_classpath()
-        classpath = os.pathsep.join(jars)
+        self._classpath = os.pathsep.join(jars)
         self._connection_factory = _connection_factory(jars)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(exist_ok=True)
-        began = time.monotonic()
-        deadline = began + self.start_timeout
-        attempts = 0
-        while True:
-            attempts += 1
-            if self._port is None:
-                self._port = free_port(self.host)
-            elif not self._wait_for_free_port(deadline):
-                self._fail("port taken", java, classpath)
-            self._write_config()
-            self._launch(java, classpath)
-            outcome = self._wait_until_serving(deadline)
-            if outcome == "serving":
-                self._port_fixed = True  # clients now know this port: keep it for restarts
-                self.startup_seconds = time.monotonic() - began
-                return self
-            if outcome == "port taken" and time.monotonic() < deadline:
-                if not self._port_fixed and attempts < 10:
-                    self._port = None  # another process got the port first: pick another one
-                    continue
-                if self._port_fixed:
-                    continue  # wait until our port is free again, then retry
-            self._fail(outcome, java, classpath)
-
-    def _fail(self, outcome: str, java: str, classpath: str) -> NoReturn:
-        self.kill()
-        reason = {
-            "port taken": f"port {self._port} is in use by another process",
-            "exited": f"the process exited with status {self._last_returncode}",
-        }.get(outcome, f"it did not answer within {self.start_timeout:g} s")
-        raise ZooKeeperStartError(
-            f"ZooKeeper did not start on {self.host}:{self._port}: {reason}.\n"
-            f"Command: {' '.join(self._command(java, classpath))}\n"
-            f"Last lines of {self.log_path}:\n{self.log_tail()}"
-        )
-
-    def stop(self) -> None:
-        """Stop the server: SIGTERM, then SIGKILL if it has not exited after ``stop_timeout``."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            except ProcessLookupError:
-                pass
-        self._forget_process()
-
-    def kill(self) -> None:
-        """Kill the server with SIGKILL, as a crash or an outage would: no clean shutdown."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                process.kill()
-            except ProcessLookupError:
-                pass
-            process.wait()
-        self._forget_process()
-
-    def restart(self) -> ZooKeeperServer:
-        """Stop the server if it runs, then start it again on the same port and data."""
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> ZooKeeperServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return super().start()
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.is_running else "stopped"
         return f"<ZooKeeperServer {self.host}:{self._port} {state} in {self.directory}>"
 
-    # ----------------------------------------------------------------- diagnostics
-
     def command(self, word: str, timeout: float = 1.0) -> str:
         """Send a four-letter command (``ruok``, ``srvr``, ``mntr``, ``cons``...) to the server."""
         return four_letter_word(self.host, self.port, word, timeout)
 
-    def log_tail(self, lines: int = 40, *, current_run_only: bool = True) -> str:
-        """The last ``lines`` lines the server wrote (its current or last run by default)."""
-        try:
-            with open(self.log_path, "rb") as log:
-                if current_run_only:
-                    log.seek(self._log_offset)
-                text = log.read().decode("utf-8", "replace")
-        except OSError as error:
-            return f"(no log: {error})"
-        return "\n".join(text.splitlines()[-lines:]) or "(the log is empty)"
-
     # ----------------------------------------------------------------- internals
+
+    def _launch(self) -> None:
+        self._write_config()  # the port may have changed since the last attempt
+        super()._launch()
 
     def _write_config(self) -> None:
         settings = {
@@ -437,66 +288,20 @@ class ZooKeeperServer:
         text = "".join(f"{key}={value}\n" for key, value in settings.items())
         self.config_path.write_text(text, encoding="utf-8")
 
-    def _command(self, java: str, classpath: str) -> list[str]:
-        return [java, *self.jvm_args, "-cp", classpath, MAIN_CLASS, str(self.config_path)]
+    def _command(self) -> list[str]:
+        return [self._java, *self.jvm_args, "-cp", self._classpath, MAIN_CLASS, str(self.config_path)]
 
-    def _launch(self, java: str, classpath: str) -> None:
-        with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            header = f"----- {time.strftime('%H:%M:%S')} starting on port {self._port}\n"
-            log.write(header.encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                self._command(java, classpath),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                start_new_session=True,  # a Ctrl-C meant for pytest does not reach the JVM
-            )
-        _live_servers.add(self)
+    def _bound(self, log: str) -> bool:
+        return True  # no log line needed: the probe tells our server apart by its data directory
 
-    def _wait_for_free_port(self, deadline: float) -> bool:
-        """Wait until our (fixed) port can be bound, as the server binds it (SO_REUSEADDR)."""
-        while True:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    sock.bind((self.host, self.port))
-                    return True
-                except OSError:
-                    if time.monotonic() >= deadline:
-                        return False
-            time.sleep(0.1)
-
-    def _wait_until_serving(self, deadline: float) -> str:
-        """Poll until our process serves: ``"serving"``, ``"exited"``, ``"port taken"`` or
-        ``"timeout"``.
-
-        ``ruok`` is not enough: the server answers ``imok`` while it still loads its data,
-        and so would another ZooKeeper holding the port (ours then dies of a BindException).
-        ``srvr`` reports a ``Mode`` only once the server serves, and ``conf`` tells our
-        server apart by its data directory.
-        """
-        assert self._process is not None
+    def _probe(self) -> None:
+        """``ruok`` is not enough: the server answers ``imok`` while it still loads its
+        data, and so would another ZooKeeper holding the port (ours then dies of a
+        BindException).  ``srvr`` reports a ``Mode`` only once the server serves, and
+        ``conf`` tells our server apart by its data directory."""
+        if "Mode: " not in self.command("srvr", timeout=0.5):
+            raise ConnectionError("not serving yet")
         our_data_dir = f"dataDir={self.data_dir}"
-        while True:
-            if self._process.poll() is not None:
-                log = self.log_tail(200)
-                return "port taken" if "Address already in use" in log else "exited"
-            try:
-                if "Mode: " in self.command("srvr", timeout=0.5):
-                    conf = self.command("conf", timeout=0.5).splitlines()
-                    if any(line == our_data_dir or line.startswith(our_data_dir + os.sep) for line in conf):
-                        return "serving"
-            except OSError:
-                pass  # refused, reset or timed out: not listening yet
-            if time.monotonic() >= deadline:
-                return "timeout"
-            time.sleep(0.05)
-
-    def _forget_process(self) -> None:
-        if self._process is not None:
-            self._last_returncode = self._process.returncode
-        self._process = None
-        _live_servers.discard(self)
+        conf = self.command("conf", timeout=0.5).splitlines()
+        if not any(line == our_data_dir or line.startswith(our_data_dir + os.sep) for line in conf):
+            raise ConnectionError("another ZooKeeper answers on this port")
