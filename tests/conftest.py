@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from cluster import TOKEN, ZK_AUTH, Cluster
 from kafka import KafkaBroker
+from topics import TopicReader
 from zookeeper import ZooKeeperServer
 
 
@@ -61,6 +62,20 @@ def topic_prefix(request: pytest.FixtureRequest) -> str:
     a random part.  Append a suffix: ``f"{topic_prefix}events"``."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:60].strip("-.") or "test"
     return f"{name}-{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture
+def readers() -> Iterator[Any]:
+    """``readers(bootstrap, topic)`` makes a :class:`TopicReader` closed after the test."""
+    made: list[TopicReader] = []
+
+    def make(bootstrap: str, topic: str) -> TopicReader:
+        made.append(TopicReader(bootstrap, topic))
+        return made[-1]
+
+    yield make
+    for reader in made:
+        reader.close()
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,7 @@ __all__ = [
     "KafkaStartError",
     "MotoNotInstalledError",
     "MotoS3",
+    "Quiet",
     "api_versions",
     "find_tansu",
     "moto_available",
@@ -575,12 +576,12 @@ class KafkaBroker(ChildServer):
                                           "enable.auto.commit": False}))
 
 
-class _Quiet:
-    """A librdkafka logger that drops its lines: a test that stops the broker would
-    otherwise fill stderr with reconnect attempts of the helpers' clients."""
+class Quiet:
+    """A librdkafka logger that drops its lines: a test that stops a broker would
+    otherwise fill stderr with its clients' reconnect attempts."""
 
     def log(self, level: int, msg: str, *args: Any) -> None:
         pass
 
 
-_QUIET = _Quiet()
+_QUIET = Quiet()

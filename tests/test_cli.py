@@ -148,5 +148,5 @@ def test_endless_topology_stops_cleanly(tmp_path: Path, how: str) -> None:
     assert "Traceback" not in stderr
     assert proc.returncode == (130 if how == "interrupt" else 0), stderr
     assert ("interrupted in" if how == "interrupt" else "timeout in") in stderr
-    written = [json.loads(line)["n"] for line in output.read_text().splitlines()]
-    assert written and len(set(written)) == len(written)
+    numbers = [json.loads(line)["n"] for line in output.read_text().splitlines()]
+    assert numbers and len(set(numbers)) == len(numbers)

@@ -3,19 +3,22 @@ processes over TCP, and ``kill -9``."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from cluster import TOKEN, Cluster, metric_samples, wait_for
+from cluster import TOKEN, Cluster, free_port_run, metric_samples, wait_for
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
@@ -355,9 +358,7 @@ def test_sigterm_on_a_supervisor_stops_its_workers_and_deregisters_at_once(
 
 
 def probe(url: str) -> tuple[int, dict[str, Any]]:
-    import urllib.error
-    import urllib.request
-
+    """The status and JSON body a GET of ``url`` answers (0 and {} when nothing answers)."""
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.status, json.loads(response.read())
@@ -367,13 +368,18 @@ def probe(url: str) -> tuple[int, dict[str, Any]]:
         return 0, {}
 
 
+def ready(url: str) -> bool:
+    """Whether the role serving ``url`` answers its readiness probe with 200."""
+    return probe(url + "/readyz")[0] == 200
+
+
 def test_probes_follow_a_leader_change_and_a_zookeeper_outage(own_cluster: Cluster, zookeeper: Any) -> None:
     c = own_cluster
     sup = next(iter(c.supervisors))
     sup_probe = f"http://127.0.0.1:{c.health_ports[sup]}"
     for url in list(c.nimbus) + [sup_probe]:
         assert probe(url + "/healthz")[0] == 200
-        assert wait_for(lambda url=url: probe(url + "/readyz")[0] == 200, 30, f"{url} ready")
+        assert wait_for(functools.partial(ready, url), 30, f"{url} ready")
     leader = c.api("cluster")["leader"]
     standby = next(url for url in c.nimbus if url != leader)
     assert "standby" in probe(standby + "/readyz")[1]["reason"]
@@ -386,14 +392,12 @@ def test_probes_follow_a_leader_change_and_a_zookeeper_outage(own_cluster: Clust
         assert probe(standby + "/healthz")[0] == 200 and probe(sup_probe + "/healthz")[0] == 200
     finally:
         zookeeper.start()
-    wait_for(lambda: probe(standby + "/readyz")[0] == 200 and probe(sup_probe + "/readyz")[0] == 200,
+    wait_for(lambda: ready(standby) and ready(sup_probe),
              60, "ready again after ZooKeeper is back")
 
 
 def test_roles_take_every_setting_from_the_environment(zookeeper: Any, zk_root: str, tmp_path: Path) -> None:
     """As a container runs them: the same entrypoint, no flags, settings only from env."""
-    from cluster import free_port_run
-
     nimbus_port, base = free_port_run(1), free_port_run(3)
     (tmp_path / "token").write_text("env-token\n")
     env = dict(os.environ, STREAMFLOW_ZK=zookeeper.hosts, STREAMFLOW_ZK_ROOT=zk_root,
@@ -406,7 +410,7 @@ def test_roles_take_every_setting_from_the_environment(zookeeper: Any, zk_root: 
              for role in ("nimbus", "supervisor")]
     try:
         for url in (f"http://127.0.0.1:{nimbus_port}", f"http://127.0.0.1:{base + 2}"):
-            wait_for(lambda url=url: probe(url + "/readyz")[0] == 200, 30, f"{url} ready")
+            wait_for(functools.partial(ready, url), 30, f"{url} ready")
         listed = subprocess.run([sys.executable, "-m", "streamflow.cli", "list", "--json"], capture_output=True,
                                 text=True, timeout=60, env=dict(
                                     env, STREAMFLOW_NIMBUS=f"http://127.0.0.1:{nimbus_port}",

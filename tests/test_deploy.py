@@ -72,15 +72,15 @@ def _merge(base: Any, patch: Any, key: str | None = None) -> Any:
         return out
     if isinstance(base, list) and isinstance(patch, list) and key in MERGE_KEYS:
         mk = MERGE_KEYS[key]
-        out = [copy.deepcopy(item) for item in base]
+        items = [copy.deepcopy(item) for item in base]
         for item in patch:
-            for i, existing in enumerate(out):
+            for i, existing in enumerate(items):
                 if existing.get(mk) == item.get(mk):
-                    out[i] = _merge(existing, item, None)
+                    items[i] = _merge(existing, item, None)
                     break
             else:
-                out.append(copy.deepcopy(item))
-        return out
+                items.append(copy.deepcopy(item))
+        return items
     return copy.deepcopy(patch)
 
 

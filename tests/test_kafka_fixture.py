@@ -18,14 +18,7 @@ import pytest
 from cluster import wait_for
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from kafka import KafkaBroker, KafkaRecord, KafkaStartError, api_versions, moto_available
-
-
-class Quiet:
-    """A librdkafka logger that drops its lines."""
-
-    def log(self, level: int, msg: str, *args: Any) -> None:
-        pass
+from kafka import KafkaBroker, KafkaRecord, KafkaStartError, Quiet, api_versions, moto_available
 
 
 def consumer(kafka: KafkaBroker, group: str = "fixture-tests", **settings: Any) -> Consumer:
