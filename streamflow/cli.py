@@ -344,20 +344,16 @@ def _set_config(args: argparse.Namespace) -> int:
 
 def _kafka_quota(args: argparse.Namespace) -> int:
     from streamflow_connectors.kafka.admin import QUOTA_KEYS, QuotaAdmin
-    from streamflow_connectors.kafka.client import KafkaClientError
 
     values = {key: value for key in QUOTA_KEYS if (value := getattr(args, key)) is not None}
     both = sorted(set(values) & set(args.remove))
     if both:
         raise StreamflowError(f"--remove {both[0]} and a value for it at once")
-    try:
-        with QuotaAdmin(args.bootstrap) as admin:
-            if values or args.remove:
-                quotas = admin.set(args.client_id, values, args.remove)
-            else:
-                quotas = admin.describe(args.client_id)
-    except KafkaClientError as exc:
-        raise StreamflowError(str(exc)) from None
+    with QuotaAdmin(args.bootstrap) as admin:  # its KafkaClientError is a one-line StreamflowError
+        if values or args.remove:
+            quotas = admin.set(args.client_id, values, args.remove)
+        else:
+            quotas = admin.describe(args.client_id)
     if not quotas:
         print(f"client id {args.client_id}: no broker quotas")
     for key, value in sorted(quotas.items()):

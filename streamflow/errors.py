@@ -1,12 +1,13 @@
-"""Errors a user can cause, each rendered by the CLI as one line.
+"""Errors that one line says all about: bad input, or a server that cannot be reached.
 
-Every class here means "bad input": the CLI prints ``str(error)`` on stderr and exits
-with code 2, never a traceback. Anything else that escapes is a bug in streamflow.
+The CLI prints ``str(error)`` of one on stderr and exits with code 2; a task that raises
+one has it logged as that line, with no traceback. Anything else that escapes is a bug,
+in streamflow or in a user's component, and its traceback is what shows where.
 """
 
 
 class StreamflowError(Exception):
-    """Base class of the errors the CLI reports as one line."""
+    """Base class of the errors reported as one line."""
 
 
 class ConfigError(StreamflowError):

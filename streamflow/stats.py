@@ -14,6 +14,8 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from streamflow.errors import StreamflowError
+
 log = logging.getLogger("streamflow.errors")
 
 ERROR_LOG_INTERVAL = 5.0
@@ -111,7 +113,9 @@ class TaskStats:
     _last_logged: float = field(default=0.0, repr=False)
 
     def record_error(self, exc: BaseException, doing: str) -> None:
-        """Count an exception raised by user code and keep it as the last error."""
+        """Count an exception raised by a component and keep it as the last error. The log
+        has its traceback, unless it is a :class:`~streamflow.errors.StreamflowError`, whose
+        one line says all (a connector's "Kafka at HOST:PORT: ..." when a broker is away)."""
         self.errors += 1
         where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
@@ -120,8 +124,8 @@ class TaskStats:
         self.last_error = ErrorRecord(now, self.task, message)
         if now - self._last_logged >= ERROR_LOG_INTERVAL:
             self._last_logged = now
-            log.warning("component %s task %d: %s (%d errors so far)",
-                        self.component, self.task, message, self.errors, exc_info=exc)
+            log.warning("component %s task %d: %s (errors so far: %d)", self.component, self.task, message,
+                        self.errors, exc_info=None if isinstance(exc, StreamflowError) else exc)
 
 
 @dataclass

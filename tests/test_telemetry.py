@@ -4,11 +4,14 @@ status table: pure logic, with hand-made figures."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from streamflow_connectors.kafka.client import KafkaClientError
 
 from streamflow import TopologyBuilder
 from streamflow.acking import RecentFailures
@@ -97,6 +100,29 @@ class Sleepy(BasicBolt):
     def process(self, tup: Tuple) -> None:
         time.sleep(0.001)
         self.emit((tup["n"],))
+
+
+def test_an_error_is_logged_with_its_traceback_unless_one_line_says_all(caplog: pytest.LogCaptureFixture) -> None:
+    stats = TaskStats("sentences", 3)
+
+    def raised(exc: Exception) -> Exception:
+        try:
+            raise exc
+        except Exception as caught:
+            return caught
+
+    with caplog.at_level(logging.WARNING, logger="streamflow.errors"):
+        stats.record_error(raised(KafkaClientError("Kafka at 127.0.0.1:1: Connection refused")), "next_tuple")
+        stats._last_logged = 0.0  # past the log's rate limit
+        stats.record_error(raised(ValueError("a bug in a bolt")), "process")
+    away, bug = caplog.records
+    assert away.exc_info is None
+    assert away.getMessage().startswith("component sentences task 3: next_tuple: KafkaClientError: Kafka at "
+                                        "127.0.0.1:1: Connection refused at ")
+    assert away.getMessage().endswith("(errors so far: 1)")
+    assert bug.exc_info is not None and bug.exc_info[0] is ValueError
+    assert "Traceback" in caplog.text and "(errors so far: 2)" in bug.getMessage()
+    assert stats.errors == 2 and stats.last_error is not None and "a bug in a bolt" in stats.last_error.message
 
 
 def test_execute_latency_and_busy_time_measure_the_bolt() -> None:

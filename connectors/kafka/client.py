@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 
+from streamflow.errors import StreamflowError
+
 T = TypeVar("T")
 
 CONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -60,8 +62,9 @@ class ClientErrors:
             raise KafkaClientError(f"Kafka at {self.bootstrap_servers}: {error.str()}")
 
 
-class KafkaClientError(RuntimeError):
-    """A Kafka client or broker error, as one line: ``Kafka at HOST:PORT: what happened``."""
+class KafkaClientError(StreamflowError):
+    """A Kafka client or broker error, as one line: ``Kafka at HOST:PORT: what happened``
+    (so the CLI prints it as it is, and a task's log gives no traceback)."""
 
 
 def reason(exc: BaseException) -> str:
