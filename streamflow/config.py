@@ -2,14 +2,16 @@
 
 Config is a plain dict so that user keys (``input.path``) travel beside engine keys
 (``topology.workers``). Only the keys listed in :data:`SETTINGS` are checked; any other
-key is the topology's own business.
+key is the topology's own business. Two of them are the Kafka spout's, as the CLI sets
+them on any topology (``kafka.stop_at_end``, and ``kafka.quotas``, which ``set-config``
+changes on a running one): nimbus checks them here without loading connector code.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from streamflow.errors import ConfigError
 
@@ -19,18 +21,23 @@ class Setting:
     """One engine config key: its type, lower bound and default."""
 
     key: str
-    kind: type  # int, float or bool; float also accepts int
+    kind: type  # int, float or bool (float also accepts int), or dict with ``accepts``
     default: Any
     minimum: float | None = None
     exclusive_minimum: bool = False
     nullable: bool = False
     doc: str = ""
+    accepts: Callable[[Any], bool] | None = None
+    """For a structured value: whether it has the shape that ``expected`` describes."""
+    expected: str = ""
 
     def check(self, value: Any) -> Any:
         """Return ``value`` if it fits this setting, else raise :class:`ConfigError`."""
         if value is None and self.nullable:
             return None
-        if self.kind is bool:
+        if self.accepts is not None:
+            ok = self.accepts(value)
+        elif self.kind is bool:
             ok = isinstance(value, bool)
         elif self.kind is int:
             ok = isinstance(value, int) and not isinstance(value, bool)
@@ -44,12 +51,22 @@ class Setting:
 
     def _describe(self) -> str:
         names = {bool: "true or false", int: "an integer", float: "a number"}
-        text = names[self.kind]
+        text = self.expected or names[self.kind]
         if self.minimum is not None:
             text += f" {'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
         if self.nullable:
             text += " or null"
         return text
+
+
+def _quotas(value: Any) -> bool:
+    """Whether ``value`` is ``{client id: {"bytes_per_sec": B, "records_per_sec": R}}``
+    with each rate a number >= 0 or null (either key may be left out)."""
+    return isinstance(value, Mapping) and all(
+        isinstance(quota, Mapping) and set(quota) <= {"bytes_per_sec", "records_per_sec"}
+        and all(rate is None or (isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate >= 0)
+                for rate in quota.values())
+        for quota in value.values())
 
 
 SETTINGS: dict[str, Setting] = {
@@ -70,6 +87,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("topology.tick.tuple.freq.secs", float, None, minimum=0,
                 exclusive_minimum=True, nullable=True,
                 doc="send each bolt task a tick tuple this often"),
+        Setting("kafka.stop_at_end", bool, None, nullable=True,
+                doc="Kafka spouts stop at the end offsets seen at start, so local mode ends; "
+                    "null: as each spout was built"),
+        Setting("kafka.quotas", dict, None, nullable=True, accepts=_quotas,
+                expected='an object {client id: {"bytes_per_sec": B, "records_per_sec": R}} of rates >= 0',
+                doc="Kafka spouts' records/s and bytes/s per client id; set-config changes them at once"),
     )
 }
 

@@ -70,6 +70,14 @@ def test_config_value_of_the_wrong_type() -> None:
     assert_one_line_error(result, "topology.message.timeout.secs", "'soon'")
 
 
+@pytest.mark.parametrize("option, needle", [("kafka.stop_at_end=False", "true or false"),
+                                            ("kafka.quotas=notjson", "an object {client id:")])
+def test_kafka_config_values_are_checked_before_anything_runs(option: str, needle: str) -> None:
+    # Refused before a spout opens: no broker is needed to tell, and none is asked.
+    result = streamflow("local", str(WORDCOUNT), "-c", "kafka.bootstrap=127.0.0.1:9", "-c", option)
+    assert_one_line_error(result, f"config {option.split('=')[0]!r}", needle)
+
+
 def test_wordcount_on_the_sample_prints_the_top_ten() -> None:
     result = streamflow("local", str(WORDCOUNT))
     assert result.returncode == 0, result.stderr

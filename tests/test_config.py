@@ -138,6 +138,9 @@ def test_validate_config_unknown_user_keys_pass():
         ("topology.executor.receive.buffer.size", 1),
         ("topology.producer.batch.size", 1),
         ("topology.tick.tuple.freq.secs", 1), ("topology.tick.tuple.freq.secs", 0.5),
+        ("kafka.stop_at_end", True), ("kafka.stop_at_end", False),
+        ("kafka.quotas", {}), ("kafka.quotas", {"wc-sentences": {"records_per_sec": 100}}),
+        ("kafka.quotas", {"a": {"bytes_per_sec": 1.5e6, "records_per_sec": None}, "b": {}}),
     ],
 )
 def test_validate_config_accepts_valid_values(key, value):
@@ -146,7 +149,8 @@ def test_validate_config_accepts_valid_values(key, value):
 
 @pytest.mark.parametrize(
     "key",
-    ["topology.acker.executors", "topology.max.spout.pending", "topology.tick.tuple.freq.secs"],
+    ["topology.acker.executors", "topology.max.spout.pending", "topology.tick.tuple.freq.secs",
+     "kafka.stop_at_end", "kafka.quotas"],
 )
 def test_validate_config_accepts_null_where_nullable(key):
     assert SETTINGS[key].nullable
@@ -182,6 +186,15 @@ def test_validate_config_rejects_null_where_not_nullable(key):
         ("topology.producer.batch.size", -1, [">= 1"]),
         ("topology.tick.tuple.freq.secs", 0, ["> 0", "or null"]),
         ("topology.tick.tuple.freq.secs", "1", ["a number"]),
+        # A -c value that is not JSON stays a string: "False" must not read as true.
+        ("kafka.stop_at_end", "False", ["true or false", "'False'"]),
+        ("kafka.stop_at_end", 1, ["true or false"]),
+        ("kafka.quotas", "notjson", ["an object {client id:", "'notjson'"]),
+        ("kafka.quotas", {"wc": 100}, ["an object"]),
+        ("kafka.quotas", {"wc": {"records_per_second": 100}}, ["records_per_sec"]),
+        ("kafka.quotas", {"wc": {"records_per_sec": -1}}, [">= 0"]),
+        ("kafka.quotas", {"wc": {"bytes_per_sec": "1MB"}}, ["rates >= 0"]),
+        ("kafka.quotas", {"wc": {"records_per_sec": True}}, ["an object"]),
     ],
 )
 def test_validate_config_rejects_wrong_type_or_range(key, value, fragments):

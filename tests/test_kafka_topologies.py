@@ -296,6 +296,9 @@ def test_quota_holds_across_two_spout_tasks_and_follows_set_config(
     assert min(windows) >= 0.7 * rate  # the quota limits, it does not starve
     assert from_metrics <= 1.2 * rate
 
+    refused = cluster.cli("set-config", "wc-quota", "-c", 'kafka.quotas={"wordcount-sentences": 400}')
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "config 'kafka.quotas': expected an object {client id:" in refused.stderr, refused.stderr
     quota = json.dumps({"wordcount-sentences": {"records_per_sec": new_rate}})
     result = cluster.cli("set-config", "wc-quota", "-c", f"kafka.quotas={quota}")
     assert result.returncode == 0, result.stderr

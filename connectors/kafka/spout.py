@@ -155,7 +155,8 @@ class KafkaSpout(AsyncSpout):
         self.group_id = self.group_id or self._name
         self.client_id = self.client_id or self._name
         self._index, self._tasks = context.task_index, context.parallelism
-        self.stop_at_end = bool(config.get("kafka.stop_at_end", self.stop_at_end))
+        if config.get("kafka.stop_at_end") is not None:  # checked as true or false by the engine
+            self.stop_at_end = config["kafka.stop_at_end"]
         self.quota = Quota(*self._rates(config))
         self._decode = decoder(self.value_format)
         self._errors = ClientErrors(self.bootstrap_servers)
@@ -188,19 +189,11 @@ class KafkaSpout(AsyncSpout):
         self.quota.set_rates(*self._rates(config))
 
     def _rates(self, config: Mapping[str, Any]) -> tuple[float | None, float | None]:
-        """This task's (bytes/s, records/s): the client id's entry in ``kafka.quotas``, else
-        the constructor's rates, shared evenly by the component's tasks."""
-        quotas = config.get("kafka.quotas") or {}
-        if not isinstance(quotas, Mapping):
-            raise ValueError(f"kafka.quotas must be an object {{client id: {{...}}}}, got {quotas!r}")
-        quota = quotas.get(self.client_id)
-        if quota is None:
-            rates = self.quota_rates
-        elif isinstance(quota, Mapping):
-            rates = (quota.get("bytes_per_sec"), quota.get("records_per_sec"))
-        else:
-            raise ValueError(f"kafka.quotas[{self.client_id!r}] must be an object "
-                             f"{{\"bytes_per_sec\": B, \"records_per_sec\": R}}, got {quota!r}")
+        """This task's (bytes/s, records/s): the client id's entry in ``kafka.quotas`` (its
+        shape checked by the engine, as the config of any topology), else the constructor's
+        rates, shared evenly by the component's tasks."""
+        quota = (config.get("kafka.quotas") or {}).get(self.client_id)
+        rates = self.quota_rates if quota is None else (quota.get("bytes_per_sec"), quota.get("records_per_sec"))
         bytes_rate, records_rate = (None if rate is None else float(rate) / self._tasks for rate in rates)
         return bytes_rate, records_rate
 
