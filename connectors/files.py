@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import orjson
 
-from streamflow import Bolt, Spout, TaskContext, Tuple
+from streamflow import Bolt, Spout, StreamflowError, TaskContext, Tuple
 from streamflow.tuples import Origin
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,10 @@ class LineSpout(Spout):
         self.dropped = 0
 
     def open(self, config: Mapping[str, Any], context: TaskContext) -> None:
-        self._file = open(self.path, "rb")
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as exc:
+            raise StreamflowError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         size = os.fstat(self._file.fileno()).st_size
         index, tasks = context.task_index, context.parallelism
         start, self._end = size * index // tasks, size * (index + 1) // tasks
@@ -118,7 +121,10 @@ class JsonLinesSink(Bolt):
         self.fields = tuple(fields) if fields else None
 
     def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StreamflowError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._data = bytearray()
         self._batch: list[Tuple] = []
         self._records: dict[Origin, Callable[[Sequence[Any]], dict[str, Any]]] = {}

@@ -70,6 +70,17 @@ def test_config_value_of_the_wrong_type() -> None:
     assert_one_line_error(result, "topology.message.timeout.secs", "'soon'")
 
 
+@pytest.mark.parametrize("option, needle", [("input.path=/nonexistent/in.txt", "cannot read /nonexistent/in.txt"),
+                                            ("output.path=/nonexistent/out.jsonl",
+                                             "cannot write /nonexistent/out.jsonl")])
+def test_a_file_that_cannot_be_opened_fails_the_run_in_one_line(option: str, needle: str) -> None:
+    result = streamflow("local", str(WORDCOUNT), "-c", option)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    *warnings, failed = result.stderr.strip().splitlines()  # each task's error log, then the verdict
+    assert warnings and all(f"StreamflowError: {needle}: No such file or directory" in w for w in warnings)
+    assert failed.startswith("streamflow: failed: component ") and needle in failed
+
+
 @pytest.mark.parametrize("option, needle", [("kafka.stop_at_end=False", "true or false"),
                                             ("kafka.quotas=notjson", "an object {client id:")])
 def test_kafka_config_values_are_checked_before_anything_runs(option: str, needle: str) -> None:
