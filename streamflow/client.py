@@ -46,4 +46,5 @@ class NimbusClient:
             raise StreamflowError(f"nimbus refused: {reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             why = getattr(exc, "reason", exc)
+            why = getattr(why, "strerror", None) or why  # "Connection refused", not "[Errno 111] ..."
             raise StreamflowError(f"cannot reach nimbus at {self.url}: {why}") from None

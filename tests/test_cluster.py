@@ -269,7 +269,7 @@ def test_bad_requests_give_one_line(cluster: Cluster, tmp_path: Path) -> None:
     unknown = cluster.cli("status", "no-such-topology")
     unreachable = cluster.cli("list", nimbus="http://127.0.0.1:9")
     for result, needle in ((duplicate, "already running"), (unknown, "no topology named"),
-                           (unreachable, "cannot reach nimbus")):
+                           (unreachable, "cannot reach nimbus at http://127.0.0.1:9: Connection refused")):
         assert result.returncode == 2, result.stderr
         assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
