@@ -113,9 +113,13 @@ class TaskStats:
     _last_logged: float = field(default=0.0, repr=False)
 
     def record_error(self, exc: BaseException, doing: str) -> None:
-        """Count an exception raised by a component and keep it as the last error. The log
-        has its traceback, unless it is a :class:`~streamflow.errors.StreamflowError`, whose
-        one line says all (a connector's "Kafka at HOST:PORT: ..." when a broker is away)."""
+        """Count an exception raised by a component and keep it as the last error.
+
+        The log gives it as one line that says where it was raised (at most every
+        :data:`ERROR_LOG_INTERVAL` seconds per task). Its traceback is added only where
+        the log shows DEBUG (``--log-level debug``, ``set-log-level``), to debug a
+        component, and never for a :class:`~streamflow.errors.StreamflowError`, whose line
+        says all (a connector's "Kafka at HOST:PORT: ..." while a broker is away)."""
         self.errors += 1
         where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
@@ -124,8 +128,9 @@ class TaskStats:
         self.last_error = ErrorRecord(now, self.task, message)
         if now - self._last_logged >= ERROR_LOG_INTERVAL:
             self._last_logged = now
+            detail = log.isEnabledFor(logging.DEBUG) and not isinstance(exc, StreamflowError)
             log.warning("component %s task %d: %s (errors so far: %d)", self.component, self.task, message,
-                        self.errors, exc_info=None if isinstance(exc, StreamflowError) else exc)
+                        self.errors, exc_info=exc if detail else None)
 
 
 @dataclass

@@ -102,27 +102,32 @@ class Sleepy(BasicBolt):
         self.emit((tup["n"],))
 
 
-def test_an_error_is_logged_with_its_traceback_unless_one_line_says_all(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_error_is_logged_as_one_line_and_its_traceback_only_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     stats = TaskStats("sentences", 3)
 
-    def raised(exc: Exception) -> Exception:
+    def record(exc: Exception, doing: str) -> logging.LogRecord:
         try:
             raise exc
         except Exception as caught:
-            return caught
+            stats._last_logged = 0.0  # past the log's rate limit
+            stats.record_error(caught, doing)
+        return caplog.records[-1]
 
     with caplog.at_level(logging.WARNING, logger="streamflow.errors"):
-        stats.record_error(raised(KafkaClientError("Kafka at 127.0.0.1:1: Connection refused")), "next_tuple")
-        stats._last_logged = 0.0  # past the log's rate limit
-        stats.record_error(raised(ValueError("a bug in a bolt")), "process")
-    away, bug = caplog.records
-    assert away.exc_info is None
+        away = record(KafkaClientError("Kafka at 127.0.0.1:1: Connection refused"), "next_tuple")
+        bug = record(ValueError("a bug in a bolt"), "process")
     assert away.getMessage().startswith("component sentences task 3: next_tuple: KafkaClientError: Kafka at "
                                         "127.0.0.1:1: Connection refused at ")
     assert away.getMessage().endswith("(errors so far: 1)")
+    assert bug.getMessage().startswith("component sentences task 3: process: ValueError: a bug in a bolt at ")
+    assert bug.getMessage().endswith("(errors so far: 2)") and __file__ in bug.getMessage()
+    assert away.exc_info is None and bug.exc_info is None and "Traceback" not in caplog.text
+    with caplog.at_level(logging.DEBUG, logger="streamflow.errors"):
+        away = record(KafkaClientError("Kafka at 127.0.0.1:1: Connection refused"), "next_tuple")
+        bug = record(ValueError("a bug in a bolt"), "process")
+    assert away.exc_info is None  # its line says all
     assert bug.exc_info is not None and bug.exc_info[0] is ValueError
-    assert "Traceback" in caplog.text and "(errors so far: 2)" in bug.getMessage()
-    assert stats.errors == 2 and stats.last_error is not None and "a bug in a bolt" in stats.last_error.message
+    assert stats.errors == 4 and stats.last_error is not None and "a bug in a bolt" in stats.last_error.message
 
 
 def test_execute_latency_and_busy_time_measure_the_bolt() -> None:
