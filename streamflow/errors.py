@@ -1,8 +1,9 @@
 """Errors that one line says all about: bad input, or a server that cannot be reached.
 
 The CLI prints ``str(error)`` of one on stderr and exits with code 2; a task that raises
-one has it logged as that line, with no traceback. Anything else that escapes is a bug,
-in streamflow or in a user's component, and its traceback is what shows where.
+one has it logged as that line, with no traceback even at DEBUG. Anything else a task
+raises is a bug in a component: its line says where it was raised, and the log adds its
+traceback at DEBUG. Anything else that reaches the CLI is a bug in streamflow.
 """
 
 

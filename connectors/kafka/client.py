@@ -64,7 +64,7 @@ class ClientErrors:
 
 class KafkaClientError(StreamflowError):
     """A Kafka client or broker error, as one line: ``Kafka at HOST:PORT: what happened``
-    (so the CLI prints it as it is, and a task's log gives no traceback)."""
+    (so the CLI prints it as it is, and a task's log never adds a traceback)."""
 
 
 def reason(exc: BaseException) -> str:
