@@ -58,25 +58,25 @@ def metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
     """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    while not (value := _checked(condition, deadline, timeout, what)):
         time.sleep(every)
+    return value
 
 
 async def wait_for_async(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.01) -> Any:
     """:func:`wait_for` inside an event loop: the loop runs on while it waits."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    while not (value := _checked(condition, deadline, timeout, what)):
         await asyncio.sleep(every)
+    return value
+
+
+def _checked(condition: Callable[[], Any], deadline: float, timeout: float, what: str) -> Any:
+    """``condition()``; a falsy value past the deadline fails the wait, naming ``what``."""
+    value = condition()
+    if not value and time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    return value
 
 
 TOKEN = "s3cret-token"

@@ -79,11 +79,14 @@ def readers() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def shared_cluster(zookeeper: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One cluster per test module, shared by its tests that leave it whole: 2 nimbus,
-    2 supervisors of 2 slots, an API token (:data:`cluster.TOKEN`) and ZooKeeper ACLs."""
+def shared_cluster(zookeeper: Any, tmp_path_factory: pytest.TempPathFactory,
+                   request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """One cluster per test module, shared by its tests that leave it whole: 2 nimbus (or
+    the module's ``CLUSTER_NIMBUS``), 2 supervisors of 2 slots, an API token
+    (:data:`cluster.TOKEN`) and ZooKeeper ACLs."""
     root = f"/streamflow-shared-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    c = Cluster(zookeeper.hosts, root, tmp_path_factory.mktemp("cluster"), token=TOKEN, zk_auth=ZK_AUTH)
+    c = Cluster(zookeeper.hosts, root, tmp_path_factory.mktemp("cluster"),
+                nimbus_count=getattr(request.module, "CLUSTER_NIMBUS", 2), token=TOKEN, zk_auth=ZK_AUTH)
     c.start()
     yield c
     c.stop()

@@ -15,7 +15,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ from streamflow.loader import load_topology
 WORDCOUNT = str(ROOT / "topologies" / "wordcount.py")
 ETL = str(ROOT / "topologies" / "etl.py")
 FAST = ["-c", "topology.message.timeout.secs=5"]
+CLUSTER_NIMBUS = 1
+"""The module's cluster (conftest's ``cluster``) has one nimbus: the quota test measures
+rates, on a machine the cluster shares."""
 
 
 def sentences(count: int, seed: int, words: tuple[int, int] = (1, 3)) -> tuple[list[bytes], Counter[str]]:
@@ -135,23 +138,6 @@ def test_wordcount_local_counts_50000_sentences_exactly(kafka: KafkaBroker, topi
 
 
 # -- on a cluster ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def kafka_cluster(zookeeper: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One nimbus and two supervisors of two slots, shared by this module's cluster tests."""
-    c = Cluster(zookeeper.hosts, f"/streamflow-kafka-{os.getpid()}", tmp_path_factory.mktemp("cluster"),
-                nimbus_count=1)
-    c.start()
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def cluster(kafka_cluster: Cluster) -> Iterator[Cluster]:
-    """The shared cluster, emptied of topologies after the test."""
-    yield kafka_cluster
-    kafka_cluster.kill_all()
 
 
 def submit(c: Cluster, topology: str, name: str, *options: str) -> None:
