@@ -93,7 +93,7 @@ class LineSpout(Spout):
         if retries > self.max_retries:
             self.dropped += 1
             del self._in_flight[msg_id]
-            del self._retries[msg_id]
+            self._retries.pop(msg_id, None)  # absent when max_retries is 0
             log.warning("%s: the line at byte %d failed %d times; dropped", self.path, msg_id, retries)
             return
         self._retries[msg_id] = retries

@@ -139,6 +139,20 @@ def test_a_failed_line_is_replayed_first_then_dropped_after_max_retries(
     assert len(emitted) == 5
 
 
+
+def test_a_spout_without_retries_drops_a_failed_line_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"a\n")
+    spout, emitted = open_task(path, 0, 1, max_retries=0)
+    spout.next_tuple()
+    with caplog.at_level(logging.WARNING):
+        spout.fail(0)
+    assert spout.dropped == 1 and spout.exhausted()
+    assert "the line at byte 0 failed 1 times; dropped" in caplog.text
+    spout.next_tuple()
+    assert emitted == [(0, "a")]
+
 # -- JsonLinesSink ------------------------------------------------------------------------
 
 
