@@ -27,6 +27,7 @@ from kafka import KafkaBroker
 from live import LiveRun, Shared
 from servers import free_port
 from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
+from streamflow_connectors.kafka.records import Record
 from topics import header, produce, read_written
 
 from streamflow import BasicBolt, Bolt, TaskContext, Topology, TopologyBuilder, Tuple, run_local
@@ -231,6 +232,50 @@ def test_undecodable_records_are_dead_lettered_at_once(kafka: KafkaBroker, topic
         assert values[offset * 2 + partition] == r.value
     for group in ("undecodable-as_json", "undecodable-as_text"):
         assert kafka.committed(group, topic) == {0: 55, 1: 55}
+
+
+class FailN(BasicBolt):
+    """Fails (raises for) the tuples whose ``n`` is in ``bad``; records the others' ``n``."""
+
+    def __init__(self, shared: Shared, bad: set[int]) -> None:
+        self.shared, self.bad = shared, bad
+
+    def process(self, tup: Tuple) -> None:
+        if tup["n"] in self.bad:
+            raise ValueError(f"n {tup['n']} is bad")
+        with self.shared.lock:
+            self.shared.seen.append(tup["n"])
+
+
+def test_records_that_emit_refuses_are_dead_lettered_and_the_rest_flow_on(kafka: KafkaBroker, topic_prefix: str,
+                                                                         readers: Any) -> None:
+    # record_to_values gives two values for a spout that declares one field: emit raises.
+    # Records 3 and 17 do so at once; record 8, which the bolt fails, on its retry.
+    topic, dlq = f"{topic_prefix}in", f"{topic_prefix}dlq"
+    produce(kafka, topic, [json.dumps({"n": i}).encode() for i in range(30)], partitions=1)
+    kafka.create_topic(dlq, 1)
+    calls: Counter[int] = Counter()
+
+    def values(record: Record) -> tuple[int, ...]:
+        n = json.loads(record.value or b"")["n"]
+        calls[n] += 1
+        return (n, n) if n in (3, 17) or (n == 8 and calls[n] > 1) else (n,)
+
+    shared = Shared()
+    b = TopologyBuilder("refused")
+    b.set_spout("source", KafkaSpout(kafka.bootstrap, [topic], record_to_values=values, fields=["n"],
+                                     dead_letter_topic=dlq, backoff=Backoff(initial=0.01, max_retries=3),
+                                     stop_at_end=True))
+    b.set_bolt("check", FailN(shared, {8})).shuffle_grouping("source")
+    result = run_local(b.build(), timeout=30)
+    assert result.outcome == "finished", result.summary()
+    assert sorted(shared.seen) == [n for n in range(30) if n not in (3, 8, 17)]
+    assert calls[8] == 2  # emitted, failed, refused on its first retry: never retried again
+    dead = read_written(readers, kafka.bootstrap, dlq, 3)
+    assert sorted(int(header(r, "origin.offset") or b"-1") for r in dead) == [3, 8, 17]
+    for r in dead:
+        assert (header(r, "error") or b"").startswith(b"ValueError: component 'source' emitted 2 values"), r
+    assert kafka.committed("refused-source", topic) == {0: 30}
 
 
 def test_a_dead_letter_that_could_not_be_written_is_written_later(kafka: KafkaBroker, topic_prefix: str,

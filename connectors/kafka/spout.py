@@ -9,8 +9,9 @@ by what was uncommitted, itself bounded per partition (``max_uncommitted``; at t
 the partition pauses).
 
 A failed tuple is retried with exponential backoff (:mod:`.retry`); after its last retry,
-or at once when its value cannot be decoded, the record goes to the dead-letter topic
-with its origin in headers, or is counted and dropped if no topic is set
+or at once when it cannot be made a tuple (its value does not decode, or ``emit``
+refuses its values), the record goes to the dead-letter topic with its origin and the
+error in headers, or is counted and dropped if no topic is set
 (:mod:`.deadletters`). An unreachable broker or unknown topic is an error in ``status``
 and the logs, retried with backoff until it recovers.
 
@@ -239,7 +240,7 @@ class KafkaSpout(AsyncSpout):
             if not self._buffer:
                 self._fetch(now)
             while self._buffer and not self._emit(self._buffer.popleft()):
-                pass  # undecodable: dead-lettered, try the next one
+                pass  # dead-lettered: try the next one
         if now >= self._next_commit:
             self._next_commit = now + self.commit_interval
             self._commit()
@@ -260,22 +261,28 @@ class KafkaSpout(AsyncSpout):
             record = offsets.record(offset)
             if record is not None:
                 offsets.retries += 1
-                self._emit(record)
+                if not self._emit(record):
+                    self._retries.forget(due[0])  # dead-lettered: no retry is left to count
                 return True
         return False
 
     def _emit(self, message: Message) -> bool:
-        """Emit a record as a tuple; False if it cannot be decoded (it goes to the dead letters)."""
+        """Emit a record as a tuple; False if it cannot be (it goes to the dead letters).
+
+        A record cannot be emitted when its value does not decode, when
+        ``record_to_values`` raises, or when ``emit`` refuses the values (as many values as
+        the declared fields, say). Such a record is never retried: it would fail again, and
+        it would stay in flight for ever, holding its partition's commit point back."""
         try:
             if self.record_to_values is not None:
                 values = self.record_to_values(Record(message))
             else:
                 values = default_values(message, self._decode(message.value()))
-        except Exception as exc:  # undecodable: straight to the dead letters, never retried
+            self.emit(values, msg_id=(message.topic(), message.partition(), message.offset()))
+        except Exception as exc:
             why = str(exc) if isinstance(exc, UndecodableRecord) else f"{type(exc).__name__}: {exc}"
             self._dead.add(message, why)
             return False
-        self.emit(values, msg_id=(message.topic(), message.partition(), message.offset()))
         return True
 
     def ack(self, msg_id: MsgId) -> None:
