@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,6 +54,10 @@ SCHEDULE_SECS = 0.5
 DESCRIBE_TIMEOUT_SECS = 60
 LOGS_TIMEOUT_SECS = 5.0
 READ_ANYWHERE = frozenset({"cluster", "logs"})
+CODE_GRACE_SECS = 1.0
+"""Seconds between removing a killed topology's assignment and its code: supervisors
+stop its workers on the assignment's removal, and a worker starting meanwhile still
+finds its code."""
 """Operations a standby answers itself (they read ZooKeeper and supervisors only)."""
 
 
@@ -106,7 +111,10 @@ class Nimbus:
 
     def serve(self) -> ThreadingHTTPServer:
         """Start the HTTP API and the election on their own threads; returns the server."""
-        server = ThreadingHTTPServer(("0.0.0.0", self.port), _handler(self))
+        try:
+            server = ThreadingHTTPServer(("0.0.0.0", self.port), _handler(self))
+        except OSError as exc:
+            raise StreamflowError(f"nimbus cannot serve on port {self.port}: {exc.strerror}") from None
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="nimbus-http", daemon=True).start()
         self.state.register_nimbus(self.url)
@@ -172,10 +180,13 @@ class Nimbus:
         if not self.leading.is_set() and op not in READ_ANYWHERE:
             return self._forward(method, op, name, body, auth)
         try:
-            with self._lock:
-                return HTTPStatus.OK, route(body, name)
+            return HTTPStatus.OK, route(body, name)
         except ApiError as exc:
             return exc.status, {"error": str(exc)}
+        except Exception as exc:  # ZooKeeper away, say: a one-line answer, not a dropped connection
+            reason = f"{method} {op} failed: {type(exc).__name__}: {exc}"
+            log.error("nimbus %s: %s", self.url, reason, exc_info=log.isEnabledFor(logging.DEBUG))
+            return HTTPStatus.INTERNAL_SERVER_ERROR, {"error": reason}
 
     def _forward(self, method: str, op: str, name: str, body: dict[str, Any], auth: str | None
                  ) -> tuple[HTTPStatus, Any]:
@@ -207,40 +218,56 @@ class Nimbus:
         raise ApiError(HTTPStatus.NOT_FOUND, f"no topology named {name!r}")
 
     def submit(self, body: dict[str, Any], _: str) -> Any:
+        """Load the code (outside the lock: it may take a minute), then record the
+        topology and schedule it, unless one of that name was submitted meanwhile."""
         name = body.get("name")
         if not isinstance(name, str) or not NAME.match(name):
             raise ApiError(HTTPStatus.BAD_REQUEST, f"invalid topology name {name!r} "
                            "(letters, digits, '_', '.', '-'; at most 64)")
-        try:
-            self._find(name)
-        except ApiError:
-            pass
-        else:
-            raise ApiError(HTTPStatus.CONFLICT, f"a topology named {name!r} is already running")
+        file, config = body.get("file"), body.get("config")
+        config = {} if config is None else config
+        if not isinstance(file, str) or not isinstance(body.get("package"), str) or not isinstance(config, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST,
+                           "submit needs file (text), package (base64) and config (an object)")
+        self._refuse_if_running(name)
         workers = body.get("workers")
-        config = body.get("config") or {}
         if workers is not None:
             config["topology.workers"] = workers
-        package = base64.b64decode(body["package"])
-        description = self._describe(package, body["file"], config)
+        try:
+            package = base64.b64decode(body["package"], validate=True)
+        except ValueError:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "package is not base64") from None
+        description = self._describe(package, file, config)
         topology_id = new_topology_id(name)
         record = {
-            "id": topology_id, "name": name, "status": "active", "file": body["file"],
+            "id": topology_id, "name": name, "status": "active", "file": file,
             "config": config, "workers": description["config"]["topology.workers"],
             "parallelism": {}, "description": description, "secret": secrets.token_hex(16),
             "submitted": time.time(),
         }
-        self.state.write_code(topology_id, package)
-        self.state.write_topology(topology_id, record)
-        self.schedule_all()
+        with self._lock:
+            self._refuse_if_running(name)
+            self.state.write_code(topology_id, package)
+            self.state.write_topology(topology_id, record)
+            self.schedule_all()
         log.info("nimbus: submitted %s as %s", name, topology_id)
         return {"id": topology_id, "name": name}
+
+    def _refuse_if_running(self, name: str) -> None:
+        try:
+            self._find(name)
+        except ApiError:
+            return
+        raise ApiError(HTTPStatus.CONFLICT, f"a topology named {name!r} is already running")
 
     def _describe(self, package: bytes, file: str, config: dict[str, Any]) -> dict[str, Any]:
         """Load the submitted code in a child process (user code never runs in nimbus)
         and return its description, or refuse it with the same one line as the CLI."""
         with tempfile.TemporaryDirectory(prefix="streamflow-submit-") as tmp:
-            unpack(package, Path(tmp))
+            try:
+                unpack(package, Path(tmp))
+            except (zipfile.BadZipFile, StreamflowError, OSError) as exc:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"package cannot be unpacked: {exc}") from None
             args = [x for k, v in config.items() for x in ("-c", f"{k}={json.dumps(v)}")]
             try:
                 result = subprocess.run(
@@ -318,9 +345,10 @@ class Nimbus:
         return statuses
 
     def _set_status(self, name: str, status: str) -> dict[str, Any]:
-        topology_id, record = self._find(name)
-        record["status"] = status
-        self.state.write_topology(topology_id, record)
+        with self._lock:
+            topology_id, record = self._find(name)
+            record["status"] = status
+            self.state.write_topology(topology_id, record)
         return {"id": topology_id, "status": status}
 
     def activate(self, body: dict[str, Any], name: str) -> Any:
@@ -331,30 +359,49 @@ class Nimbus:
 
     def kill(self, body: dict[str, Any], name: str) -> Any:
         """Deactivate, let in-flight tuples finish for ``wait`` seconds (default: the
-        message timeout), then stop the workers and forget the topology."""
-        topology_id, record = self._find(name)
-        wait = body.get("wait")
-        if wait is None:
-            wait = record["description"]["config"].get("topology.message.timeout.secs", 30)
-        if not isinstance(wait, (int, float)) or wait < 0:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"wait must be a number of seconds >= 0, got {wait!r}")
-        record["status"] = "killed"
-        self.state.write_topology(topology_id, record)
-        threading.Timer(wait, self._remove, args=(topology_id,)).start()
+        message timeout), then stop the workers and forget the topology. The time to
+        remove it is kept in its record, not in this process: the leader's scheduling
+        pass removes it (:meth:`_remove_killed`), whichever nimbus leads by then."""
+        with self._lock:
+            topology_id, record = self._find(name)
+            wait = body.get("wait")
+            if wait is None:
+                wait = record["description"]["config"].get("topology.message.timeout.secs", 30)
+            if not isinstance(wait, (int, float)) or wait < 0:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"wait must be a number of seconds >= 0, got {wait!r}")
+            record["status"] = "killed"
+            record["remove_at"] = time.time() + wait
+            self.state.write_topology(topology_id, record)
         return {"id": topology_id, "status": "killed", "wait": wait}
 
-    def _remove(self, topology_id: str) -> None:
-        self.state.delete_assignment(topology_id)
-        time.sleep(1.0)  # let supervisors see the assignment go before the code goes
-        self.state.delete_topology(topology_id)
-        log.info("nimbus: removed %s", topology_id)
+    def _remove_killed(self, topology_id: str, record: dict[str, Any], assignment: dict[str, Any] | None) -> None:
+        """A killed topology past its wait: its assignment goes first (supervisors stop
+        its workers), its code and records :data:`CODE_GRACE_SECS` later. Each step is
+        done again on the next pass if it failed."""
+        now = time.time()
+        if now < record.get("remove_at", 0.0):
+            return
+        if assignment is not None or "unassigned_at" not in record:
+            if assignment is not None:
+                self.state.delete_assignment(topology_id)
+            record["unassigned_at"] = now
+            self.state.write_topology(topology_id, record)
+        elif now >= record["unassigned_at"] + CODE_GRACE_SECS:
+            self.state.delete_topology(topology_id)
+            log.info("nimbus: removed %s", topology_id)
 
     def rebalance(self, body: dict[str, Any], name: str) -> Any:
+        with self._lock:
+            return self._rebalance(body, name)
+
+    def _rebalance(self, body: dict[str, Any], name: str) -> Any:
         topology_id, record = self._find(name)
         workers = body.get("workers")
         parallelism = body.get("parallelism") or {}
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ApiError(HTTPStatus.BAD_REQUEST, f"workers must be an integer >= 1, got {workers!r}")
+        if not isinstance(parallelism, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "parallelism must be an object of component: tasks")
         components = record["description"]["components"]
         for component, n in parallelism.items():
             if component not in components:
@@ -373,16 +420,17 @@ class Nimbus:
     def set_config(self, body: dict[str, Any], name: str) -> Any:
         """Change config keys of a running topology; spouts apply what they can at once
         (``Spout.reconfigure``), such as Kafka client quotas."""
-        topology_id, record = self._find(name)
         changes = body.get("config")
         if not isinstance(changes, dict) or not changes:
             raise ApiError(HTTPStatus.BAD_REQUEST, "config must be a non-empty object")
-        try:
-            validate_config({**record["config"], **changes})
-        except StreamflowError as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
-        record["config"].update(changes)
-        self.state.write_topology(topology_id, record)
+        with self._lock:
+            topology_id, record = self._find(name)
+            try:
+                validate_config({**record["config"], **changes})
+            except StreamflowError as exc:
+                raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+            record["config"].update(changes)
+            self.state.write_topology(topology_id, record)
         return {"id": topology_id, "config": record["config"]}
 
     def set_log_level(self, body: dict[str, Any], name: str) -> Any:
@@ -391,9 +439,10 @@ class Nimbus:
         if level not in LEVELS:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"level must be one of {', '.join(LEVELS)}, "
                            f"got {body.get('level')!r}")
-        topology_id, record = self._find(name)
-        record["log_level"] = level
-        self.state.write_topology(topology_id, record)
+        with self._lock:
+            topology_id, record = self._find(name)
+            record["log_level"] = level
+            self.state.write_topology(topology_id, record)
         return {"id": topology_id, "log_level": level}
 
     def logs(self, body: dict[str, Any], name: str) -> Any:
@@ -482,9 +531,12 @@ class Nimbus:
                     taken.setdefault(w["supervisor"], set()).add(w["port"])
             for topology_id in self.state.topology_ids():
                 record = self.state.read_topology(topology_id)
-                if record is None or record["status"] == "killed":
+                if record is None:
                     continue
-                self._schedule(topology_id, record, supervisors, assignments.get(topology_id), taken)
+                if record["status"] == "killed":
+                    self._remove_killed(topology_id, record, assignments.get(topology_id))
+                else:
+                    self._schedule(topology_id, record, supervisors, assignments.get(topology_id), taken)
 
     def _schedule(self, topology_id: str, record: dict[str, Any], supervisors: dict[str, Any],
                   assignment: dict[str, Any] | None, taken: dict[str, set[int]]) -> None:
@@ -549,12 +601,14 @@ def _handler(nimbus: Nimbus) -> type[BaseHTTPRequestHandler]:
                 return self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}"})
             op, name = parts[2], urllib.parse.unquote("/".join(parts[3:]))
             body: dict[str, Any] = dict(urllib.parse.parse_qsl(url.query)) if method == "GET" else {}
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                try:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
                     body = json.loads(self.rfile.read(length))
-                except ValueError:
-                    return self._reply(HTTPStatus.BAD_REQUEST, {"error": "the body is not JSON"})
+            except ValueError:
+                return self._reply(HTTPStatus.BAD_REQUEST, {"error": "the body is not JSON"})
+            if not isinstance(body, dict):
+                return self._reply(HTTPStatus.BAD_REQUEST, {"error": "the body is not a JSON object"})
             status, answer = nimbus.handle(method, op, name, body, self.headers.get("Authorization"))
             self._reply(status, answer)
 

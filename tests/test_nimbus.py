@@ -1,0 +1,96 @@
+"""Nimbus's API against what a client may send it, and a kill that outlives its leader:
+real nimbus processes on a real ZooKeeper."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from cluster import TOKEN, Cluster, wait_for
+from commands import ROOT, assert_one_line_error
+
+WORDCOUNT = str(ROOT / "topologies" / "wordcount.py")
+
+
+def post(cluster: Cluster, op: str, body: Any, name: str = "") -> tuple[int, dict[str, Any]]:
+    """POST ``body`` (any JSON) to the API as a client other than the CLI might."""
+    request = urllib.request.Request(f"{cluster.url}/api/v1/{op}" + (f"/{name}" if name else ""),
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ([1, 2], "the body is not a JSON object"),
+    ({"name": "ok"}, "submit needs file (text), package (base64) and config (an object)"),
+    ({"name": "ok", "file": "t.py", "package": "AAA", "config": []}, "submit needs file"),
+    ({"name": "ok", "file": "t.py", "package": "not base64!"}, "package is not base64"),
+    ({"name": "ok", "file": "t.py", "package": base64.b64encode(b"not a zip").decode()},
+     "package cannot be unpacked: File is not a zip file"),
+])
+def test_a_malformed_submission_is_refused_in_one_line(cluster: Cluster, body: Any, reason: str) -> None:
+    status, answer = post(cluster, "submit", body)
+    assert status == 400, answer
+    assert reason in answer["error"] and "\n" not in answer["error"], answer
+    assert cluster.api("list")["topologies"] == []
+
+
+def test_a_malformed_rebalance_is_refused_in_one_line(cluster: Cluster, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("a b c\n")
+    assert cluster.cli("submit", WORDCOUNT, "--name", "shape", "-c", f"input.path={source}").returncode == 0
+    status, answer = post(cluster, "rebalance", {"parallelism": ["split", 2]}, "shape")
+    assert (status, answer) == (400, {"error": "parallelism must be an object of component: tasks"})
+
+
+@pytest.fixture
+def two_nimbus(zookeeper: Any, zk_root: str, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster of its own: the test kills its leader."""
+    c = Cluster(zookeeper.hosts, zk_root, tmp_path / "cluster")
+    c.start()
+    yield c
+    c.stop()
+
+
+def test_a_kill_is_carried_out_by_the_next_leader(two_nimbus: Cluster, tmp_path: Path) -> None:
+    """The time to remove a killed topology is in ZooKeeper, not in the leader that took
+    the kill: a leader that dies during the wait leaves it to the next one (before, the
+    topology stayed 'killed' with its workers running, and a second kill found nothing)."""
+    c = two_nimbus
+    source = tmp_path / "in.txt"
+    source.write_text("a b c\n" * 100)
+    assert c.cli("submit", WORDCOUNT, "--name", "doomed", "--workers", "2",
+                 "-c", f"input.path={source}").returncode == 0
+    wait_for(lambda: len(c.worker_pids()) == 2, 60, "2 workers running")
+    leader = c.api("cluster")["leader"]
+    killed = c.cli("kill", "doomed", "--wait", "3", nimbus=leader)
+    assert killed.returncode == 0, killed.stderr
+    standby = next(url for url in c.nimbus if url != leader)
+    c.nimbus[leader].kill()
+    c.nimbus[leader].wait(10)
+    wait_for(lambda: not c.worker_pids(), 60, "the workers stopped by the next leader")
+    wait_for(lambda: c.cli("list", nimbus=standby).stdout.count("doomed") == 0, 30, "the topology gone")
+
+
+def test_a_nimbus_whose_port_is_taken_says_so_in_one_line(zookeeper: Any, zk_root: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "streamflow.cli", "nimbus", "--zk", zookeeper.hosts, "--zk-root", zk_root,
+             "--port", str(port)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    line = assert_one_line_error(result, f"nimbus cannot serve on port {port}: Address already in use")
+    assert line.startswith("streamflow: error: ")
