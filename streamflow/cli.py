@@ -36,18 +36,29 @@ def _env(option: str, default: Any = None) -> Any:
 
 def _add(parser: argparse.ArgumentParser, option: str, help: str, default: Any = None,
          kind: Callable[[str], Any] = str, required: bool = False) -> None:
-    """An option that falls back on its environment variable, then on ``default``."""
+    """An option that falls back on its environment variable, then on ``default``. A value
+    from the environment is checked as the command line's would be (argparse converts a
+    text default with ``kind``): a bad one is a usage error, not a traceback."""
     value = _env(option.lstrip("-"), default)
-    parser.add_argument(option, default=None if value is None else kind(value), type=kind,
+    parser.add_argument(option, default=value, type=kind,
                         required=required and value is None,
                         help=f"{help} (env STREAMFLOW_{option.lstrip('-').upper().replace('-', '_')})")
+
+
+def _log_level(text: str) -> str:
+    """A log level's name, in any case (a type, not ``choices``: argparse checks the
+    choices of a value given on the command line only, not of one from the environment)."""
+    if text.upper() not in LEVELS:
+        raise argparse.ArgumentTypeError(f"invalid level {text!r} (choose from {', '.join(LEVELS)})")
+    return text.upper()
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamflow", description="Real-time stream processing in the model of Apache Storm.")
     parser.add_argument("--version", action="version", version=f"streamflow {__version__}")
-    _add(parser, "--log-level", "level of the log lines written to stderr", "WARNING")
+    _add(parser, "--log-level", f"level of the log lines written to stderr ({', '.join(LEVELS)})",
+         "WARNING", _log_level)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str,
@@ -152,7 +163,6 @@ def _parser() -> argparse.ArgumentParser:
     coordinated(nimbus)
     _add(nimbus, "--host", "address other processes reach this nimbus at", "127.0.0.1")
     _add(nimbus, "--port", "HTTP API port", 8080, int)
-    _add(nimbus, "--data-dir", "directory for nimbus's files", "streamflow-data/nimbus")
     _add(nimbus, "--token-file", "file holding the API token; calls without it get 401")
     _add(nimbus, "--worker-timeout", "seconds without heartbeat before a worker's tasks move", 30.0, float)
     _add(nimbus, "--launch-timeout", "seconds a new worker has to send its first heartbeat", 120.0, float)
@@ -379,7 +389,6 @@ def _nimbus(args: argparse.Namespace) -> int:
     from streamflow.nimbus import Nimbus, read_token
 
     token = read_token(args.token_file)
-    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     state = _state(args)
     nimbus = Nimbus(state, args.host, args.port, token, args.worker_timeout, args.launch_timeout)
     stopped = threading.Event()
@@ -418,14 +427,15 @@ def _supervisor(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from streamflow.worker_process import WorkerSettings, run_worker
 
-    return run_worker(WorkerSettings(args.zk, args.zk_root, args.zk_auth, args.topology,
-                                     args.supervisor, args.host, args.port, Path(args.code_dir)))
+    return run_worker(WorkerSettings(args.zk, args.zk_root, args.zk_auth, args.zk_session_timeout,
+                                     args.topology, args.supervisor, args.host, args.port,
+                                     Path(args.code_dir)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args))

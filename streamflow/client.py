@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -37,7 +38,10 @@ class NimbusClient:
         request = urllib.request.Request(path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
+                answer = response.read()
+        except http.client.HTTPException as exc:  # a server that does not speak HTTP
+            raise StreamflowError(f"nimbus at {self.url} did not answer in HTTP ({type(exc).__name__}): "
+                                  "is that address a nimbus?") from None
         except urllib.error.HTTPError as exc:
             try:
                 reason = json.loads(exc.read()).get("error") or exc.reason
@@ -48,3 +52,8 @@ class NimbusClient:
             why = getattr(exc, "reason", exc)
             why = getattr(why, "strerror", None) or why  # "Connection refused", not "[Errno 111] ..."
             raise StreamflowError(f"cannot reach nimbus at {self.url}: {why}") from None
+        try:
+            return json.loads(answer)
+        except ValueError:
+            raise StreamflowError(f"nimbus at {self.url} answered with something that is not JSON: "
+                                  "is that address a nimbus?") from None

@@ -22,7 +22,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import uvloop
@@ -33,6 +33,7 @@ from streamflow.executor import TaskFailed
 from streamflow.loader import load_topology
 from streamflow.logs import log_to_stderr_as_json
 from streamflow.metrics import WorkerCollector, exposition
+from streamflow.telemetry import Report
 from streamflow.topology import Topology
 from streamflow.transport.tcp import Address, Codec, TcpTransport
 from streamflow.worker import Worker, worker_gc
@@ -51,6 +52,7 @@ class WorkerSettings:
     zk: str
     zk_root: str
     zk_auth: str | None
+    zk_session_timeout: float
     topology_id: str
     supervisor: str
     host: str
@@ -89,13 +91,23 @@ def run_worker(settings: WorkerSettings) -> int:
     """Run until the slot's assignment changes or SIGTERM; returns the exit code."""
     log_to_stderr_as_json({"topology": settings.topology_id,
                            "worker": slot_key(settings.supervisor, settings.port)}, "INFO")
-    state = ClusterState(settings.zk, settings.zk_root, settings.zk_auth)
-    state.start()
+    state = ClusterState(settings.zk, settings.zk_root, settings.zk_auth, settings.zk_session_timeout)
+    state.start(timeout=settings.zk_session_timeout)
     try:
         with worker_gc(), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(WorkerProcess(settings, state).run())
     finally:
         state.stop()
+
+
+class _NewError(NamedTuple):
+    """A task's last error, not yet recorded in ZooKeeper: its record, and the task's
+    error count once it is."""
+
+    component: str
+    task: int
+    errors_so_far: int
+    record: dict[str, Any]
 
 
 class WorkerProcess:
@@ -108,7 +120,7 @@ class WorkerProcess:
         self._exit_code = 0
         self._reported_errors: dict[int, int] = {}
         self._config: dict[str, Any] | None = None
-        self.reports: list[dict[str, Any]] = []
+        self.reports: list[Report] = []
         """The tasks' reports of the last heartbeat: what ``/metrics`` serves."""
 
     async def run(self) -> int:
@@ -161,7 +173,7 @@ class WorkerProcess:
             beats.cancel()
             await worker.stop()
             await transport.close()
-            await loop.run_in_executor(None, self._beat, worker)
+            await loop.run_in_executor(None, self._beat, *self._beat_of(worker))
         return self._exit_code
 
     async def _watch_tasks(self, worker: Worker) -> None:
@@ -214,26 +226,37 @@ class WorkerProcess:
     async def _heartbeats(self, worker: Worker) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await loop.run_in_executor(None, self._beat, worker)
+            await loop.run_in_executor(None, self._beat, *self._beat_of(worker))
             await asyncio.sleep(HEARTBEAT_SECS)
 
-    def _beat(self, worker: Worker) -> None:
-        """Write the heartbeat, and new errors of this worker's tasks (runs off the loop)."""
+    def _beat_of(self, worker: Worker) -> tuple[list[Report], list[_NewError]]:
+        """The tasks' reports and their errors not yet recorded, taken on the event loop:
+        a report calls the component's ``metrics()``, which must not run beside its task."""
         s = self.settings
-        stats = self.reports = [executor.report() for executor in worker.executors]
+        reports = self.reports = [executor.report() for executor in worker.executors]
+        errors = []
         for executor in worker.executors:
             st = executor.stats
             if st.last_error is not None and st.errors != self._reported_errors.get(st.task, 0):
-                self._reported_errors[st.task] = st.errors
-                self.state.record_error(s.topology_id, st.component, {
+                errors.append(_NewError(st.component, st.task, st.errors, {
                     "time": st.last_error.time, "task": st.task, "worker": self.slot,
                     "host": s.host, "port": s.port, "message": st.last_error.message,
-                })
+                }))
+        return reports, errors
+
+    def _beat(self, reports: list[Report], errors: list[_NewError]) -> None:
+        """Write new errors and the heartbeat (ZooKeeper I/O, off the loop). A failed write
+        is logged and done again at the next beat, so a brief ZooKeeper outage loses no
+        error and stops no heartbeat."""
+        s = self.settings
         try:
+            for error in errors:
+                self.state.record_error(s.topology_id, error.component, error.record)
+                self._reported_errors[error.task] = error.errors_so_far
             self.state.write_heartbeat(s.topology_id, self.slot, {
                 "time": time.time(), "started": self.started, "pid": os.getpid(),
                 "host": s.host, "port": s.port, "hostname": socket.gethostname(),
-                "tasks": sorted(self.tasks), "stats": stats, "dropped": self._transport.dropped,
+                "tasks": sorted(self.tasks), "stats": reports, "dropped": self._transport.dropped,
             })
         except Exception as exc:  # ZooKeeper briefly away: the next beat retries
             log.warning("worker %s: heartbeat failed: %s", self.slot, exc)

@@ -117,7 +117,7 @@ class Cluster:
         port = free_port_run(1)
         url = f"http://127.0.0.1:{port}"
         settings = {"port": str(port), "zk-session-timeout": "3", "worker-timeout": "8",
-                    "launch-timeout": "30", "data-dir": str(self.workdir / f"nimbus-{port}")}
+                    "launch-timeout": "30"}
         if self.token:
             token_file = self.workdir / "token"
             token_file.write_text(self.token)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -87,6 +89,44 @@ def test_kafka_config_values_are_checked_before_anything_runs(option: str, needl
     # Refused before a spout opens: no broker is needed to tell, and none is asked.
     result = streamflow("local", str(WORDCOUNT), "-c", "kafka.bootstrap=127.0.0.1:9", "-c", option)
     assert_one_line_error(result, f"config {option.split('=')[0]!r}", needle)
+
+
+@pytest.mark.parametrize("variable, value, args, needle", [
+    ("STREAMFLOW_LOG_LEVEL", "verbose", ["local", str(WORDCOUNT)],
+     "streamflow: error: argument --log-level: invalid level 'verbose'"),
+    ("STREAMFLOW_PORT", "http", ["nimbus", "--zk", "127.0.0.1:9"],
+     "streamflow nimbus: error: argument --port: invalid int value: 'http'"),
+])
+def test_a_bad_value_in_the_environment_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, variable: str,
+                                                         value: str, args: list[str], needle: str) -> None:
+    """Checked as the same value on the command line is (before, a traceback at start)."""
+    monkeypatch.setenv(variable, value)
+    result = streamflow(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(needle), result.stderr
+
+
+@pytest.mark.parametrize("reply, needle", [
+    (b"garbage\r\n\r\n", "did not answer in HTTP (BadStatusLine): is that address a nimbus?"),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello", "answered with something that is not JSON"),
+])
+def test_an_address_that_is_not_a_nimbus_is_told_in_one_line(reply: bytes, needle: str) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+
+        def answer() -> None:
+            peer, _ = server.accept()
+            with peer:
+                peer.recv(65536)
+                peer.sendall(reply)
+
+        replier = threading.Thread(target=answer)
+        replier.start()
+        result = streamflow("list", "--nimbus", address)
+        replier.join(10)
+    assert_one_line_error(result, f"nimbus at http://{address} ", needle)
 
 
 def test_wordcount_on_the_sample_prints_the_top_ten() -> None:
