@@ -53,14 +53,26 @@ def decoder(value_format: str) -> Callable[[bytes | None], Any]:
 
 
 def encoder(value_format: str) -> Callable[[Any], bytes | None]:
-    """The function that turns a Python value into a record's value bytes."""
+    """The function that turns a Python value into a record's value bytes: bytes, always
+    (or None), as the sink matches the writes the broker refused to its tuples by the
+    bytes librdkafka reports."""
     if value_format == "bytes":
-        return lambda value: value
+        return _bytes_value
     if value_format == "str":
         return lambda value: None if value is None else str(value).encode("utf-8")
     if value_format == "json":
         return orjson.dumps  # itself, not wrapped: the sink calls it for every record
     raise ValueError(f"unknown value format {value_format!r} (known: {', '.join(FORMATS)})")
+
+
+def _bytes_value(value: Any) -> bytes | None:
+    """A value under the "bytes" format: bytes as they are, text as UTF-8 (what librdkafka
+    would send for it), None as None; anything else is refused, which fails its tuple."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise TypeError(f"value format 'bytes' takes bytes, str or None, not {type(value).__name__}")
 
 
 def key_text(key: bytes | None) -> str | bytes | None:

@@ -53,9 +53,9 @@ class KafkaBolt(Bolt):
 
     The topic is fixed (``topic``) or taken per tuple from ``topic_field``; the key from
     ``key_field`` (as UTF-8 text, or bytes as they are); the value is ``value_field`` or,
-    by default, the whole tuple as a dict, encoded as ``value_format`` (json, str,
-    bytes). ``config`` adds librdkafka settings (``security.protocol``, ``sasl.*``,
-    ``compression.type``...).
+    by default, the whole tuple as a dict, encoded as ``value_format`` (json, str, or
+    bytes: bytes as they are, text as UTF-8). ``config`` adds librdkafka settings
+    (``security.protocol``, ``sasl.*``, ``compression.type``...).
 
     The writes of a batch share librdkafka's batching. Once the broker has answered every
     write of a batch, the bolt acks each tuple whose write it acknowledged and fails the
@@ -168,8 +168,13 @@ class KafkaBolt(Bolt):
         else:
             names = self.fields if self.fields is not None else origin.fields
             value = "{" + ", ".join(f"{name!r}: {at(name)}" for name in names) + "}"
+        if self.value_format == "bytes":  # bytes and text inline too, the rest to encode
+            value = f"(x if (x := {value}).__class__ is bytes else x.encode() if x.__class__ is str " \
+                    "else encode(x))"
+        else:
+            value = f"encode({value})"
         scope = {"topic": self.topic, "key_bytes": _key_bytes, "encode": self._encode}
-        record: Callable[[Sequence[Any]], Written] = eval(f"lambda v: ({topic}, {key}, encode({value}))", scope)
+        record: Callable[[Sequence[Any]], Written] = eval(f"lambda v: ({topic}, {key}, {value})", scope)
         self._records[origin] = record
         return record
 
@@ -245,24 +250,36 @@ class KafkaBolt(Bolt):
         return bool(answered)
 
     def _answer_partly(self, writer: _Writer) -> None:
-        """Fail the tuples whose record failed, ack the others, and keep the failures for
-        ``end_batch`` to raise. Reports carry the record, not the tuple: the tuples'
-        records are built again and matched by content (of two tuples with the same
-        record, failing either one replays the same write)."""
+        """Fail the tuples whose record failed (every tuple of the batch when which ones
+        is unknown, see :meth:`_failed_writes`), ack the others, and keep the failures for
+        ``end_batch`` to raise."""
         self._failures.extend(writer.failed)
-        unwritten = Counter((m.topic(), m.key(), m.value()) for _, m in writer.failed)
-        written = writer.bytes
-        for tup in writer.tuples:
-            record = self._records[tup.origin](tup.values)
-            if unwritten[record] > 0:
-                unwritten[record] -= 1
+        failed = self._failed_writes(writer) or [True] * len(writer.tuples)
+        for tup, fails in zip(writer.tuples, failed, strict=True):
+            if fails:
                 self.fail(tup)
-                self.delivery_errors += 1
-                written -= len(record[2] or b"") + len(record[1] or b"")
             else:
                 self.ack(tup)
-                self.produced += 1
-        self.produced_bytes += written
+        self.delivery_errors += len(writer.failed)
+        self.produced += len(writer.tuples) - len(writer.failed)
+        self.produced_bytes += writer.bytes - sum(len(m.key() or b"") + len(m.value() or b"")
+                                                  for _, m in writer.failed)
+
+    def _failed_writes(self, writer: _Writer) -> list[bool] | None:
+        """Whether the write of each tuple of ``writer``'s batch failed. Reports carry the
+        record, not the tuple: the tuples' records are built again and matched by content
+        (of two tuples with the same record, failing either one replays the same write).
+        Keeping each record as written, to match on that, made ``process`` a third slower
+        (orjson's buffers, many alive at once, slow malloc down). A record built again
+        differs from the one written only if its tuple's values changed since (a component
+        mutated what it emitted): then a report matches no tuple, or a record no longer
+        encodes, and which writes failed is unknown (None)."""
+        unmatched = Counter((m.topic(), m.key(), m.value()) for _, m in writer.failed)
+        try:
+            failed = [_take(unmatched, self._records[tup.origin](tup.values)) for tup in writer.tuples]
+        except Exception:  # a value changed into one its format refuses
+            return None
+        return None if unmatched.total() else failed
 
     def metrics(self) -> dict[str, float]:
         return {"kafka.produced_records": self.produced, "kafka.produced_bytes": self.produced_bytes,
@@ -284,3 +301,11 @@ def _key_bytes(key: Any) -> bytes | None:
     if key is None or isinstance(key, bytes):
         return key
     return (key if isinstance(key, str) else str(key)).encode("utf-8")
+
+
+def _take(counts: Counter[Written], record: Written) -> bool:
+    """Whether ``counts`` holds ``record``; if so, one fewer of it."""
+    if counts[record] > 0:
+        counts[record] -= 1
+        return True
+    return False
