@@ -11,6 +11,10 @@ Under a configurable root (default ``/streamflow``)::
     workerbeats/<id>/<sup:port>  ephemeral: a worker's heartbeat with its task counters
     errors/<id>/<component>      the component's last errors, bounded
 
+``workerbeats/<id>`` and ``errors/<id>`` are created with the topology's record, never by
+a heartbeat or an error record, so that a worker writing after :meth:`ClusterState.delete_topology`
+cannot bring them back.
+
 Values are JSON. With ``auth="user:password"`` every znode streamflow creates carries a
 digest ACL for that identity only, so other ZooKeeper clients cannot alter assignments.
 """
@@ -23,7 +27,7 @@ from typing import Any, Callable
 
 import orjson
 from kazoo.client import KazooClient
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import make_digest_acl
 
@@ -33,6 +37,12 @@ log = logging.getLogger(__name__)
 
 CODE_CHUNK = 512 * 1024
 ERRORS_KEPT = 10
+ERROR_MESSAGE_CHARS = 1024
+"""How much of an error message is kept: one quoting a large record would push the
+component's node toward ZooKeeper's 1 MB limit, past which every write to it drops the
+connection."""
+DELETE_TRIES = 10
+"""Times a topology's subtree is deleted again when a worker added a child meanwhile."""
 
 
 def new_topology_id(name: str) -> str:
@@ -113,15 +123,57 @@ class ClusterState:
             return None
         return orjson.loads(data) if data else None
 
-    def _write(self, path: str, value: Any, ephemeral: bool = False) -> None:
+    def _write(self, path: str, value: Any) -> None:
         data = orjson.dumps(value)
         try:
             self.zk.set(path, data)
         except NoNodeError:
             try:
-                self.zk.create(path, data, ephemeral=ephemeral, makepath=True)
+                self.zk.create(path, data, makepath=True)
             except NodeExistsError:
                 self.zk.set(path, data)
+
+    def _write_ephemeral(self, path: str, value: Any) -> None:
+        """Write an ephemeral node that this client's session owns. The node may be one an
+        earlier session left (a process restarted within its session timeout): a plain set
+        would succeed on it, and ZooKeeper would delete it, never to come back, when that
+        session ends; so it is replaced. Raises :class:`NoNodeError` if the parent is gone."""
+        data = orjson.dumps(value)
+        try:
+            stat = self.zk.set(path, data)
+        except NoNodeError:
+            self.zk.create(path, data, ephemeral=True)
+            return
+        if stat.ephemeralOwner != self._session_id():
+            self._delete(path)
+            self.zk.create(path, data, ephemeral=True)
+
+    def _owned(self, path: str) -> bool:
+        """Whether ``path`` is an ephemeral node of this client's current session."""
+        stat = self.zk.exists(path)
+        return stat is not None and stat.ephemeralOwner == self._session_id()
+
+    def _session_id(self) -> int | None:
+        client_id = self.zk.client_id  # None while not connected
+        return client_id[0] if client_id else None
+
+    def _delete(self, path: str) -> None:
+        try:
+            self.zk.delete(path)
+        except NoNodeError:
+            pass
+
+    def _delete_tree(self, path: str) -> None:
+        """Delete ``path`` and everything under it. kazoo deletes the children first, and a
+        worker may add one meanwhile (its last heartbeat), which fails the parent's deletion
+        with :class:`NotEmptyError`: then delete again."""
+        for attempt in range(1, DELETE_TRIES + 1):
+            try:
+                self.zk.delete(path, recursive=True)
+                return
+            except NotEmptyError:
+                if attempt == DELETE_TRIES:
+                    raise
 
     def _children(self, path: str) -> list[str]:
         try:
@@ -132,7 +184,7 @@ class ClusterState:
     # -- nimbus -----------------------------------------------------------------------
 
     def register_nimbus(self, url: str) -> None:
-        self._write(self.path("nimbus", "hosts", url.replace("/", "|")), {"url": url}, ephemeral=True)
+        self._write_ephemeral(self.path("nimbus", "hosts", url.replace("/", "|")), {"url": url})
 
     def nimbus_urls(self) -> list[str]:
         return [name.replace("|", "/") for name in self._children(self.path("nimbus", "hosts"))]
@@ -140,13 +192,15 @@ class ClusterState:
     # -- supervisors ------------------------------------------------------------------
 
     def register_supervisor(self, supervisor: str, info: dict[str, Any]) -> None:
-        self._write(self.path("supervisors", supervisor), info, ephemeral=True)
+        self._write_ephemeral(self.path("supervisors", supervisor), info)
+
+    def supervisor_registered(self, supervisor: str) -> bool:
+        """Whether the supervisor's node is there and this session's: not when the
+        session that wrote it has expired, nor when an earlier process wrote it."""
+        return self._owned(self.path("supervisors", supervisor))
 
     def deregister_supervisor(self, supervisor: str) -> None:
-        try:
-            self.zk.delete(self.path("supervisors", supervisor))
-        except NoNodeError:
-            pass
+        self._delete(self.path("supervisors", supervisor))
 
     def supervisors(self) -> dict[str, dict[str, Any]]:
         found = {}
@@ -165,7 +219,13 @@ class ClusterState:
         return self._read(self.path("topologies", topology), watch)  # type: ignore[no-any-return]
 
     def write_topology(self, topology: str, record: dict[str, Any]) -> None:
-        self._write(self.path("topologies", topology), record)
+        """Write a topology's record; a new topology gets its ``workerbeats`` and ``errors``
+        nodes here, at submission, as heartbeats and error records never create them."""
+        path = self.path("topologies", topology)
+        if self.zk.exists(path) is None:
+            for part in ("workerbeats", "errors"):
+                self.zk.ensure_path(self.path(part, topology))
+        self._write(path, record)
 
     def write_code(self, topology: str, package: bytes) -> None:
         base = self.path("code", topology)
@@ -180,10 +240,7 @@ class ClusterState:
     def delete_topology(self, topology: str) -> None:
         """Remove everything about a killed topology."""
         for part in ("assignments", "workerbeats", "errors", "code", "topologies"):
-            try:
-                self.zk.delete(self.path(part, topology), recursive=True)
-            except NoNodeError:
-                pass
+            self._delete_tree(self.path(part, topology))
 
     # -- assignments ------------------------------------------------------------------
 
@@ -194,10 +251,7 @@ class ClusterState:
         self._write(self.path("assignments", topology), assignment)
 
     def delete_assignment(self, topology: str) -> None:
-        try:
-            self.zk.delete(self.path("assignments", topology))
-        except NoNodeError:
-            pass
+        self._delete(self.path("assignments", topology))
 
     def assignments(self) -> dict[str, dict[str, Any]]:
         found = {}
@@ -210,7 +264,11 @@ class ClusterState:
     # -- heartbeats and errors --------------------------------------------------------
 
     def write_heartbeat(self, topology: str, slot: str, beat: dict[str, Any]) -> None:
-        self._write(self.path("workerbeats", topology, slot), beat, ephemeral=True)
+        """Write a worker's heartbeat; none once its topology is removed."""
+        try:
+            self._write_ephemeral(self.path("workerbeats", topology, slot), beat)
+        except NoNodeError:
+            pass
 
     def heartbeats(self, topology: str) -> dict[str, dict[str, Any]]:
         base = self.path("workerbeats", topology)
@@ -222,11 +280,37 @@ class ClusterState:
         return found
 
     def record_error(self, topology: str, component: str, error: dict[str, Any]) -> None:
-        """Keep ``error`` among the component's last :data:`ERRORS_KEPT` errors."""
+        """Keep ``error`` among the component's last :data:`ERRORS_KEPT` errors, its message
+        cut to :data:`ERROR_MESSAGE_CHARS`; none once the topology is removed. Workers
+        report at once: the list is written back only over the version it was read at,
+        else read again, so that no report overwrites another."""
         path = self.path("errors", topology, component)
-        errors = (self._read(path) or [])[-(ERRORS_KEPT - 1):] + [error]
-        self._write(path, errors)
+        error = {**error, "message": _capped(error["message"])}
+        while True:
+            try:
+                data, stat = self.zk.get(path)
+            except NoNodeError:
+                try:
+                    self.zk.create(path, orjson.dumps([error]))
+                except NodeExistsError:
+                    continue  # another worker's first error came first
+                except NoNodeError:
+                    pass  # the topology was removed
+                return
+            errors = orjson.loads(data)[-(ERRORS_KEPT - 1):] + [error]
+            try:
+                self.zk.set(path, orjson.dumps(errors), version=stat.version)
+                return
+            except (BadVersionError, NoNodeError):
+                continue  # changed or removed since it was read
 
     def errors(self, topology: str) -> dict[str, list[dict[str, Any]]]:
         base = self.path("errors", topology)
         return {c: self._read(f"{base}/{c}") or [] for c in self._children(base)}
+
+
+def _capped(message: str) -> str:
+    """``message``, or its first :data:`ERROR_MESSAGE_CHARS` characters and how many more."""
+    if len(message) <= ERROR_MESSAGE_CHARS:
+        return message
+    return f"{message[:ERROR_MESSAGE_CHARS]}... ({len(message) - ERROR_MESSAGE_CHARS} more characters)"
