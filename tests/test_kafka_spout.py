@@ -114,6 +114,41 @@ def test_a_stuck_record_pauses_its_partition_at_max_uncommitted(kafka: KafkaBrok
     assert len(shared.seen) == 199 and kafka.committed("bounded-source", topic) == {0: 200}
 
 
+def test_a_partition_paused_at_its_bound_resumes_after_a_reassignment(kafka: KafkaBroker,
+                                                                      topic_prefix: str) -> None:
+    # librdkafka keeps a partition paused across assign(): a refresh that reassigns while
+    # a partition is paused must not leave it paused once it has room again.
+    first, second, k, bound = f"{topic_prefix}p-a", f"{topic_prefix}p-b", 2, 10
+    produce(kafka, first, [json.dumps({"n": i}).encode() for i in range(100)], partitions=1)
+    shared = Shared()
+    b = TopologyBuilder("reassigned")
+    b.set_spout("source", KafkaSpout(kafka.bootstrap, topic_pattern=re.escape(topic_prefix) + "p-.*",
+                                     max_uncommitted=bound, metadata_refresh=3600))
+    b.set_bolt("hold", HoldOne(shared, (0, k))).shuffle_grouping("source")
+    run = LiveRun(b.build({"topology.tick.tuple.freq.secs": 0.1, "topology.message.timeout.secs": 120}),
+                  timeout=60)
+    try:
+        wait_for(lambda: len(shared.seen) >= k + bound - 1, 20, "the records up to the bound")
+        spout = run.instance("source")
+        wait_for(lambda: (first, 0) in spout._held and (first, 0) in spout._paused, 10, "the partition paused")
+        produce(kafka, second, [b'{"n": 1000}', b'{"n": 1001}'], partitions=1)
+
+        async def refresh_then_make_room() -> None:
+            # On the run's loop, between two calls of next_tuple: the refresh finds the new
+            # topic and reassigns, then the held record is done before the next fetch.
+            await spout._refresh()
+            spout.ack((first, 0, k))
+
+        assert run._loop is not None
+        asyncio.run_coroutine_threadsafe(refresh_then_make_room(), run._loop).result(10)
+        assert spout._assigned == [(first, 0), (second, 0)]
+        wait_for(lambda: len(shared.seen) == 99 + 2, 20, "every record but the held one, of both topics")
+    finally:
+        shared.release.set()
+        run.stop()
+    assert run.join(30) == "stopped"
+
+
 class HoldAll(Bolt):
     """Keeps every tuple, acking none."""
 

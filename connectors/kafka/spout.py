@@ -364,7 +364,12 @@ class KafkaSpout(AsyncSpout):
     async def _assign(self) -> None:
         """Take this task's share of the partitions; new partitions join at the next refresh.
         Partitions read before (a new partition elsewhere changed the share) read on from
-        where this task stopped taking records."""
+        where this task stopped taking records.
+
+        Every paused partition is resumed first: librdkafka keeps a partition paused across
+        ``assign()`` (librdkafka 2.16, measured), so one paused by the spout, which then
+        counted it unpaused, stayed paused for ever. The next :meth:`_fetch` pauses again
+        what is at its bound or over quota."""
         assert self._consumer is not None
         mine = (await self._topic_partitions())[self._index :: self._tasks]
         if mine == self._assigned:
@@ -376,8 +381,8 @@ class KafkaSpout(AsyncSpout):
         if self.stop_at_end:  # the ends seen at the first start stay the ends
             for key, end in ends.items():
                 self._end_offsets.setdefault(key, end)
+        self._pause(set())
         self._consumer.assign([TopicPartition(t, p, self._partitions[t, p].fetched_to) for t, p in mine])
-        self._paused = set()  # a new assignment starts unpaused
         self._held &= set(mine)
         self._assigned = mine  # only now: a failure above leaves the change to the next refresh
         log.info("%s task %d reads %s", self._name, self._index, [f"{t}/{p}" for t, p in mine])
