@@ -218,3 +218,18 @@ def test_failed_writes_of_tuples_whose_values_changed_since_fail_their_batch(ite
     result = run_local(b.build(), timeout=30)
     assert result.outcome == "finished", result.summary()
     assert ledger.failed == {0: 1, 1: 1} and not ledger.acked
+
+
+@pytest.mark.parametrize("option, value, error", [
+    ("delivery_timeout", 0, "a delivery_timeout of at least 0.001 s, not 0"),
+    ("delivery_timeout", -1, "a delivery_timeout of at least 0.001 s, not -1"),
+    ("delivery_timeout", 0.0004, "a delivery_timeout of at least 0.001 s, not 0.0004"),
+    ("delivery_timeout", float("nan"), "a delivery_timeout of at least 0.001 s, not nan"),
+    ("linger_ms", -1, "a linger_ms of 0 or more, not -1"),
+])
+def test_the_sink_refuses_timings_librdkafka_would_misread(option: str, value: float, error: str) -> None:
+    # librdkafka reads a message.timeout.ms of 0 as no timeout at all (a write to a broker
+    # that is down would hold its tuple until the tuple timed out, with no error shown),
+    # and refuses a negative linger.ms, but only when the worker creates the producer.
+    with pytest.raises(ValueError, match=f"^KafkaBolt needs {error}$"):
+        KafkaBolt("127.0.0.1:9092", "out", **{option: value})

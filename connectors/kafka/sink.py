@@ -109,6 +109,11 @@ class KafkaBolt(Bolt):
         self.fields = tuple(fields) if fields else None
         self.value_format = value_format
         self.client_id = client_id
+        # "not >=" refuses NaN too. librdkafka reads a message.timeout.ms of 0 as never.
+        if not delivery_timeout >= 0.001:
+            raise ValueError(f"KafkaBolt needs a delivery_timeout of at least 0.001 s, not {delivery_timeout}")
+        if not linger_ms >= 0:  # librdkafka would refuse it, but only in the worker
+            raise ValueError(f"KafkaBolt needs a linger_ms of 0 or more, not {linger_ms}")
         self.linger_ms, self.delivery_timeout = linger_ms, delivery_timeout
         if writers < 1:
             raise ValueError("KafkaBolt needs at least one writer")
