@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from streamflow_connectors.kafka.offsets import PartitionOffsets
+from streamflow_connectors.kafka.offsets import PartitionOffsets, start_offset
 
 
 def fetch(partition: PartitionOffsets, *offsets: int) -> None:
@@ -133,3 +133,34 @@ def test_uncommitted_counts_every_offset_from_the_commit_point() -> None:
     assert p.uncommitted() == 18
     p.done(12)
     assert p.uncommitted() == 0
+
+
+def test_an_idle_partition_skips_a_gap_and_counts_its_bound_from_there() -> None:
+    # Retention deleted offsets 100 .. 4,999,999 (or compaction, or an aborted transaction):
+    # the next record is far past where the partition was read up to.
+    p = PartitionOffsets(100)
+    p.skip_to(5_000_000)
+    assert p.fetched_to == p.commit_point() == p.to_commit() == 5_000_000 and p.uncommitted() == 0
+    fetch(p, 5_000_000)
+    p.done(5_000_000)
+    assert p.to_commit() == 5_000_001
+
+
+def test_a_recreated_topic_takes_the_commit_points_back() -> None:
+    p = PartitionOffsets(1000)
+    fetch(p, 1000)
+    p.done(1000)
+    p.commit_asked(1001)
+    p.commit_confirmed(1001)
+    p.skip_to(0)  # the topic was recreated: its log starts again at 0
+    assert p.fetched_to == p.committed == p.commit_sent == 0
+    fetch(p, 0, 1)
+    p.done(0)
+    assert p.to_commit() == 1  # not held back until the new log passes 1001
+
+
+def test_reading_starts_at_the_committed_offset_but_never_below_the_log_start() -> None:
+    assert start_offset(100, 0, 500, "latest") == 100
+    assert start_offset(100, 5_000_000, 5_000_100, "earliest") == 5_000_000  # the rest went to retention
+    assert start_offset(-1001, 20, 500, "earliest") == 20  # none committed (OFFSET_INVALID)
+    assert start_offset(-1001, 20, 500, "latest") == 500

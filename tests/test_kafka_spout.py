@@ -18,15 +18,17 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 from cluster import wait_for
+from confluent_kafka import KafkaError, TopicPartition
 from kafka import KafkaBroker
 from live import LiveRun, Shared
 from servers import free_port
 from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
+from streamflow_connectors.kafka.offsets import PartitionOffsets
 from streamflow_connectors.kafka.records import Record
 from topics import header, produce, read_written
 
@@ -493,21 +495,104 @@ def test_throttled_seconds_grow_while_over_quota(kafka: KafkaBroker, topic_prefi
     assert 0.5 * (elapsed - 1) <= throttled <= elapsed  # paused most of the time once the burst was spent
 
 
-def test_each_task_takes_its_share_of_the_client_ids_quota() -> None:
-    async def opened(config: Mapping[str, Any], **kwargs: Any) -> KafkaSpout:
-        spout = KafkaSpout("127.0.0.1:9", ["t"], **kwargs)
-        await spout.open(config, TaskContext("wc", "sentences", 5, {"sentences": (4, 5)}))
-        return spout
+def opened(config: Mapping[str, Any], **kwargs: Any) -> KafkaSpout:
+    """A spout of topic ``t``, opened as task 5 of 4..8 of ``wc``'s ``sentences`` (no broker
+    is asked anything before its first ``next_tuple``)."""
+    spout = KafkaSpout("127.0.0.1:9", ["t"], **kwargs)
+    asyncio.run(spout.open(config, TaskContext("wc", "sentences", 5, {"sentences": (4, 5)})))
+    return spout
 
+
+def test_each_task_takes_its_share_of_the_client_ids_quota() -> None:
     quotas = {"kafka.quotas": {"wc-sentences": {"records_per_sec": 200, "bytes_per_sec": 1000}}}
-    spout = asyncio.run(opened(quotas))
+    spout = opened(quotas)
     assert (spout.quota.bytes_rate, spout.quota.records_rate) == (500, 100)
     spout.reconfigure({"kafka.quotas": {"wc-sentences": {"records_per_sec": 50}}})
     assert (spout.quota.bytes_rate, spout.quota.records_rate) == (None, 25)
     spout.reconfigure({"kafka.quotas": {}})  # no entry: back to the constructor's rates
     assert (spout.quota.bytes_rate, spout.quota.records_rate) == (None, None)
-    own = asyncio.run(opened({}, records_per_sec=10, client_id="mine"))
+    own = opened({}, records_per_sec=10, client_id="mine")
     assert own.quota.records_rate == 5
     own.reconfigure({"kafka.quotas": {"mine": {"records_per_sec": 2}}})
     assert own.quota.records_rate == 1
     KafkaSpout("127.0.0.1:9", ["t"]).reconfigure(quotas)  # before open: nothing to do yet
+
+
+# -- the spout's bookkeeping against a stand-in consumer -----------------------------------
+#
+# For what Tansu cannot show: gaps in a partition's offsets (no retention, compaction or
+# transactions; DeleteRecords fails) and a log that restarts below what was read (a fetch
+# past its end gets no answer rather than OFFSET_OUT_OF_RANGE).
+
+
+class StandInMessage:
+    """A record, or an event with ``error``, as ``Consumer.consume()`` returns them."""
+
+    def __init__(self, topic: str, partition: int, offset: int, error: KafkaError | None = None) -> None:
+        self._topic, self._partition, self._offset, self._error = topic, partition, offset, error
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return None
+
+    def value(self) -> bytes | None:
+        return b"{}"
+
+    def __len__(self) -> int:
+        return 2
+
+
+class StandInConsumer:
+    """Keeps what the spout asked of it: pauses, resumes, seeks."""
+
+    def __init__(self) -> None:
+        self.paused: set[tuple[str, int]] = set()
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused |= {(tp.topic, tp.partition) for tp in partitions}
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused -= {(tp.topic, tp.partition) for tp in partitions}
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+
+def reading(fetched_to: int, **kwargs: Any) -> tuple[KafkaSpout, StandInConsumer]:
+    """An opened spout that has taken partition t/0 up to ``fetched_to``, all of it done."""
+    spout, consumer = opened({}, **kwargs), StandInConsumer()
+    spout._consumer = cast(Any, consumer)
+    spout._assigned = [("t", 0)]
+    spout._partitions[("t", 0)] = PartitionOffsets(fetched_to)
+    return spout, consumer
+
+
+def test_an_idle_partition_reads_on_past_a_gap_wider_than_its_bound() -> None:
+    # Committed at 100, and retention has deleted everything up to 5,000,000 since: the
+    # bound counted from 100 used to rewind the partition to 100 for ever.
+    spout, consumer = reading(100, max_uncommitted=10)
+    spout._take([StandInMessage("t", 0, 5_000_000), StandInMessage("t", 0, 5_000_001)])
+    assert [m.offset() for m in spout._buffer] == [5_000_000, 5_000_001]
+    assert consumer.seeks == [] and not consumer.paused
+    assert spout._partitions["t", 0].commit_point() == 5_000_000
+
+
+def test_a_partition_read_again_from_a_lower_offset_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    spout, consumer = reading(1000)
+    spout._take([StandInMessage("t", 0, 0)])  # the topic was recreated: its log starts at 0 again
+    assert [m.offset() for m in spout._buffer] == [0] and consumer.seeks == []
+    assert "t/0 goes on at offset 0, below 1000" in caplog.text
+    spout.ack(("t", 0, 0))
+    assert spout._partitions["t", 0].to_commit() == 1

@@ -79,6 +79,32 @@ class PartitionOffsets:
         """The broker confirmed a commit of ``offset`` (answers may come out of order)."""
         self.committed = max(self.committed, offset)
 
+    def skip_to(self, offset: int) -> None:
+        """Nothing is in flight and the consumer's next record is at ``offset``, not at
+        ``fetched_to``: the log goes on there.
+
+        Past ``fetched_to``, the offsets between hold no record (deleted by retention,
+        compacted away, a transaction's control or aborted records): the bound on
+        uncommitted offsets, which counts offsets from the commit point, must count from
+        ``offset``, or a gap wider than the bound would hold the partition for ever.
+        Before ``fetched_to``, the log was truncated or the topic recreated, and the
+        consumer reads it again from its start: the commit points go back with it, or no
+        commit would be asked for until the new log passed the old point."""
+        assert not self.in_flight, "skip_to with records in flight"
+        self.fetched_to = offset
+        if offset < self.commit_sent:
+            self.commit_sent = self.committed = offset
+
     def commit_failed(self) -> None:
         """A commit failed: ask again for the current point at the next commit."""
         self.commit_sent = self.committed
+
+
+def start_offset(committed: int, low: int, high: int, reset: str) -> int:
+    """Where reading a partition starts: its ``committed`` offset, but not below the log's
+    start ``low`` (retention deleted what lies between, and a fetch there would be out of
+    range); with none committed (``committed < 0``), ``low`` or ``high`` as ``reset``
+    says (``"earliest"`` or ``"latest"``)."""
+    if committed >= 0:
+        return max(committed, low)
+    return low if reset == "earliest" else high

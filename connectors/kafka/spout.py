@@ -42,7 +42,7 @@ from streamflow_connectors.kafka.client import (
     settings,
 )
 from streamflow_connectors.kafka.deadletters import DeadLetters
-from streamflow_connectors.kafka.offsets import PartitionOffsets
+from streamflow_connectors.kafka.offsets import PartitionOffsets, start_offset
 from streamflow_connectors.kafka.quota import Quota
 from streamflow_connectors.kafka.records import (
     DEFAULT_FIELDS,
@@ -316,13 +316,19 @@ class KafkaSpout(AsyncSpout):
     # -- Kafka I/O --------------------------------------------------------------------
 
     async def _connect(self, now: float) -> None:
-        """Start the client and take this task's partitions; on failure, retry later."""
+        """Start the client and take this task's partitions; on failure, retry later.
+
+        librdkafka's ``auto.offset.reset`` is ``earliest`` whatever ``start`` says: the
+        spout gives each partition its start offset itself, so the reset only applies to a
+        fetch out of range (retention deleted records past the position of a paused
+        partition, a truncated log, a recreated topic), where reading on from the earliest
+        record left loses none of those left, as ``latest`` would."""
         try:
             if self._consumer is None:
                 self._consumer = Consumer(settings(
                     self.bootstrap_servers, str(self.client_id), self._errors, self.client_config,
                     **{"group.id": self.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
-                       "auto.offset.reset": self.start, "on_commit": self._committed,
+                       "auto.offset.reset": "earliest", "on_commit": self._committed,
                        "throttle_cb": self._broker_throttled, "fetch.wait.max.ms": FETCH_WAIT_MS,
                        "queued.min.messages": max(2 * self.fetch_records, PREFETCH_RECORDS),
                        "topic.metadata.refresh.interval.ms": int(self.metadata_refresh * 1000)}))
@@ -399,10 +405,10 @@ class KafkaSpout(AsyncSpout):
             key = (tp.topic, tp.partition)
             low, high = self._consumer.get_watermark_offsets(TopicPartition(*key), timeout=BROKER_TIMEOUT)
             ends[key] = high
-            if tp.offset >= 0:  # else none committed (OFFSET_INVALID)
-                starts[key] = tp.offset
-            else:
-                starts[key] = low if self.start == "earliest" else high
+            starts[key] = start_offset(tp.offset, low, high, self.start)  # tp.offset < 0: none committed
+            if 0 <= tp.offset < low:
+                log.warning("%s: %s/%d: committed offset %d is below the log's start %d (deleted by retention "
+                            "before it was read): reading from %d", self._name, *key, tp.offset, low, low)
         return starts, ends
 
     def _fetch(self, now: float) -> None:
@@ -424,7 +430,8 @@ class KafkaSpout(AsyncSpout):
 
     def _take(self, messages: list[Message]) -> None:
         """Buffer records to emit; a record past its partition's limit is left to be read
-        again, and its partition paused and rewound to it."""
+        again, and its partition paused and rewound to it. Where a partition with nothing
+        in flight goes on is where its next record is (:meth:`_skip`)."""
         if not messages:
             return
         partitions, buffer = self._partitions, self._buffer
@@ -440,12 +447,14 @@ class KafkaSpout(AsyncSpout):
             offsets = partitions.get(key)
             if offsets is None:
                 continue  # a partition no longer assigned
-            limit = limits.get(key)
-            if limit is None:
-                limit = limits[key] = -1 if key in self._paused else self._limit(key)
             offset = message.offset()
+            limit = limits.get(key)
+            if limit is None:  # the partition's first record in this batch
+                if offset != offsets.fetched_to and not offsets and key not in self._paused:
+                    self._skip(key, offsets, offset)
+                limit = limits[key] = -1 if key in self._paused else self._limit(key)
             if offset < offsets.fetched_to:
-                continue  # taken before (read again after a rewind)
+                continue  # taken before (or a log that restarted lower while records were in flight)
             if offset >= limit:
                 rewind.add(key)
                 continue
@@ -456,6 +465,15 @@ class KafkaSpout(AsyncSpout):
         self.quota.consume(taken, size)
         if rewind:
             self._rewind(rewind)
+
+    def _skip(self, key: Key, offsets: PartitionOffsets, offset: int) -> None:
+        """A partition with nothing in flight goes on at ``offset``, not where the spout
+        stopped taking records: past a gap, or back at the start of a recreated topic (see
+        :meth:`.PartitionOffsets.skip_to`), which is worth a warning."""
+        if offset < offsets.fetched_to:
+            log.warning("%s: %s/%d goes on at offset %d, below %d, which it had read up to: the topic was "
+                        "recreated or its log truncated", self._name, *key, offset, offsets.fetched_to)
+        offsets.skip_to(offset)
 
     def _rewind(self, keys: set[Key]) -> None:
         """Pause partitions whose records went past their limit (those at their bound are
