@@ -233,3 +233,26 @@ def test_the_sink_refuses_timings_librdkafka_would_misread(option: str, value: f
     # and refuses a negative linger.ms, but only when the worker creates the producer.
     with pytest.raises(ValueError, match=f"^KafkaBolt needs {error}$"):
         KafkaBolt("127.0.0.1:9092", "out", **{option: value})
+
+
+@pytest.mark.parametrize("setting", [{"enable.idempotence": True}, {"max.in.flight.requests.per.connection": 1}],
+                         ids=["idempotence", "one request in flight"])
+def test_the_settings_for_strict_order_write_each_key_in_order(kafka: KafkaBroker, topic_prefix: str,
+                                                               readers: Any, setting: dict[str, Any]) -> None:
+    # The settings KafkaBolt's docstring gives for a partition's records in the order of
+    # their tuples work with its own (acks=all, one batch per producer) on a real broker.
+    topic = f"{topic_prefix}out"
+    kafka.create_topic(topic, 4)
+    ledger = Ledger()
+    b = TopologyBuilder("in-order")
+    b.set_spout("rows", ListSpout([(i % 8, i) for i in range(400)], fields=("k", "n"), ledger=ledger))
+    b.set_bolt("sink", KafkaBolt(kafka.bootstrap, topic, key_field="k", value_field="n", config=setting)
+               ).shuffle_grouping("rows")
+    result = run_local(b.build({"topology.producer.batch.size": 5}), timeout=30)
+    assert result.outcome == "finished", result.summary()
+    assert len(ledger.acked) == 400 and not ledger.failed
+    by_key: dict[bytes | None, list[int]] = {}
+    for record in read_written(readers, kafka.bootstrap, topic, 400):
+        by_key.setdefault(record.key, []).append(orjson.loads(record.value or b""))
+    assert set(by_key) == {str(k).encode() for k in range(8)}
+    assert all(values == sorted(values) and len(values) == 50 for values in by_key.values()), by_key

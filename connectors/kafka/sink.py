@@ -64,11 +64,22 @@ class KafkaBolt(Bolt):
     encoded inline, writing 200,000 records took 1.5-2.1 us of the event loop's CPU per
     record, against 2.1-2.5 us as an ``AsyncBolt``, and 0.9-1.2 us for librdkafka's
     ``produce`` alone). With one writer (the default), ``end_batch`` waits for the
-    broker's answers before the next batch, which keeps each partition's records in the
-    order of their tuples. With more, a batch can overtake the one before it (records of
-    one key from two batches may land out of order), and the sink never waits for the
-    broker: while the other writers await answers, the last one keeps taking batches,
-    up to :data:`OPEN_WRITER_RECORDS`, and goes to the broker as soon as another is free.
+    broker's answers before the next batch, so a batch's records land after those of the
+    batch before. Within a batch, librdkafka sends a partition several requests at once
+    and retries one that failed (after a leader change, say), which then lands after
+    those sent later. For a partition's records in the order of their tuples even then,
+    add ``"enable.idempotence": True`` to ``config`` (librdkafka then retries in order;
+    against Tansu, the test broker, the sink wrote about a quarter fewer records/s with
+    one writer, and 5-7 times fewer with three at 20 ms) or
+    ``"max.in.flight.requests.per.connection": 1`` (one request at a time per broker: as
+    fast against a broker on the same machine, slower the longer a broker takes to
+    answer). Idempotence is off by default for that cost. No setting orders a replay: a
+    tuple whose write failed is written again when its spout replays it, after the
+    tuples that followed it. With more writers, a batch can overtake the one before it
+    (records of one key from two batches may land out of order), and the sink never
+    waits for the broker: while the other writers await answers, the last one keeps
+    taking batches, up to :data:`OPEN_WRITER_RECORDS`, and goes to the broker as soon as
+    another is free.
     (Kafka wordcount on 2 workers with 3 writers that each took one batch, so that the
     sink waited when all three awaited answers: sinks busy 43% of the time with
     1,100-3,800 tuples queued, and trees took 102 ms to complete at p99.) With one
