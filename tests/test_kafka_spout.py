@@ -16,7 +16,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +28,7 @@ from kafka import KafkaBroker
 from live import LiveRun, Shared
 from servers import free_port
 from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
+from streamflow_connectors.kafka.client import KafkaClientError
 from streamflow_connectors.kafka.offsets import PartitionOffsets
 from streamflow_connectors.kafka.records import Record
 from topics import header, produce, read_written
@@ -116,6 +117,23 @@ def test_a_stuck_record_pauses_its_partition_at_max_uncommitted(kafka: KafkaBrok
     assert len(shared.seen) == 199 and kafka.committed("bounded-source", topic) == {0: 200}
 
 
+def refresh(run: LiveRun, spout: KafkaSpout, then: Callable[[], None] = lambda: None) -> None:
+    """Run the spout's metadata refresh, then ``then``, on the run's loop (between two calls
+    of ``next_tuple``); again while the refresh fails: Tansu may take seconds to answer for
+    the watermarks of a topic just created, and a refresh that asks times out."""
+    async def once() -> bool:
+        try:
+            await spout._refresh()
+        except KafkaClientError:
+            return False
+        then()
+        return True
+
+    loop = run._loop
+    assert loop is not None
+    wait_for(lambda: asyncio.run_coroutine_threadsafe(once(), loop).result(30), 60, "a metadata refresh")
+
+
 def test_a_partition_paused_at_its_bound_resumes_after_a_reassignment(kafka: KafkaBroker,
                                                                       topic_prefix: str) -> None:
     # librdkafka keeps a partition paused across assign(): a refresh that reassigns while
@@ -135,14 +153,9 @@ def test_a_partition_paused_at_its_bound_resumes_after_a_reassignment(kafka: Kaf
         wait_for(lambda: (first, 0) in spout._held and (first, 0) in spout._paused, 10, "the partition paused")
         produce(kafka, second, [b'{"n": 1000}', b'{"n": 1001}'], partitions=1)
 
-        async def refresh_then_make_room() -> None:
-            # On the run's loop, between two calls of next_tuple: the refresh finds the new
-            # topic and reassigns, then the held record is done before the next fetch.
-            await spout._refresh()
-            spout.ack((first, 0, k))
-
-        assert run._loop is not None
-        asyncio.run_coroutine_threadsafe(refresh_then_make_room(), run._loop).result(10)
+        # Between two calls of next_tuple: the refresh finds the new topic and reassigns,
+        # then the held record is done before the next fetch.
+        refresh(run, spout, then=lambda: spout.ack((first, 0, k)))
         assert spout._assigned == [(first, 0), (second, 0)]
         wait_for(lambda: len(shared.seen) == 99 + 2, 20, "every record but the held one, of both topics")
     finally:
@@ -400,6 +413,28 @@ def test_a_topic_pattern_picks_up_new_topics(kafka: KafkaBroker, topic_prefix: s
         wait_for(lambda: len(ledger.received) == 5, 20, "the new topic's records")
         assert sorted((tup["topic"], tup["value"]["n"]) for _, tup in ledger.received) == [
             (first, 1), (first, 2), (second, 3), (second, 4), (second, 5)]
+    finally:
+        run.stop()
+    assert run.join(30) == "stopped"
+
+
+def test_a_topic_found_after_the_start_is_read_from_its_earliest_offset(kafka: KafkaBroker,
+                                                                         topic_prefix: str) -> None:
+    # start="latest" applies to the partitions of the first assignment: one found later was
+    # found up to metadata_refresh seconds late, and its latest offset would skip those.
+    first, second, ledger = f"{topic_prefix}p-a", f"{topic_prefix}p-b", Ledger()
+    produce(kafka, first, [b'{"n": 1}', b'{"n": 2}'], partitions=1)
+    run = LiveRun(collect_topology("late", kafka.bootstrap, (), ledger, start="latest", metadata_refresh=3600,
+                                   topic_pattern=re.escape(topic_prefix) + "p-.*"), timeout=60)
+    try:
+        spout = run.instance("source")
+        wait_for(lambda: getattr(spout, "_assigned", None) == [(first, 0)], 20, "the first assignment")
+        kafka.produce(first, [b'{"n": 3}'])
+        produce(kafka, second, [b'{"n": 4}', b'{"n": 5}', b'{"n": 6}'], partitions=2)
+        refresh(run, spout)  # finds the second topic
+        wait_for(lambda: len(ledger.received) == 4, 20, "the records written after the start")
+        assert sorted((tup["topic"], tup["value"]["n"]) for _, tup in ledger.received) == [
+            (first, 3), (second, 4), (second, 5), (second, 6)]
     finally:
         run.stop()
     assert run.join(30) == "stopped"

@@ -105,6 +105,12 @@ class KafkaSpout(AsyncSpout):
     (plus :data:`~.client.BROKER_TIMEOUT`) even while librdkafka still holds records it
     fetched ahead, which it serves before its connection errors. 5 s by default, as
     storm-kafka-client refreshes partitions every 2 s: one small request per task.
+
+    A partition without a committed offset starts at its earliest or latest offset, as
+    ``start`` says; but one found after the first assignment (a partition added to a
+    topic, a new topic matching the pattern) starts at its earliest, as Flink's Kafka
+    source does: it was found up to ``metadata_refresh`` seconds late, and its latest
+    offset would skip what was written to it meanwhile.
     """
 
     def __init__(
@@ -395,17 +401,19 @@ class KafkaSpout(AsyncSpout):
 
     def _offsets(self, keys: list[Key]) -> tuple[dict[Key, int], dict[Key, int]]:
         """(where to start, the high watermark) of new partitions: the committed offset,
-        else the earliest or latest one. Blocking: run it in a worker thread."""
+        else the earliest or latest one (see :func:`.start_offset`). Blocking: run it in a
+        worker thread."""
         assert self._consumer is not None
         if not keys:
             return {}, {}
         committed = self._consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=BROKER_TIMEOUT)
+        reset = self.start if self._assigned is None else "earliest"  # found late: see the class docstring
         starts, ends = {}, {}
         for tp in committed:
             key = (tp.topic, tp.partition)
             low, high = self._consumer.get_watermark_offsets(TopicPartition(*key), timeout=BROKER_TIMEOUT)
             ends[key] = high
-            starts[key] = start_offset(tp.offset, low, high, self.start)  # tp.offset < 0: none committed
+            starts[key] = start_offset(tp.offset, low, high, reset)  # tp.offset < 0: none committed
             if 0 <= tp.offset < low:
                 log.warning("%s: %s/%d: committed offset %d is below the log's start %d (deleted by retention "
                             "before it was read): reading from %d", self._name, *key, tp.offset, low, low)
