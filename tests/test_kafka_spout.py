@@ -31,6 +31,7 @@ from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
 from streamflow_connectors.kafka.client import KafkaClientError
 from streamflow_connectors.kafka.offsets import PartitionOffsets
 from streamflow_connectors.kafka.records import Record
+from streamflow_connectors.kafka.spout import owner
 from topics import header, produce, read_written
 
 from streamflow import BasicBolt, Bolt, TaskContext, Topology, TopologyBuilder, Tuple, run_local
@@ -589,11 +590,15 @@ class StandInMessage:
 
 
 class StandInConsumer:
-    """Keeps what the spout asked of it: pauses, resumes, seeks."""
+    """Keeps what the spout asked of it: pauses, resumes, seeks, commits."""
 
     def __init__(self) -> None:
         self.paused: set[tuple[str, int]] = set()
         self.seeks: list[tuple[str, int, int]] = []
+        self.commits: list[tuple[str, int, int]] = []
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits += [(tp.topic, tp.partition, tp.offset) for tp in offsets]
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         self.paused |= {(tp.topic, tp.partition) for tp in partitions}
@@ -605,12 +610,12 @@ class StandInConsumer:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
 
 
-def reading(fetched_to: int, **kwargs: Any) -> tuple[KafkaSpout, StandInConsumer]:
-    """An opened spout that has taken partition t/0 up to ``fetched_to``, all of it done."""
+def reading(fetched_to: int, partitions: int = 1, **kwargs: Any) -> tuple[KafkaSpout, StandInConsumer]:
+    """An opened spout that has taken partitions t/0.. up to ``fetched_to``, all of it done."""
     spout, consumer = opened({}, **kwargs), StandInConsumer()
     spout._consumer = cast(Any, consumer)
-    spout._assigned = [("t", 0)]
-    spout._partitions[("t", 0)] = PartitionOffsets(fetched_to)
+    spout._assigned = [("t", p) for p in range(partitions)]
+    spout._partitions = {("t", p): PartitionOffsets(fetched_to) for p in range(partitions)}
     return spout, consumer
 
 
@@ -631,3 +636,59 @@ def test_a_partition_read_again_from_a_lower_offset_says_so(caplog: pytest.LogCa
     assert "t/0 goes on at offset 0, below 1000" in caplog.text
     spout.ack(("t", 0, 0))
     assert spout._partitions["t", 0].to_commit() == 1
+
+
+def test_a_partition_that_leaves_is_committed_and_forgotten() -> None:
+    spout, consumer = reading(0, partitions=2, backoff=Backoff(initial=0.01))
+    spout._take([StandInMessage("t", p, offset) for p in (0, 1) for offset in range(4)])
+    spout._buffer.clear()  # emitted: offsets 0-3 of both partitions in flight
+    for offset in (0, 1):
+        spout.ack(("t", 1, offset))
+    spout.fail(("t", 1, 2))  # waits for its retry
+    spout._take([StandInMessage("t", 1, 4)])  # waits to be emitted
+    spout._leave([("t", 1)])  # its topic was deleted, say
+    assert consumer.commits == [("t", 1, 2)]  # what is done of it
+    assert list(spout._partitions) == [("t", 0)] and not spout._buffer and not spout._retries.failures
+    spout.ack(("t", 1, 3))  # records of the partition that left: acked or failed to no effect
+    spout.fail(("t", 1, 2))
+    time.sleep(0.02)  # the retry scheduled before it left is due
+    assert not spout._emit_retry(time.monotonic())
+    assert not spout._retries.failures and list(spout._partitions) == [("t", 0)]
+
+
+def test_a_partition_stays_with_its_task_when_partitions_or_topics_are_added() -> None:
+    topics = [f"topic-{i}" for i in range(20)]
+    for tasks in (1, 2, 3, 8):
+        before = {(t, p): owner(t, p, tasks) for t in topics[:10] for p in range(6)}
+        after = {(t, p): owner(t, p, tasks) for t in topics for p in range(12)}
+        assert all(after[key] == task for key, task in before.items())
+        for t in topics:  # each topic's partitions spread evenly over the tasks
+            counts = Counter(owner(t, p, tasks) for p in range(12))
+            assert len(counts) == min(tasks, 12) and max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_partitions_stay_with_their_task_when_a_topic_is_added(kafka: KafkaBroker, topic_prefix: str) -> None:
+    # Every n-th partition of all of them in (topic, partition) order moved p-b/0 from task
+    # 0 to task 1 when p-a was created: the old task kept its state and retries.
+    first, second, ledger = f"{topic_prefix}p-b", f"{topic_prefix}p-a", Ledger()
+    produce(kafka, first, [b'{"n": 1}', b'{"n": 2}'], partitions=1)
+    b = TopologyBuilder("stable")
+    b.set_spout("source", KafkaSpout(kafka.bootstrap, topic_pattern=re.escape(topic_prefix) + "p-.*",
+                                     metadata_refresh=3600, commit_interval=0.1), 2)
+    b.set_bolt("collect", CollectBolt(ledger)).shuffle_grouping("source")
+    run = LiveRun(b.build(), timeout=60)
+    try:
+        wait_for(lambda: len(ledger.received) == 2, 20, "the first topic's records")
+        assert run.worker is not None
+        spouts = [cast(Any, e).instance for e in run.worker.executors if e.component == "source"]
+        produce(kafka, second, [b'{"n": 3}'], partitions=1)
+        for spout in spouts:
+            refresh(run, spout)
+        kafka.produce(first, [b'{"n": 4}', b'{"n": 5}'])
+        wait_for(lambda: len(ledger.received) >= 5, 20, "the records written since")
+    finally:
+        run.stop()
+    assert run.join(30) == "stopped"
+    values = Counter((tup["topic"], tup["value"]["n"]) for _, tup in ledger.received)
+    assert values == Counter([(first, 1), (first, 2), (second, 3), (first, 4), (first, 5)])
+    assert len({tup.source_task for _, tup in ledger.received if tup["topic"] == first}) == 1

@@ -1,8 +1,8 @@
 """KafkaSpout: reads Kafka with commit-after-ack, retries, dead letters and client quotas.
 
-Each task is assigned its share of the topics' partitions explicitly (task ``i`` of ``n``
-takes every ``n``-th partition in (topic, partition) order): no consumer-group rebalances
-inside a topology. A record's offset is committed, under the spout's group id, only when
+Each task is assigned its share of the topics' partitions explicitly (:func:`owner`): no
+consumer-group rebalances inside a topology, and a partition stays with its task when
+partitions or topics are added. A record's offset is committed, under the spout's group id, only when
 it and every earlier record of its partition are done (see :mod:`.offsets`), so a worker
 that dies resumes from the committed offsets: nothing is lost, and duplicates are bounded
 by what was uncommitted, itself bounded per partition (``max_uncommitted``; at the bound
@@ -55,6 +55,7 @@ from streamflow_connectors.kafka.records import (
 from streamflow_connectors.kafka.retry import Backoff, RetrySchedule
 
 from streamflow import AsyncSpout, TaskContext
+from streamflow.groupings import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,16 @@ second's worth. With 1,000, the spouts of the Kafka wordcount found the queue em
 20,000, on none (400,000 sentences: 13.0-13.6k sentences/s in local mode and 13.4-15.3k
 on 2 workers, against 14.5-17.9k and 16.8-21.5k). librdkafka's bound on queued bytes
 (``queued.max.messages.kbytes``, 64 MiB) still holds for large records."""
+
+
+def owner(topic: str, partition: int, tasks: int) -> int:
+    """The task, of ``tasks``, that reads a partition: a topic's partitions go round the
+    tasks from one its name picks. A partition added to a topic, or a topic added to a
+    pattern, never moves a partition that a task reads already (every ``n``-th partition
+    of all of them in order did: the old task kept its state and retries, and could move
+    the committed offset back later), and the first partitions of many small topics do
+    not all land on task 0."""
+    return (partition + stable_hash(topic)) % tasks
 
 
 class KafkaSpout(AsyncSpout):
@@ -263,9 +274,9 @@ class KafkaSpout(AsyncSpout):
             return False
         while due := self._retries.due(now, limit=1):
             topic, partition, offset = due[0]
-            offsets = self._partitions[topic, partition]
-            record = offsets.record(offset)
-            if record is not None:
+            offsets = self._partitions.get((topic, partition))
+            record = None if offsets is None else offsets.record(offset)  # None: done, or its partition left
+            if offsets is not None and record is not None:
                 offsets.retries += 1
                 if not self._emit(record):
                     self._retries.forget(due[0])  # dead-lettered: no retry is left to count
@@ -293,24 +304,31 @@ class KafkaSpout(AsyncSpout):
 
     def ack(self, msg_id: MsgId) -> None:
         topic, partition, offset = msg_id
-        self._partitions[topic, partition].done(offset)
+        offsets = self._partitions.get((topic, partition))
+        if offsets is not None:  # else its partition left this task
+            offsets.done(offset)
         if self._retries.failures:
             self._retries.forget(msg_id)
 
     def fail(self, msg_id: MsgId) -> None:
+        topic, partition, offset = msg_id
+        offsets = self._partitions.get((topic, partition))
+        if offsets is None:  # its partition left this task: another reads it from the last commit
+            self._retries.forget(msg_id)
+            return
         if self._retries.failed(msg_id, time.monotonic()):
             return
-        topic, partition, offset = msg_id
-        record = self._partitions[topic, partition].record(offset)
+        record = offsets.record(offset)
         if record is not None:
             self._dead.add(record, f"failed {self._retries.failures[msg_id]} times")
         self._retries.forget(msg_id)
 
     def _dead_lettered(self, message: Message) -> None:
         """The dead-letter path is done with a record: its offset may be committed."""
-        offsets = self._partitions[message.topic(), message.partition()]
-        offsets.dead_letters += 1
-        offsets.done(message.offset())
+        offsets = self._partitions.get((message.topic(), message.partition()))
+        if offsets is not None:  # else its partition left this task
+            offsets.dead_letters += 1
+            offsets.done(message.offset())
 
     def exhausted(self) -> bool:
         if not self.stop_at_end or self._assigned is None or self._buffer or self._dead:
@@ -374,16 +392,16 @@ class KafkaSpout(AsyncSpout):
         return [(topic, partition) for topic in names for partition in sorted(topics[topic].partitions)]
 
     async def _assign(self) -> None:
-        """Take this task's share of the partitions; new partitions join at the next refresh.
-        Partitions read before (a new partition elsewhere changed the share) read on from
-        where this task stopped taking records.
+        """Take this task's share of the partitions (:func:`owner`); new partitions join at
+        the next refresh. One that left (its topic deleted, or no longer matching the
+        pattern) is committed and forgotten (:meth:`_leave`).
 
         Every paused partition is resumed first: librdkafka keeps a partition paused across
         ``assign()`` (librdkafka 2.16, measured), so one paused by the spout, which then
         counted it unpaused, stayed paused for ever. The next :meth:`_fetch` pauses again
         what is at its bound or over quota."""
         assert self._consumer is not None
-        mine = (await self._topic_partitions())[self._index :: self._tasks]
+        mine = [key for key in await self._topic_partitions() if owner(*key, self._tasks) == self._index]
         if mine == self._assigned:
             return
         new = [key for key in mine if key not in self._partitions]
@@ -394,10 +412,28 @@ class KafkaSpout(AsyncSpout):
             for key, end in ends.items():
                 self._end_offsets.setdefault(key, end)
         self._pause(set())
+        self._leave([key for key in self._assigned or () if key not in mine])
         self._consumer.assign([TopicPartition(t, p, self._partitions[t, p].fetched_to) for t, p in mine])
-        self._held &= set(mine)
         self._assigned = mine  # only now: a failure above leaves the change to the next refresh
         log.info("%s task %d reads %s", self._name, self._index, [f"{t}/{p}" for t, p in mine])
+
+    def _leave(self, keys: list[Key]) -> None:
+        """Partitions that left this task: commit what is done of them (the answer is not
+        awaited), then forget them, their records waiting to be emitted and their retries.
+        A record of theirs still in flight is acked or failed to no effect: whoever reads
+        the partition next reads it again from the commit."""
+        if not keys:
+            return
+        self._commit(keys=keys)
+        gone = set(keys)
+        for key in keys:
+            del self._partitions[key]
+            self._end_offsets.pop(key, None)
+        self._held -= gone
+        self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in gone)
+        for msg_id in [msg_id for msg_id in self._retries.failures if msg_id[:2] in gone]:
+            self._retries.forget(msg_id)  # still in the schedule: _emit_retry skips it when due
+        log.info("%s task %d no longer reads %s", self._name, self._index, [f"{t}/{p}" for t, p in keys])
 
     def _offsets(self, keys: list[Key]) -> tuple[dict[Key, int], dict[Key, int]]:
         """(where to start, the high watermark) of new partitions: the committed offset,
@@ -531,14 +567,16 @@ class KafkaSpout(AsyncSpout):
         """A broker delayed this client under a broker-side quota (``throttle_cb``)."""
         self.quota.throttled_seconds += float(event.throttle_time)
 
-    def _commit(self, consumer: Consumer | None = None) -> list[PartitionOffsets]:
-        """Ask the broker to commit every assigned partition's new commit point (the answer
-        comes later, through ``consume()``, to :meth:`_committed`). Returns those asked for."""
+    def _commit(self, consumer: Consumer | None = None,
+                keys: Sequence[Key] | None = None) -> list[PartitionOffsets]:
+        """Ask the broker to commit the new commit point of every assigned partition (or of
+        ``keys``); the answer comes later, through ``consume()``, to :meth:`_committed`.
+        Returns those asked for."""
         consumer = consumer or self._consumer
         assert consumer is not None
         sent = []
         offsets = []
-        for key in self._assigned or ():
+        for key in (self._assigned or ()) if keys is None else keys:
             partition = self._partitions[key]
             point = partition.to_commit()
             if point is not None:
