@@ -164,3 +164,10 @@ def test_reading_starts_at_the_committed_offset_but_never_below_the_log_start() 
     assert start_offset(100, 5_000_000, 5_000_100, "earliest") == 5_000_000  # the rest went to retention
     assert start_offset(-1001, 20, 500, "earliest") == 20  # none committed (OFFSET_INVALID)
     assert start_offset(-1001, 20, 500, "latest") == 500
+
+
+def test_a_point_that_did_not_move_is_committed_again_when_asked() -> None:
+    p = PartitionOffsets(7)
+    assert p.to_commit() is None and p.to_commit(again=True) == 7
+    fetch(p, 7)
+    assert p.to_commit(again=True) == 7  # 7 is in flight: the point stays

@@ -28,6 +28,7 @@ from kafka import KafkaBroker
 from live import LiveRun, Shared
 from servers import free_port
 from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
+from streamflow_connectors.kafka import spout as spout_module
 from streamflow_connectors.kafka.client import KafkaClientError
 from streamflow_connectors.kafka.offsets import PartitionOffsets
 from streamflow_connectors.kafka.records import Record
@@ -436,6 +437,25 @@ def test_a_topic_found_after_the_start_is_read_from_its_earliest_offset(kafka: K
         wait_for(lambda: len(ledger.received) == 4, 20, "the records written after the start")
         assert sorted((tup["topic"], tup["value"]["n"]) for _, tup in ledger.received) == [
             (first, 3), (second, 4), (second, 5), (second, 6)]
+    finally:
+        run.stop()
+    assert run.join(30) == "stopped"
+
+
+def test_committed_offsets_are_committed_again_though_they_did_not_move(kafka: KafkaBroker, topic_prefix: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A broker expires the offsets of a group without members (the spout's, as it assigns
+    # its partitions itself) after offsets.retention.minutes: Tansu does not, so another
+    # client overwrites the offset, and the spout must commit its point again.
+    monkeypatch.setattr(spout_module, "RECOMMIT_INTERVAL", 0.3, raising=False)
+    topic, group, ledger = f"{topic_prefix}in", "recommit-source", Ledger()
+    produce(kafka, topic, [json.dumps({"n": i}).encode() for i in range(10)], partitions=1)
+    run = LiveRun(collect_topology("recommit", kafka.bootstrap, [topic], ledger, commit_interval=0.1), timeout=60)
+    try:
+        wait_for(lambda: kafka.committed(group, topic) == {0: 10}, 20, "the commit of every record")
+        kafka.commit(group, topic, {0: 3})
+        assert kafka.committed(group, topic) == {0: 3}
+        wait_for(lambda: kafka.committed(group, topic) == {0: 10}, 10, "the commit again")
     finally:
         run.stop()
     assert run.join(30) == "stopped"

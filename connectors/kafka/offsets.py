@@ -66,10 +66,11 @@ class PartitionOffsets:
         """How many offsets were fetched past the commit point (done or not)."""
         return self.fetched_to - self.commit_point()
 
-    def to_commit(self) -> int | None:
-        """The new commit point if it moved past the last one asked for, else None."""
+    def to_commit(self, again: bool = False) -> int | None:
+        """The new commit point if it moved past the last one asked for, else None; with
+        ``again``, the point whether it moved or not (to keep a broker from expiring it)."""
         point = self.commit_point()
-        return point if point > self.commit_sent else None
+        return point if point > self.commit_sent or again else None
 
     def commit_asked(self, offset: int) -> None:
         """A commit of ``offset`` was sent to the broker."""

@@ -64,6 +64,13 @@ MsgId = tuple[str, int, int]  # topic, partition, offset
 DEFAULT_BACKOFF = Backoff()
 COMMIT_WAIT = 5.0
 """Seconds ``close`` waits for its last commit (and dead letters) to be acknowledged."""
+RECOMMIT_INTERVAL = 3600.0
+"""Seconds between commits of every assigned partition's commit point, moved or not. A
+broker expires the committed offsets of a group that has no members after
+``offsets.retention.minutes`` (7 days by default), and the spout's group never has
+members, as it assigns its partitions itself: without this, the offset of a partition
+that had nothing new for a week would expire, and a restart would read it from ``start``
+again. An hour is far below any retention in use, and costs one request an hour."""
 ANSWER_POLL = 0.01
 """Seconds between looks for the answer to the final commit."""
 PAUSE_AFTER = 1.0
@@ -192,6 +199,7 @@ class KafkaSpout(AsyncSpout):
         """Partitions at their uncommitted bound (or their end, with stop_at_end)."""
         self._connect_attempts = 0
         self._next_connect = self._next_commit = self._next_refresh = 0.0
+        self._next_recommit = time.monotonic() + RECOMMIT_INTERVAL
         self._throttled_since: float | None = None
 
     def deactivate(self) -> None:
@@ -260,7 +268,10 @@ class KafkaSpout(AsyncSpout):
                 pass  # dead-lettered: try the next one
         if now >= self._next_commit:
             self._next_commit = now + self.commit_interval
-            self._commit()
+            again = now >= self._next_recommit
+            if again:
+                self._next_recommit = now + RECOMMIT_INTERVAL
+            self._commit(again=again)
             self._fetch(now)  # also when the buffer never empties: consume() serves errors and commit answers
         if now >= self._next_refresh and not self.stop_at_end:
             self._next_refresh = now + self.metadata_refresh
@@ -567,18 +578,18 @@ class KafkaSpout(AsyncSpout):
         """A broker delayed this client under a broker-side quota (``throttle_cb``)."""
         self.quota.throttled_seconds += float(event.throttle_time)
 
-    def _commit(self, consumer: Consumer | None = None,
-                keys: Sequence[Key] | None = None) -> list[PartitionOffsets]:
+    def _commit(self, consumer: Consumer | None = None, keys: Sequence[Key] | None = None,
+                again: bool = False) -> list[PartitionOffsets]:
         """Ask the broker to commit the new commit point of every assigned partition (or of
-        ``keys``); the answer comes later, through ``consume()``, to :meth:`_committed`.
-        Returns those asked for."""
+        ``keys``), or with ``again`` every point (see :data:`RECOMMIT_INTERVAL`); the answer
+        comes later, through ``consume()``, to :meth:`_committed`. Returns those asked for."""
         consumer = consumer or self._consumer
         assert consumer is not None
         sent = []
         offsets = []
         for key in (self._assigned or ()) if keys is None else keys:
             partition = self._partitions[key]
-            point = partition.to_commit()
+            point = partition.to_commit(again)
             if point is not None:
                 partition.commit_asked(point)
                 sent.append(partition)
