@@ -712,3 +712,40 @@ def test_partitions_stay_with_their_task_when_a_topic_is_added(kafka: KafkaBroke
     values = Counter((tup["topic"], tup["value"]["n"]) for _, tup in ledger.received)
     assert values == Counter([(first, 1), (first, 2), (second, 3), (first, 4), (first, 5)])
     assert len({tup.source_task for _, tup in ledger.received if tup["topic"] == first}) == 1
+
+
+def test_a_partition_whose_end_lies_past_its_last_record_is_read_to_its_end() -> None:
+    # The end offset seen at the start is 100, and 99 is a transaction's commit marker,
+    # which librdkafka never serves: its end of partition at 100 says all was served.
+    spout, consumer = reading(0, stop_at_end=True)
+    spout._end_offsets[("t", 0)] = 100
+    spout._take([StandInMessage("t", 0, offset) for offset in range(99)])
+    spout._buffer.clear()
+    for offset in range(99):
+        spout.ack(("t", 0, offset))
+    assert not spout.exhausted()
+    spout._take([StandInMessage("t", 0, 100, KafkaError(KafkaError._PARTITION_EOF))])
+    assert spout.exhausted() and spout._errors.last is None
+    assert spout._partitions["t", 0].to_commit() == 100
+
+
+def test_ends_of_partitions_are_not_errors(kafka: KafkaBroker, topic_prefix: str) -> None:
+    # With stop_at_end, librdkafka reports each partition's end (enable.partition.eof; set
+    # here too, so that the old spout shows what it did with them: Tansu has no
+    # transactions to show what they are for).
+    topic, k, shared = f"{topic_prefix}in", 5, Shared()
+    produce(kafka, topic, [json.dumps({"n": i}).encode() for i in range(40)], partitions=2)
+    b = TopologyBuilder("ends")
+    b.set_spout("source", KafkaSpout(kafka.bootstrap, [topic], stop_at_end=True, commit_interval=0.1,
+                                     config={"enable.partition.eof": True}))
+    b.set_bolt("hold", HoldOne(shared, (0, k))).shuffle_grouping("source")
+    run = LiveRun(b.build({"topology.tick.tuple.freq.secs": 0.1}), timeout=60)
+    wait_for(lambda: len(shared.seen) == 39, 20, "every record but one acked")
+    # Five more commit checks, each with a fetch: librdkafka has served both ends by then.
+    spout = run.instance("source")
+    first_check = spout._next_commit
+    wait_for(lambda: spout._next_commit >= first_check + 5 * 0.1, 10, "five more commit checks")
+    assert run.last_error("source") is None
+    shared.release.set()
+    assert run.join(30) == "finished"
+    assert run.last_error("source") is None and kafka.committed("ends-source", topic) == {0: 20, 1: 20}

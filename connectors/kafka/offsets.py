@@ -96,6 +96,12 @@ class PartitionOffsets:
         if offset < self.commit_sent:
             self.commit_sent = self.committed = offset
 
+    def served_to(self, offset: int) -> None:
+        """The consumer served every record below ``offset`` (it reported the partition's
+        end there): any offsets between ``fetched_to`` and it hold records that never reach
+        the spout (a transaction's control records), so the partition is read up to it."""
+        self.fetched_to = max(self.fetched_to, offset)
+
     def commit_failed(self) -> None:
         """A commit failed: ask again for the current point at the next commit."""
         self.commit_sent = self.committed

@@ -342,6 +342,10 @@ class KafkaSpout(AsyncSpout):
             offsets.done(message.offset())
 
     def exhausted(self) -> bool:
+        """With stop_at_end: every record below the end offsets seen at the start is done.
+        A partition whose end lies past its last record (a transaction's control record,
+        which never reaches the spout) is read up to where librdkafka reports its end
+        (``enable.partition.eof``, on with stop_at_end)."""
         if not self.stop_at_end or self._assigned is None or self._buffer or self._dead:
             return False
         if len(self._retries) or any(len(p) for p in self._partitions.values()):
@@ -366,6 +370,7 @@ class KafkaSpout(AsyncSpout):
                        "auto.offset.reset": "earliest", "on_commit": self._committed,
                        "throttle_cb": self._broker_throttled, "fetch.wait.max.ms": FETCH_WAIT_MS,
                        "queued.min.messages": max(2 * self.fetch_records, PREFETCH_RECORDS),
+                       "enable.partition.eof": self.stop_at_end,
                        "topic.metadata.refresh.interval.ms": int(self.metadata_refresh * 1000)}))
             await self._assign()
         except Exception as exc:
@@ -495,13 +500,17 @@ class KafkaSpout(AsyncSpout):
         taken = size = 0
         for message in messages:
             error = message.error()
-            if error is not None:
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
                 self._errors(error)  # an unknown partition, say: librdkafka goes on, the spout tells
                 continue
             key = (message.topic(), message.partition())
             offsets = partitions.get(key)
             if offsets is None:
                 continue  # a partition no longer assigned
+            if error is not None:  # the partition's end, asked for with stop_at_end
+                if key not in self._paused and key not in rewind:  # else records below it were left
+                    offsets.served_to(message.offset())
+                continue
             offset = message.offset()
             limit = limits.get(key)
             if limit is None:  # the partition's first record in this batch
