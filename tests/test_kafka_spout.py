@@ -23,6 +23,7 @@ from typing import Any, cast
 import orjson
 import pytest
 from cluster import wait_for
+from commands import assert_one_line_error, streamflow
 from confluent_kafka import KafkaError, TopicPartition
 from kafka import KafkaBroker
 from live import LiveRun, Shared
@@ -557,6 +558,35 @@ def opened(config: Mapping[str, Any], **kwargs: Any) -> KafkaSpout:
     spout = KafkaSpout("127.0.0.1:9", ["t"], **kwargs)
     asyncio.run(spout.open(config, TaskContext("wc", "sentences", 5, {"sentences": (4, 5)})))
     return spout
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"max_uncommitted": 0}, "max_uncommitted must be at least 1, got 0"),
+    ({"fetch_records": -5}, "fetch_records must be at least 1, got -5"),
+    ({"records_per_sec": -1}, "records_per_sec must be at least 0 (0 stops the spout), got -1"),
+    ({"bytes_per_sec": -0.5}, "bytes_per_sec must be at least 0 (0 stops the spout), got -0.5"),
+    ({"metadata_refresh": 0}, "metadata_refresh must be a positive number of seconds, got 0"),
+])
+def test_bad_options_are_refused_when_the_spout_is_made(option: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        KafkaSpout("127.0.0.1:9", ["t"], **option)
+    assert str(refused.value) == message
+    KafkaSpout("127.0.0.1:9", ["t"], records_per_sec=0, bytes_per_sec=0)  # a rate of 0 is a quota
+
+
+def test_a_topology_with_a_bad_spout_option_is_refused_as_one_line(tmp_path: Path) -> None:
+    topology = tmp_path / "bad.py"
+    topology.write_text(
+        "from streamflow import TopologyBuilder\n"
+        "from streamflow_connectors.kafka import KafkaSpout\n"
+        "from streamflow.testing import CollectBolt, Ledger\n\n"
+        "def build(config):\n"
+        "    b = TopologyBuilder('bad')\n"
+        "    b.set_spout('source', KafkaSpout('127.0.0.1:9', ['t'], max_uncommitted=0))\n"
+        "    b.set_bolt('collect', CollectBolt(Ledger())).shuffle_grouping('source')\n"
+        "    return b.build()\n")
+    assert_one_line_error(streamflow("describe", str(topology), timeout=60),
+                          "ValueError: max_uncommitted must be at least 1, got 0")
 
 
 def test_each_task_takes_its_share_of_the_client_ids_quota() -> None:

@@ -159,6 +159,15 @@ class KafkaSpout(AsyncSpout):
         if start not in ("earliest", "latest"):
             raise ValueError(f"start must be 'earliest' or 'latest', got {start!r}")
         decoder(value_format)  # refuse an unknown format now, not in a worker
+        if max_uncommitted < 1:
+            raise ValueError(f"max_uncommitted must be at least 1, got {max_uncommitted!r}")
+        if fetch_records < 1:
+            raise ValueError(f"fetch_records must be at least 1, got {fetch_records!r}")
+        for name, rate in (("bytes_per_sec", bytes_per_sec), ("records_per_sec", records_per_sec)):
+            if rate is not None and rate < 0:
+                raise ValueError(f"{name} must be at least 0 (0 stops the spout), got {rate!r}")
+        if metadata_refresh <= 0:
+            raise ValueError(f"metadata_refresh must be a positive number of seconds, got {metadata_refresh!r}")
         self.bootstrap_servers = bootstrap_servers
         self.topics = list(topics)
         self.topic_pattern = topic_pattern
