@@ -25,6 +25,7 @@ import pytest
 from cluster import wait_for
 from commands import assert_one_line_error, streamflow
 from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka.admin import TopicMetadata
 from kafka import KafkaBroker
 from live import LiveRun, Shared
 from servers import free_port
@@ -33,7 +34,7 @@ from streamflow_connectors.kafka import spout as spout_module
 from streamflow_connectors.kafka.client import KafkaClientError
 from streamflow_connectors.kafka.offsets import PartitionOffsets
 from streamflow_connectors.kafka.records import Record
-from streamflow_connectors.kafka.spout import owner
+from streamflow_connectors.kafka.spout import owner, topic_problem
 from topics import header, produce, read_written
 
 from streamflow import BasicBolt, Bolt, TaskContext, Topology, TopologyBuilder, Tuple, run_local
@@ -376,6 +377,20 @@ def test_an_unknown_topic_is_reported_until_it_exists(kafka: KafkaBroker, topic_
     produce(kafka, topic, [json.dumps({"n": i}).encode() for i in range(50)], partitions=2)
     assert run.join(30) == "finished"
     assert sorted(tup["value"]["n"] for _, tup in ledger.received) == list(range(50))
+
+
+def test_a_topic_error_is_quoted_as_the_broker_gives_it() -> None:
+    # Tansu has no ACLs: the broker's answers are made here.
+    def metadata(code: int | None) -> TopicMetadata:
+        found = TopicMetadata()
+        found.error = None if code is None else KafkaError(code)
+        return found
+
+    assert topic_problem("t", metadata(None)) is None
+    assert topic_problem("t", None) == topic_problem("t", metadata(KafkaError.UNKNOWN_TOPIC_OR_PART)) == (
+        "unknown topic 't'")
+    assert topic_problem("t", metadata(KafkaError.TOPIC_AUTHORIZATION_FAILED)) == (
+        "topic 't': Broker: Topic authorization failed")
 
 
 def test_an_unreachable_broker_is_reported_until_it_is_up(tmp_path: Path, topic_prefix: str,

@@ -32,6 +32,7 @@ from collections import deque
 from typing import Any, Callable, Mapping, Sequence, cast
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import TopicMetadata
 from streamflow_connectors.kafka.client import (
     BROKER_TIMEOUT,
     CONNECT_BACKOFF,
@@ -101,6 +102,16 @@ def owner(topic: str, partition: int, tasks: int) -> int:
     the committed offset back later), and the first partitions of many small topics do
     not all land on task 0."""
     return (partition + stable_hash(topic)) % tasks
+
+
+def topic_problem(name: str, metadata: TopicMetadata | None) -> str | None:
+    """Why a topic the spout names cannot be read, None if it can: unknown to the broker,
+    or the error of its metadata in the broker's words (``Topic authorization failed``,
+    say, which is no unknown topic)."""
+    error = None if metadata is None else metadata.error
+    if metadata is None or (error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+        return f"unknown topic {name!r}"
+    return None if error is None else f"topic {name!r}: {error.str()}"
 
 
 class KafkaSpout(AsyncSpout):
@@ -410,9 +421,9 @@ class KafkaSpout(AsyncSpout):
         if self.topic_pattern is not None:
             names = sorted(t for t in topics if re.fullmatch(self.topic_pattern, t))
         else:
-            missing = [t for t in self.topics if t not in topics or topics[t].error is not None]
-            if missing:
-                raise LookupError(f"unknown topic {missing[0]!r}")
+            problems = [problem for t in self.topics if (problem := topic_problem(t, topics.get(t)))]
+            if problems:
+                raise LookupError(problems[0])
             names = self.topics
         return [(topic, partition) for topic in names for partition in sorted(topics[topic].partitions)]
 
