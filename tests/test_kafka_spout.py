@@ -32,6 +32,7 @@ from servers import free_port
 from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
 from streamflow_connectors.kafka import spout as spout_module
 from streamflow_connectors.kafka.client import KafkaClientError
+from streamflow_connectors.kafka.deadletters import DeadLetters
 from streamflow_connectors.kafka.offsets import PartitionOffsets
 from streamflow_connectors.kafka.records import Record
 from streamflow_connectors.kafka.spout import owner, topic_problem
@@ -655,15 +656,27 @@ class StandInMessage:
 
 
 class StandInConsumer:
-    """Keeps what the spout asked of it: pauses, resumes, seeks, commits."""
+    """Keeps what the spout asked of it: pauses, resumes, seeks, commits. With
+    ``on_commit``, ``consume()`` answers the commits asked for since its last call, with
+    ``commit_error`` (None: committed)."""
 
     def __init__(self) -> None:
         self.paused: set[tuple[str, int]] = set()
         self.seeks: list[tuple[str, int, int]] = []
         self.commits: list[tuple[str, int, int]] = []
+        self.on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = None
+        self.commit_error: KafkaError | None = None
+        self._unanswered: list[TopicPartition] = []
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         self.commits += [(tp.topic, tp.partition, tp.offset) for tp in offsets]
+        self._unanswered += offsets
+
+    def consume(self, limit: int, timeout: float) -> list[StandInMessage]:
+        if self.on_commit is not None and self._unanswered:
+            answered, self._unanswered = self._unanswered, []
+            self.on_commit(self.commit_error, answered)
+        return []
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         self.paused |= {(tp.topic, tp.partition) for tp in partitions}
@@ -794,3 +807,40 @@ def test_ends_of_partitions_are_not_errors(kafka: KafkaBroker, topic_prefix: str
     shared.release.set()
     assert run.join(30) == "finished"
     assert run.last_error("source") is None and kafka.committed("ends-source", topic) == {0: 20, 1: 20}
+
+
+@pytest.mark.parametrize("answers, error, warning", [
+    (True, None, None),
+    (True, KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE),
+     "final commit of 1 partitions failed (Broker: Coordinator not available)"),
+    (False, None, "final commit of 1 partitions failed (no answer within 0.05 s)"),
+])
+def test_a_final_commit_that_fails_is_a_warning(answers: bool, error: KafkaError | None, warning: str | None,
+                                                caplog: pytest.LogCaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spout_module, "COMMIT_WAIT", 0.05)
+    spout, consumer = reading(0)
+    if answers:
+        consumer.on_commit, consumer.commit_error = spout._committed, error
+    spout._take([StandInMessage("t", 0, offset) for offset in range(3)])
+    for offset in range(3):
+        spout.ack(("t", 0, offset))
+    asyncio.run(spout._final_commit(cast(Any, consumer)))
+    assert consumer.commits == [("t", 0, 3)]
+    warnings = [r.getMessage() for r in caplog.records if "final commit" in r.getMessage()]
+    if warning is None:
+        assert warnings == [] and spout._partitions["t", 0].committed == 3
+    else:
+        assert len(warnings) == 1 and warning in warnings[0], warnings
+
+
+def test_dead_letters_queued_at_close_are_written(kafka: KafkaBroker, topic_prefix: str, readers: Any) -> None:
+    dlq, done = f"{topic_prefix}dlq", list[Any]()
+    kafka.create_topic(dlq, 1)
+    dead = DeadLetters(kafka.bootstrap, dlq, "closing-dlq", None, done.append)
+    record = StandInMessage("in", 2, 7)
+    dead.add(record, "value is not JSON")  # queued by the last next_tuple: close sends it
+    asyncio.run(dead.drain(5))
+    assert done == [record] and not dead
+    [letter] = read_written(readers, kafka.bootstrap, dlq, 1)
+    assert (header(letter, "origin.partition"), header(letter, "origin.offset")) == (b"2", b"7")

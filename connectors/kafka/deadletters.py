@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 from confluent_kafka import KafkaError, Producer
 from streamflow_connectors.kafka.client import ClientErrors, KafkaClientError, settings
+from streamflow_connectors.kafka.client import reason as error_reason  # 'reason' is a dead letter's, here
 from streamflow_connectors.kafka.records import Message
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ class DeadLetters:
         self._queued: list[tuple[Message, str]] = []
         self._unconfirmed = 0
         self._failure: str | None = None
-        self.written = self.dropped = 0
 
     def __len__(self) -> int:
         """Records queued or written and not yet acknowledged."""
@@ -69,15 +69,24 @@ class DeadLetters:
         self._errors.raise_last()
 
     async def drain(self, timeout: float) -> None:
-        """Wait (without blocking the loop) up to ``timeout`` seconds for the records
-        written to be acknowledged: at close, so that their offsets can be committed."""
+        """Write what is queued and wait (without blocking the loop) up to ``timeout``
+        seconds for the broker to acknowledge it: at close, so that the records' offsets
+        can be committed. What is left unwritten is logged as one warning: nothing writes
+        it later, and a restart reads those records again."""
         deadline = time.monotonic() + timeout
+        why = None
+        try:
+            self.send()
+        except Exception as exc:
+            why = error_reason(exc)
         while self._unconfirmed and time.monotonic() < deadline and self._producer is not None:
             self._producer.poll(0)
             await asyncio.sleep(FLUSH_POLL)
+        if self:
+            log.warning("%s: %d dead letters not written at close (%s): a restart reads their records again",
+                        self.client_id, len(self), why or self._failure or f"no answer within {timeout:g} s")
 
     def _drop(self, message: Message, reason: str) -> None:
-        self.dropped += 1
         log.warning("%s: dropped %s/%d@%d: %s (no dead-letter topic)", self.client_id,
                     message.topic(), message.partition(), message.offset(), reason)
         self._done(message)
@@ -98,7 +107,6 @@ class DeadLetters:
         """A delivery report (served by ``poll``): done, or queued again after a failure."""
         self._unconfirmed -= 1
         if error is None:
-            self.written += 1
             self._done(message)
         else:
             self._queued.append((message, reason))

@@ -258,16 +258,22 @@ class KafkaSpout(AsyncSpout):
 
     async def _final_commit(self, consumer: Consumer) -> None:
         """Commit and wait up to :data:`COMMIT_WAIT` for the broker's answer, which
-        ``consume()`` serves (every partition is paused first, so it returns no record)."""
+        ``consume()`` serves (every partition is paused first, so it returns no record).
+        A commit that failed or got no answer is one warning: nothing asks for it again,
+        and a restart reads the records since the last commit again."""
         consumer.pause([TopicPartition(t, p) for t, p in self._assigned or ()])
-        sent = self._commit(consumer)
+        self._errors.last = None  # from here on, the commit's
+        asked = [(partition, partition.commit_sent) for partition in self._commit(consumer)]
         deadline = time.monotonic() + COMMIT_WAIT
-        while any(p.committed < p.commit_sent for p in sent):
-            if time.monotonic() >= deadline:
-                log.warning("%s: the final commit was not confirmed within %g s", self._name, COMMIT_WAIT)
-                return
+        # Unanswered: still asked for (a failure sets commit_sent back) and not confirmed.
+        while any(p.commit_sent >= point > p.committed for p, point in asked) and time.monotonic() < deadline:
             consumer.consume(1, timeout=0)
             await asyncio.sleep(ANSWER_POLL)
+        uncommitted = sum(p.committed < point for p, point in asked)
+        if uncommitted:
+            error = self._errors.last
+            log.warning("%s: the final commit of %d partitions failed (%s)", self._name, uncommitted,
+                        f"no answer within {COMMIT_WAIT:g} s" if error is None else error.str())
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -629,7 +635,8 @@ class KafkaSpout(AsyncSpout):
 
     def _committed(self, error: KafkaError | None, answered: list[TopicPartition]) -> None:
         """The broker's answer to a commit (``on_commit``): confirmed points become the
-        committed offsets; failed ones are asked for again at the next commit."""
+        committed offsets; failed ones are asked for again at the next commit, and the
+        error, of the request or of a partition, shows in status."""
         for tp in answered:
             partition = self._partitions.get((tp.topic, tp.partition))
             if partition is None:
@@ -638,6 +645,8 @@ class KafkaSpout(AsyncSpout):
                 partition.commit_confirmed(tp.offset)
             else:
                 partition.commit_failed()
+                if tp.error is not None:
+                    self._errors(tp.error)
         if error is not None:
             self._errors(error)
 
