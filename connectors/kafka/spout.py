@@ -2,11 +2,11 @@
 
 Each task is assigned its share of the topics' partitions explicitly (:func:`owner`): no
 consumer-group rebalances inside a topology, and a partition stays with its task when
-partitions or topics are added. A record's offset is committed, under the spout's group id, only when
-it and every earlier record of its partition are done (see :mod:`.offsets`), so a worker
-that dies resumes from the committed offsets: nothing is lost, and duplicates are bounded
-by what was uncommitted, itself bounded per partition (``max_uncommitted``; at the bound
-the partition pauses).
+partitions or topics are added. A record's offset is committed, under the spout's group
+id, only when it and every earlier record of its partition are done (see :mod:`.offsets`),
+so a worker that dies resumes from the committed offsets: nothing is lost, and duplicates
+are bounded by what was uncommitted, itself bounded per partition (``max_uncommitted``; at
+the bound the partition pauses).
 
 A failed tuple is retried with exponential backoff (:mod:`.retry`); after its last retry,
 or at once when it cannot be made a tuple (its value does not decode, or ``emit``
