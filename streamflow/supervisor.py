@@ -1,12 +1,15 @@
 """The supervisor: one per node (or pod); runs the worker processes nimbus assigns here.
 
 It advertises its slots (ports) in an ephemeral znode, and then, on every assignment
-change and every half second, makes the worker processes on this node match the
-assignments: starts a worker (its own OS process, ``streamflow worker ...``) for each slot
-assigned here, restarts one that died (at once if it had run a while; with a growing
-back-off if it keeps dying young, as when its topology's code cannot load), and stops
-workers whose slot is no longer assigned here. On SIGTERM it stops its workers and
-removes its znode at once, so nimbus reschedules without waiting for the session to expire.
+change and every half second, registers again if that znode is gone (its session expired)
+or not its own (left by the process before it), and makes the worker processes on this
+node match the assignments: starts a worker (its own OS process, ``streamflow worker ...``)
+for each slot assigned here, restarts one that died (at once if it had run a while; with a
+growing back-off if it keeps dying young, as when its topology's code cannot load, or
+cannot be started at all), and stops workers whose slot is no longer assigned here. The
+code and logs of a topology no longer assigned here are removed once they have been idle
+for :data:`FILES_KEPT_SECS`. On SIGTERM it stops its workers and removes its znode at
+once, so nimbus reschedules without waiting for the session to expire.
 
 Each worker's output (JSON log lines, :mod:`streamflow.logs`) goes to a file per
 topology and slot, which the supervisor serves to nimbus at ``GET /logs`` on its health
@@ -18,6 +21,8 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +47,12 @@ STOP_GRACE_SECS = 5.0
 YOUNG_SECS = 10.0
 """A worker that dies younger than this is restarted only after a back-off."""
 MAX_BACKOFF_SECS = 30.0
+FILES_KEPT_SECS = 600.0
+"""How long the code and logs of a topology no longer assigned here stay after their last
+change: long enough to read a moved or killed topology's last lines, short enough that a
+node's disk does not fill up with every submission's (each has a new id)."""
+LOG_NAME = re.compile(r"(?P<topology>.+)-\d+\.log(\.1)?")
+"""A worker's log file (:meth:`Supervisor._log_path`), or the one ``logs.rotate`` moved aside."""
 
 
 @dataclass
@@ -77,32 +88,50 @@ class Supervisor:
         """Where nimbus reads this node's worker logs (the health port), if served."""
         self.slots: dict[int, WorkerSlot] = {}
         self.registered = False
+        self._info = {"host": host, "ports": ports, "started": time.time(), "pid": os.getpid(),
+                      "logs_url": logs_url}
         self.metrics = SupervisorMetrics()
         self._watched: set[str] = set()
         self._wake = threading.Event()
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        """Register, then keep workers in line with the assignments until SIGTERM/SIGINT."""
+        """Stay registered and keep workers in line with the assignments until SIGTERM/SIGINT."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
-        self.state.register_supervisor(self.id, {"host": self.host, "ports": self.ports,
-                                                 "started": time.time(), "pid": os.getpid(),
-                                                 "logs_url": self.logs_url})
-        self.registered = True
+        self.state.zk.add_listener(self._connection_changed)
         self.state.zk.ChildrenWatch(self.state.path("assignments"), self._assignments_changed)
         log.info("supervisor %s on %s offers ports %s", self.id, self.host, self.ports)
         while not self._stopping.is_set():
-            try:
-                self.sync()
-            except Exception:
-                log.exception("supervisor %s: sync failed; retrying", self.id)
+            for step in (self.keep_registered, self.sync):
+                try:
+                    step()
+                except Exception:
+                    log.exception("supervisor %s: %s failed; retrying", self.id, step.__name__)
             self._wake.wait(SYNC_SECS)
             self._wake.clear()
         self._shutdown()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
+
+    def keep_registered(self) -> None:
+        """Register this node's slots unless its znode is there and this session's. A
+        session that expired took the znode with it, and a process restarted within the
+        old session's timeout finds the old process's znode, which goes when that session
+        ends: either way nimbus would no longer schedule here."""
+        self.registered = self.state.supervisor_registered(self.id)
+        if not self.registered:
+            self.state.register_supervisor(self.id, self._info)
+            self.registered = True
+            log.info("supervisor %s registered its slots", self.id)
+
+    def _connection_changed(self, state: str) -> None:
+        """A kazoo listener (it must not block): a lost session took the znode with it, so
+        this node is not ready until the loop, woken here, registers it again."""
+        if state == KazooState.LOST:
+            self.registered = False
         self._wake.set()
 
     def ready(self) -> tuple[bool, str]:
@@ -132,6 +161,7 @@ class Supervisor:
         return self.data_dir / "logs" / f"{topology}-{port}.log"
 
     def _assignments_changed(self, children: list[str]) -> bool:
+        self._watched.intersection_update(children)  # a gone one's DataWatch ended with it
         for topology in set(children) - self._watched:  # a DataWatch wakes us on its changes
             self._watched.add(topology)
             self.state.zk.DataWatch(self.state.path("assignments", topology), self._assignment_changed)
@@ -152,34 +182,55 @@ class Supervisor:
         return wanted
 
     def sync(self) -> None:
-        """One round of making the worker processes match the assignments."""
+        """One round of making the worker processes (and files) match the assignments."""
         wanted = self.desired()
         now = time.monotonic()
-        for port, old in list(self.slots.items()):
-            if wanted.get(port) != (old.topology, old.tasks):
-                self._stop_worker(port, old)
-                del self.slots[port]
+        obsolete = {port: slot for port, slot in self.slots.items()
+                    if wanted.get(port) != (slot.topology, slot.tasks)}
+        self._stop_workers(obsolete)
+        for port in obsolete:
+            del self.slots[port]
         for port, (topology, tasks) in wanted.items():
             slot = self.slots.setdefault(port, WorkerSlot(topology, tasks))
             if slot.process is not None and slot.process.poll() is not None:
                 self._reap(port, slot, now)
             if slot.process is None and now >= slot.next_start:
-                self._start_worker(port, slot)
+                self._try_start(port, slot, now)
+        self._remove_idle_files({slot.topology for slot in self.slots.values()})
 
     def _reap(self, port: int, slot: WorkerSlot, now: float) -> None:
         assert slot.process is not None
         code = slot.process.returncode
         lived = now - slot.started
         if lived < YOUNG_SECS:
-            slot.failures += 1
-            delay = min(2 ** (slot.failures - 1), MAX_BACKOFF_SECS)
+            delay = self._back_off(slot, now)
         else:
             slot.failures, delay = 0, 0.0
-        slot.next_start = now + delay
+            slot.next_start = now
         self.metrics.worker_restarts.labels(topology_name(slot.topology)).inc()
         log.warning("supervisor %s: worker on port %d (%s) exited with %s after %.1f s; "
                     "restarting in %.1f s", self.id, port, slot.topology, code, lived, delay)
         slot.process = None
+
+    @staticmethod
+    def _back_off(slot: WorkerSlot, now: float) -> float:
+        """Count one more failure of the slot and put off its next start: 1, 2, 4 ... s,
+        up to :data:`MAX_BACKOFF_SECS`. Returns the delay."""
+        slot.failures += 1
+        delay = min(2.0 ** (slot.failures - 1), MAX_BACKOFF_SECS)
+        slot.next_start = now + delay
+        return delay
+
+    def _try_start(self, port: int, slot: WorkerSlot, now: float) -> None:
+        """Start the slot's worker. One that cannot start (a full disk; its code gone, as
+        when the topology is being removed) backs off as a worker dying young does, and
+        the other slots start meanwhile."""
+        try:
+            self._start_worker(port, slot)
+        except Exception as exc:
+            delay = self._back_off(slot, now)
+            log.warning("supervisor %s: cannot start the worker on port %d (%s): %s: %s; retrying in %.1f s",
+                        self.id, port, slot.topology, type(exc).__name__, exc, delay)
 
     def _code_dir(self, topology: str) -> Path:
         directory = self.data_dir / "code" / topology
@@ -210,26 +261,57 @@ class Supervisor:
         log.info("supervisor %s: started worker pid %d on port %d for %s tasks %s",
                  self.id, slot.process.pid, port, slot.topology, list(slot.tasks))
 
-    def _stop_worker(self, port: int, slot: WorkerSlot) -> None:
-        process = slot.process
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_GRACE_SECS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.info("supervisor %s: stopped worker on port %d (%s)", self.id, port, slot.topology)
+    def _stop_workers(self, slots: dict[int, WorkerSlot]) -> None:
+        """SIGTERM the running workers of ``slots``, then wait for them together: one that
+        has not exited :data:`STOP_GRACE_SECS` after the signal is killed. (One at a time,
+        a rebalance that moves four slots waited up to four times as long.)"""
+        running = {port: (slot.topology, slot.process) for port, slot in slots.items()
+                   if slot.process is not None and slot.process.poll() is None}
+        for _, process in running.values():
+            process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECS
+        for port, (topology, process) in running.items():
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.info("supervisor %s: stopped worker on port %d (%s)", self.id, port, topology)
+
+    def _remove_idle_files(self, running: set[str]) -> None:
+        """Remove the code and logs of each topology not in ``running`` whose files have not
+        changed for :data:`FILES_KEPT_SECS`: every submission has a new id, and its files
+        would stay on this node's disk for good."""
+        idle_since = time.time() - FILES_KEPT_SECS
+        for topology, paths in self._files().items():
+            if topology in running or any(path.stat().st_mtime > idle_since for path in paths):
+                continue
+            for path in paths:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            log.info("supervisor %s: removed the code and logs of %s", self.id, topology)
+
+    def _files(self) -> dict[str, list[Path]]:
+        """Each topology's worker logs and code directory on this node, the code last (the
+        code directory tells that a topology has files here, until they are all gone)."""
+        files: dict[str, list[Path]] = {}
+        for path in _entries(self.data_dir / "logs"):
+            if match := LOG_NAME.fullmatch(path.name):
+                files.setdefault(match["topology"], []).append(path)
+        for path in _entries(self.data_dir / "code"):
+            files.setdefault(path.name, []).append(path)
+        return files
 
     def _shutdown(self) -> None:
         """Stop every worker, then deregister at once."""
-        for slot in self.slots.values():
-            if slot.process is not None and slot.process.poll() is None:
-                slot.process.terminate()
-        for port, slot in self.slots.items():
-            self._stop_worker(port, slot)
+        self._stop_workers(self.slots)
         if self.registered:
             self.state.deregister_supervisor(self.id)
         log.info("supervisor %s stopped", self.id)
 
+
+
+def _entries(directory: Path) -> list[Path]:
+    return list(directory.iterdir()) if directory.is_dir() else []
