@@ -85,8 +85,13 @@ class Nimbus:
         self.token = token
         self.worker_timeout = worker_timeout
         self.launch_timeout = launch_timeout
+        self._last_beats: dict[str, dict[tuple[str, float], float]] = {}
+        """Per topology, the time of the last heartbeat seen from each slot, keyed by slot
+        and the time it got its tasks: a worker whose ZooKeeper session ended has no
+        heartbeat node, and must count as silent since its last beat, not as launching."""
         self.leading = threading.Event()
         self._stopping = threading.Event()
+        self._session_lost = threading.Event()
         self._lock = threading.RLock()
         self.election = state.zk.Election(state.path("nimbus", "leader"), identifier=self.url)
         self.registry = CollectorRegistry()
@@ -129,6 +134,14 @@ class Nimbus:
         self.election.cancel()
 
     def _connection_changed(self, state: str) -> None:
+        """Stop leading on a lost connection; register again once a new session is up
+        (the registration is an ephemeral node: it went with the old session). Runs on
+        kazoo's thread, so the registration is spawned, not done here."""
+        if state == KazooState.LOST:
+            self._session_lost.set()
+        elif state == KazooState.CONNECTED and self._session_lost.is_set():
+            self._session_lost.clear()
+            self.state.zk.handler.spawn(self.state.register_nimbus, self.url)
         if state != KazooState.CONNECTED and self.leading.is_set():
             log.warning("nimbus %s: ZooKeeper connection %s; no longer leading", self.url, state)
             self.leading.clear()
@@ -388,6 +401,7 @@ class Nimbus:
             self.state.write_topology(topology_id, record)
         elif now >= record["unassigned_at"] + CODE_GRACE_SECS:
             self.state.delete_topology(topology_id)
+            self._last_beats.pop(topology_id, None)
             log.info("nimbus: removed %s", topology_id)
 
     def rebalance(self, body: dict[str, Any], name: str) -> Any:
@@ -544,14 +558,20 @@ class Nimbus:
         workers = (assignment or {}).get("workers", {})
         current: dict[Slot, list[int]] = {(w["supervisor"], w["port"]): w["tasks"] for w in workers.values()}
         beats = self.state.heartbeats(topology_id) if workers else {}
+        remembered, last_beats = self._last_beats.get(topology_id, {}), {}
         alive = set()
         for (sup, port), _ in current.items():
             key = slot_key(sup, port)
+            since = workers[key]["since"]
             beat = beats.get(key)
-            fresh = beat is not None and now - beat["time"] < self.worker_timeout
-            launching = beat is None and now - workers[key]["since"] < self.launch_timeout
+            last = beat["time"] if beat is not None else remembered.get((key, since))
+            if last is not None:
+                last_beats[(key, since)] = last
+            fresh = last is not None and now - last < self.worker_timeout
+            launching = last is None and now - since < self.launch_timeout
             if sup in supervisors and (fresh or launching):
                 alive.add((sup, port))
+        self._last_beats[topology_id] = last_beats
         free = {
             sid: [p for p in info["ports"] if p not in taken.get(sid, set())]
             for sid, info in supervisors.items()

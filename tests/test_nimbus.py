@@ -4,7 +4,9 @@ real nimbus processes on a real ZooKeeper."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from typing import Any, Iterator
 import pytest
 from cluster import TOKEN, Cluster, wait_for
 from commands import ROOT, assert_one_line_error
+
+from streamflow.client import NimbusClient
 
 WORDCOUNT = str(ROOT / "topologies" / "wordcount.py")
 
@@ -94,3 +98,16 @@ def test_a_nimbus_whose_port_is_taken_says_so_in_one_line(zookeeper: Any, zk_roo
              "--port", str(port)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     line = assert_one_line_error(result, f"nimbus cannot serve on port {port}: Address already in use")
     assert line.startswith("streamflow: error: ")
+
+
+def test_a_nimbus_whose_session_expired_registers_again(two_nimbus: Cluster) -> None:
+    c = two_nimbus
+    leader = c.api("cluster")["leader"]
+    standby = next(url for url in c.nimbus if url != leader)
+    registered = functools.partial(NimbusClient(leader, timeout=10).call, "GET", "cluster")
+    c.nimbus[standby].send_signal(signal.SIGSTOP)  # its 3 s session expires meanwhile
+    try:
+        wait_for(lambda: standby not in registered()["nimbus"], 30, "the standby's registration gone")
+    finally:
+        c.nimbus[standby].send_signal(signal.SIGCONT)
+    wait_for(lambda: standby in registered()["nimbus"], 30, "the standby registered again")
