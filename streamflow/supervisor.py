@@ -312,6 +312,6 @@ class Supervisor:
         log.info("supervisor %s stopped", self.id)
 
 
-
 def _entries(directory: Path) -> list[Path]:
+    """The entries of ``directory``, none if it does not exist (yet)."""
     return list(directory.iterdir()) if directory.is_dir() else []
