@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 SYNC_SECS = 0.5
 STOP_GRACE_SECS = 5.0
+ORPHAN_POLL_SECS = 0.05
+"""How often a supervisor looks whether workers left by its predecessor are gone."""
 YOUNG_SECS = 10.0
 """A worker that dies younger than this is restarted only after a back-off."""
 MAX_BACKOFF_SECS = 30.0
@@ -99,6 +101,7 @@ class Supervisor:
         """Stay registered and keep workers in line with the assignments until SIGTERM/SIGINT."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
+        self._stop_orphans()
         self.state.zk.add_listener(self._connection_changed)
         self.state.zk.ChildrenWatch(self.state.path("assignments"), self._assignments_changed)
         log.info("supervisor %s on %s offers ports %s", self.id, self.host, self.ports)
@@ -278,6 +281,26 @@ class Supervisor:
                 process.wait()
             log.info("supervisor %s: stopped worker on port %d (%s)", self.id, port, topology)
 
+    def _stop_orphans(self) -> None:
+        """Stop the workers of this node's slots that the process before this one left
+        running (a supervisor killed with -9 leaves its workers behind). This process
+        cannot watch them, and they hold the slots' ports, so the workers it starts could
+        not bind them. They get SIGTERM, and SIGKILL if still there after
+        :data:`STOP_GRACE_SECS`; the slots then start afresh (what was in flight in them
+        is replayed), as they would if the node's container had restarted."""
+        orphans = _workers_of(self.id, self.ports)
+        if not orphans:
+            return
+        log.warning("supervisor %s: stopping workers left by an earlier supervisor process: pids %s",
+                    self.id, sorted(orphans))
+        for pid in orphans:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECS
+        while (left := [pid for pid in orphans if _running(pid)]) and time.monotonic() < deadline:
+            time.sleep(ORPHAN_POLL_SECS)
+        for pid in left:
+            _signal(pid, signal.SIGKILL)
+
     def _remove_idle_files(self, running: set[str]) -> None:
         """Remove the code and logs of each topology not in ``running`` whose files have not
         changed for :data:`FILES_KEPT_SECS`: every submission has a new id, and its files
@@ -310,6 +333,47 @@ class Supervisor:
         if self.registered:
             self.state.deregister_supervisor(self.id)
         log.info("supervisor %s stopped", self.id)
+
+
+def _workers_of(supervisor: str, ports: list[int]) -> list[int]:
+    """The pids of the running ``streamflow worker`` processes of ``supervisor``'s slots,
+    by their command lines (:meth:`Supervisor._start_worker`), from /proc: none where
+    there is no /proc."""
+    wanted = {str(port).encode() for port in ports}
+    pids = []
+    for entry in _entries(Path("/proc")):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if (args[2:4] == [b"streamflow.cli", b"worker"] and _option(args, b"--supervisor") == supervisor.encode()
+                and _option(args, b"--port") in wanted):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _option(args: list[bytes], name: bytes) -> bytes | None:
+    """The value after ``name`` in a command line, if it is there."""
+    return args[args.index(name) + 1] if name in args[:-1] else None
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs: not gone, and not a zombie that nobody reaped yet (an
+    orphan's new parent may not reap it at once)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _entries(directory: Path) -> list[Path]:

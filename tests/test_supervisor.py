@@ -107,6 +107,14 @@ def live_sessions(zookeeper: ZooKeeperServer) -> set[int]:
     return {int(line, 16) for line in zookeeper.command("dump").splitlines() if line.startswith("\t0x")}
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (an orphan killed may stay a zombie until its new parent reaps it)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
 def kill_and_restart(process: subprocess.Popen[bytes], log: Path) -> subprocess.Popen[bytes]:
     """``kill -9`` a role's process, then start it again at once with the same command,
     environment and directory, as a container's restart does."""
@@ -213,3 +221,19 @@ def test_code_and_logs_of_a_topology_no_longer_assigned_go_once_idle(node: Node)
     wait_for(lambda: not any(path.exists() for path in node.files(*gone)), 30,
              "the idle unassigned topology's code and log removed")
     assert all(path.exists() for path in node.files(*kept) + node.files(*recent))
+
+
+def test_workers_left_by_a_supervisor_killed_with_9_are_stopped_by_the_next_one(node: Node) -> None:
+    """A supervisor's workers outlive its ``kill -9``. The process that replaces it stops
+    them and starts the slots afresh: before, they went on unwatched beside the new
+    process's workers, which could not bind the slots' ports."""
+    port = node.ports[0]
+    node.assign("t-orphan", node.package(HANGS), [port])
+    wait_for(lambda: node.loading("t-orphan", port), 60, "the worker loading its code")
+    (node.data_dir / "code" / "t-orphan" / f"{port}.loading").unlink()
+    orphan = node.cluster.worker_pids()[port]
+    node.cluster.supervisors[node.id] = kill_and_restart(node.cluster.supervisors[node.id], node.log)
+    wait_for(lambda: not running(orphan), 30, "the orphaned worker stopped")
+    wait_for(lambda: node.loading("t-orphan", port), 60, "a new worker loading its code")
+    assert node.cluster.worker_pids()[port] != orphan
+    assert node.logged(f"stopping workers left by an earlier supervisor process: pids [{orphan}]")
