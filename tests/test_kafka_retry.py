@@ -69,3 +69,12 @@ def test_forgetting_an_unknown_key_is_harmless() -> None:
     s: RetrySchedule[str] = RetrySchedule(Backoff())
     s.forget("never-failed")
     assert len(s) == 0 and s.due(1e9) == []
+
+
+def test_dropped_keys_leave_the_schedule_and_the_rest_keep_their_order() -> None:
+    s: RetrySchedule[tuple[str, int]] = RetrySchedule(Backoff(initial=1.0, max_retries=None))
+    for i, key in enumerate([("a", 1), ("b", 1), ("a", 2), ("b", 2)]):
+        s.failed(key, now=10.0 + i)
+    s.drop(lambda key: key[0] == "a")
+    assert len(s) == 2 and set(s.failures) == {("b", 1), ("b", 2)}
+    assert s.next_due() == 12.0 and s.due(1e9) == [("b", 1), ("b", 2)]

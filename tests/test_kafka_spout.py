@@ -726,6 +726,7 @@ def test_a_partition_that_leaves_is_committed_and_forgotten() -> None:
     spout._leave([("t", 1)])  # its topic was deleted, say
     assert consumer.commits == [("t", 1, 2)]  # what is done of it
     assert list(spout._partitions) == [("t", 0)] and not spout._buffer and not spout._retries.failures
+    assert len(spout._retries) == 0  # its retry is no longer scheduled
     spout.ack(("t", 1, 3))  # records of the partition that left: acked or failed to no effect
     spout.fail(("t", 1, 2))
     assert not spout._emit_retry(time.monotonic() + 1)  # when the retry scheduled before it left is due

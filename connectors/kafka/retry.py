@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Generic, Hashable, TypeVar
+from typing import Callable, Generic, Hashable, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -60,6 +60,13 @@ class RetrySchedule(Generic[K]):
     def forget(self, key: K) -> None:
         """The key succeeded or was dead-lettered."""
         self.failures.pop(key, None)
+
+    def drop(self, gone: Callable[[K], bool]) -> None:
+        """Forget every key ``gone`` says, scheduled retries included (its partition left
+        the task, say: its retries must not keep counting, nor hold ``len``)."""
+        self.failures = {key: n for key, n in self.failures.items() if not gone(key)}
+        self._due = [entry for entry in self._due if not gone(entry[2])]
+        heapq.heapify(self._due)
 
     def __len__(self) -> int:
         return len(self._due)

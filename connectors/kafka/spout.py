@@ -473,8 +473,7 @@ class KafkaSpout(AsyncSpout):
             self._end_offsets.pop(key, None)
         self._held -= gone
         self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in gone)
-        for msg_id in [msg_id for msg_id in self._retries.failures if msg_id[:2] in gone]:
-            self._retries.forget(msg_id)  # still in the schedule: _emit_retry skips it when due
+        self._retries.drop(lambda msg_id: msg_id[:2] in gone)
         log.info("%s task %d no longer reads %s", self._name, self._index, [f"{t}/{p}" for t, p in keys])
 
     def _offsets(self, keys: list[Key]) -> tuple[dict[Key, int], dict[Key, int]]:
