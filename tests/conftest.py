@@ -6,6 +6,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +98,13 @@ def cluster(shared_cluster: Cluster) -> Iterator[Cluster]:
     """The module's shared cluster, emptied of topologies after the test."""
     yield shared_cluster
     shared_cluster.kill_all()
+
+
+@pytest.fixture
+def own_cluster(zookeeper: Any, zk_root: str, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster of the test's own (2 nimbus, 2 supervisors of 2 slots), for a test that
+    kills part of it."""
+    c = Cluster(zookeeper.hosts, zk_root, tmp_path / "cluster")
+    c.start()
+    yield c
+    c.stop()

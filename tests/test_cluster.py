@@ -15,7 +15,7 @@ import urllib.request
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from cluster import TOKEN, Cluster, free_port_run, metric_samples, wait_for
@@ -28,13 +28,6 @@ ETL = str(ROOT / "topologies" / "etl.py")
 FAST = ["-c", "topology.message.timeout.secs=5"]
 
 
-@pytest.fixture
-def own_cluster(zookeeper: Any, zk_root: str, tmp_path: Path) -> Iterator[Cluster]:
-    """A cluster for a test that kills part of it."""
-    c = Cluster(zookeeper.hosts, zk_root, tmp_path / "cluster")
-    c.start()
-    yield c
-    c.stop()
 
 
 

@@ -139,7 +139,6 @@ def test_a_failed_line_is_replayed_first_then_dropped_after_max_retries(
     assert len(emitted) == 5
 
 
-
 def test_a_spout_without_retries_drops_a_failed_line_at_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "in.txt"

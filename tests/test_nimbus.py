@@ -13,7 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from cluster import TOKEN, Cluster, wait_for
@@ -59,20 +59,13 @@ def test_a_malformed_rebalance_is_refused_in_one_line(cluster: Cluster, tmp_path
     assert (status, answer) == (400, {"error": "parallelism must be an object of component: tasks"})
 
 
-@pytest.fixture
-def two_nimbus(zookeeper: Any, zk_root: str, tmp_path: Path) -> Iterator[Cluster]:
-    """A cluster of its own: the test kills its leader."""
-    c = Cluster(zookeeper.hosts, zk_root, tmp_path / "cluster")
-    c.start()
-    yield c
-    c.stop()
 
 
-def test_a_kill_is_carried_out_by_the_next_leader(two_nimbus: Cluster, tmp_path: Path) -> None:
+def test_a_kill_is_carried_out_by_the_next_leader(own_cluster: Cluster, tmp_path: Path) -> None:
     """The time to remove a killed topology is in ZooKeeper, not in the leader that took
     the kill: a leader that dies during the wait leaves it to the next one (before, the
     topology stayed 'killed' with its workers running, and a second kill found nothing)."""
-    c = two_nimbus
+    c = own_cluster
     source = tmp_path / "in.txt"
     source.write_text("a b c\n" * 100)
     assert c.cli("submit", WORDCOUNT, "--name", "doomed", "--workers", "2",
@@ -100,8 +93,8 @@ def test_a_nimbus_whose_port_is_taken_says_so_in_one_line(zookeeper: Any, zk_roo
     assert line.startswith("streamflow: error: ")
 
 
-def test_a_nimbus_whose_session_expired_registers_again(two_nimbus: Cluster) -> None:
-    c = two_nimbus
+def test_a_nimbus_whose_session_expired_registers_again(own_cluster: Cluster) -> None:
+    c = own_cluster
     leader = c.api("cluster")["leader"]
     standby = next(url for url in c.nimbus if url != leader)
     registered = functools.partial(NimbusClient(leader, timeout=10).call, "GET", "cluster")
