@@ -98,6 +98,31 @@ class SpoutBase(Component):
         """The running topology's config changed (``streamflow set-config``): apply what
         can change without a restart, such as quotas."""
 
+    def position(self) -> Mapping[str, Any] | None:
+        """Where this task has read its source to, for checkpointed state (a topology with
+        a stateful bolt): JSON data keyed so that no two tasks of the component share a
+        key (a Kafka spout: ``"topic/partition"`` -> the offset of the next record it
+        would emit). Called at each checkpoint barrier, right after the tuples emitted
+        before it: seeking back to it must emit again every tuple emitted after it.
+
+        A checkpoint stores the positions of every task of the component with the state
+        they match; rolling back seeks the spouts to them, so each record counts once in
+        the state even when a spout's own process died. The default, None, keeps no
+        position: a rollback then fails the spout's tuples emitted since the last
+        committed checkpoint, and the spout replays them (exact while the spout's task
+        lives, at least once across its restarts, as Storm's stateful bolts are)."""
+        return None
+
+    def seek(self, positions: Mapping[str, Any]) -> None:
+        """Go back to ``positions``: the last committed checkpoint's positions of every
+        task of this component (take the keys that are yours now; a key that is not
+        there means a source this task has not read before the checkpoint: start it
+        where you first started it). Drop what is buffered or scheduled for a retry: the
+        tuples emitted since are forgotten, neither acked nor failed, and what failed
+        among them was handed to ``fail`` just before. Called at the start of a
+        stateful topology (``positions`` empty when nothing was committed yet) and at
+        each rollback, on spouts whose ``position`` returns a mapping."""
+
 
 class Spout(SpoutBase):
     """A source of tuples whose methods return at once."""

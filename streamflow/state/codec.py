@@ -1,0 +1,81 @@
+"""How state keys and values become bytes, for a durable store and for checkpoints.
+
+JSON (orjson), so that state is data and never code, and reads the same from any Python
+version or from ``redis-cli``. A key is a str, an int, a float, a bool, None, or a tuple
+of those (a key of several grouped fields); a value is anything JSON holds: str, numbers,
+bool, None, and lists and dicts (str keys) of them. A tuple value comes back as a list;
+a tuple key comes back as a tuple (a JSON array key can only have been a tuple, as a
+list cannot be a key).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+import orjson
+
+from streamflow.errors import StreamflowError
+
+KEY_TYPES = "str, int, float, bool, None or a tuple of them"
+VALUE_TYPES = "str, int, float, bool, None, or lists and dicts (str keys) of them"
+
+
+class StateCodecError(StreamflowError, TypeError):
+    """A key or value the state codec cannot encode: one line that names the type."""
+
+
+def encode_key(key: Hashable) -> bytes:
+    """The bytes of ``key``; raises :class:`StateCodecError` for a type state cannot hold."""
+    kind = type(key)
+    if kind is str or kind is int or kind is float or kind is bool or key is None:
+        return orjson.dumps(key)
+    if kind is tuple:
+        for part in key:  # type: ignore[attr-defined]
+            if type(part) not in (str, int, float, bool) and part is not None:
+                raise StateCodecError(
+                    f"state key part of type {type(part).__name__} cannot be encoded (keys are {KEY_TYPES})")
+        return orjson.dumps(key)
+    raise StateCodecError(f"state key of type {kind.__name__} cannot be encoded (keys are {KEY_TYPES})")
+
+
+def decode_key(data: bytes) -> Hashable:
+    key = orjson.loads(data)
+    return tuple(key) if type(key) is list else key
+
+
+def encode_value(value: Any) -> bytes:
+    """The bytes of ``value``; raises :class:`StateCodecError` naming the first type that
+    JSON cannot hold."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        raise StateCodecError(
+            f"state value of type {_unencodable(value)} cannot be encoded (values are {VALUE_TYPES})"
+        ) from None
+
+
+def decode_value(data: bytes) -> Any:
+    return orjson.loads(data)
+
+
+def _unencodable(value: Any) -> str:
+    """The name of the first type in ``value`` that orjson refuses (the error path only)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"{type(k).__name__} (as a dict key)"
+            found = _unencodable(v)
+            if found:
+                return found
+        return ""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            found = _unencodable(v)
+            if found:
+                return found
+        return ""
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return type(value).__name__
+    return ""
