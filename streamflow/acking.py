@@ -118,6 +118,23 @@ class PendingTrees:
     def add(self, root: int, msg_id: Any, now: float) -> None:
         self._trees[root] = (msg_id, now)
 
+    def __contains__(self, root: int) -> bool:
+        return root in self._trees
+
+    def take_all(self) -> list[tuple[int, Any]]:
+        """Remove every tree and return (root, message id) of each, oldest first."""
+        trees, self._trees = self._trees, {}
+        return [(root, msg_id) for root, (msg_id, _) in trees.items()]
+
+    def emitted_before(self, cutoff: float) -> list[int]:
+        """The roots of trees emitted before ``cutoff``, left in place."""
+        old = []
+        for root, (_, emitted) in self._trees.items():
+            if emitted >= cutoff:
+                break
+            old.append(root)
+        return old
+
     def complete(self, root: int) -> tuple[Any, float] | None:
         """Remove ``root`` and return (message id, emit time), or None if it already timed out."""
         return self._trees.pop(root, None)

@@ -15,9 +15,12 @@ default stream, or a dict ``{stream: [fields...]}`` for named streams.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
 from streamflow.tuples import Tuple
+
+if TYPE_CHECKING:
+    from streamflow.state import KeyValueState
 
 Outputs = Sequence[str] | Mapping[str, Sequence[str]]
 ComponentMetric = float | Mapping[str, float]
@@ -232,3 +235,41 @@ class AsyncBolt(BoltBase):
 
 class AsyncBasicBolt(AsyncBolt):
     """:class:`BasicBolt`'s auto-anchoring and auto-acking, with an async ``process``."""
+
+
+class Stateful:
+    """What makes a bolt stateful (Storm's ``IStatefulBolt``): its state is checkpointed
+    and restored after a failure, and it acks its input tuples only once the checkpoint
+    that covers them has committed.
+
+    A topology with a stateful bolt checkpoints every
+    ``topology.state.checkpoint.interval.ms``: barriers flow along every edge, each task
+    saves its state once the barrier came in on all its inputs, and the checkpoint
+    commits when every task has. After a failure (a tuple failed, a tree timed out, a
+    worker died) every stateful task goes back to the last committed checkpoint and the
+    spouts replay from there, so each record counts once in the state. The state lives in
+    the provider ``topology.state.provider`` names (``memory``, ``redis``).
+    """
+
+    def init_state(self, state: KeyValueState) -> None:
+        """Take the task's state, restored from the last committed checkpoint: called once,
+        before the first tuple. Keep the object: a rollback restores it in place."""
+
+    def pre_prepare(self, txid: int) -> None:
+        """Checkpoint ``txid`` is about to save the state: flush what the bolt caches."""
+
+    def pre_commit(self, txid: int) -> None:
+        """Checkpoint ``txid`` is about to commit."""
+
+    def pre_rollback(self) -> None:
+        """The state is about to go back to the last committed checkpoint: drop caches
+        derived from it."""
+
+
+class StatefulBolt(Stateful, BasicBolt):
+    """A stateful :class:`BasicBolt`: emits are anchored to the input, which is acked
+    once the checkpoint covering it commits (failed at once when ``process`` raises)."""
+
+
+class AsyncStatefulBolt(Stateful, AsyncBasicBolt):
+    """:class:`StatefulBolt` with an async ``process``."""

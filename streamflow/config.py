@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from streamflow.errors import ConfigError
+from streamflow.state.store import PROVIDERS
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,16 @@ SETTINGS: dict[str, Setting] = {
         Setting("topology.tick.tuple.freq.secs", float, None, minimum=0,
                 exclusive_minimum=True, nullable=True,
                 doc="send each bolt task a tick tuple this often"),
+        Setting("topology.state.provider", str, "memory", accepts=lambda v: v in PROVIDERS,
+                expected=f"one of {', '.join(PROVIDERS)}",
+                doc="where stateful bolts keep their checkpointed state: memory (not durable) or redis"),
+        Setting("topology.state.redis.url", str, None, nullable=True, accepts=lambda v: isinstance(v, str),
+                expected="a redis:// or rediss:// URL",
+                doc="the Redis of the redis state provider: redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS)"),
+        Setting("topology.state.checkpoint.interval.ms", int, 1000, minimum=1,
+                doc="how often a topology with stateful bolts checkpoints their state"),
+        Setting("topology.state.key.groups", int, 128, minimum=1,
+                doc="key groups of a stateful bolt's state: its highest possible parallelism"),
         Setting("kafka.stop_at_end", bool, None, nullable=True,
                 doc="Kafka spouts stop at the end offsets seen at start, so local mode ends; "
                     "null: as each spout was built"),
@@ -116,7 +127,24 @@ def validate_config(config: Mapping[str, Any], where: str = "") -> dict[str, Any
             except ConfigError as exc:
                 raise ConfigError(f"{where}{exc}") from None
         merged[key] = value
+    _check_state_store(merged, where)
     return merged
+
+
+def _check_state_store(config: Mapping[str, Any], where: str) -> None:
+    """The redis provider needs a well-formed URL (checked here, not connected to)."""
+    if config["topology.state.provider"] != "redis":
+        return
+    url = config["topology.state.redis.url"]
+    if not url:
+        raise ConfigError(f"{where}config 'topology.state.provider' is redis: set 'topology.state.redis.url' "
+                          "(redis://HOST:PORT/DB)")
+    from streamflow.state.redis import check_url
+
+    try:
+        check_url(url)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
 
 
 def parse_value(text: str) -> Any:

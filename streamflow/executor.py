@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Awaitable, Callable, Mapping, cast
 
 from streamflow.acking import COMPLETED, FAILED, AckerState, PendingTrees
+from streamflow.checkpoint import ROLLBACK, BoltCheckpoints, SpoutCheckpoints
 from streamflow.collector import BoltOutputCollector, SpoutOutputCollector
 from streamflow.components import (
     AsyncBasicBolt,
@@ -25,7 +26,20 @@ from streamflow.components import (
     Spout,
     TaskContext,
 )
-from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT, TICK, TREE_DONE, TREE_FAILED, Inbox
+from streamflow.inbox import (
+    ACK_ACK,
+    ACK_FAIL,
+    ACK_INIT,
+    BARRIER,
+    CHECKPOINT,
+    TICK,
+    TREE_DONE,
+    TREE_FAILED,
+    TUPLES,
+    Inbox,
+    Message,
+)
+from streamflow.state.store import StateProvider
 from streamflow.stats import TaskStats
 from streamflow.telemetry import Report, TaskHistory, task_report
 from streamflow.topology import Topology
@@ -102,6 +116,8 @@ class ComponentExecutor(Executor):
         self._component_config = spec.config
         self.config: Mapping[str, Any] = {**topology.config, **spec.config}
         self.context = TaskContext(topology.name, component, task, topology.task_layout())
+        self.topology = topology
+        self.transport = transport
         self._collector_args = (topology, component, task, transport, local_tasks, self.stats)
         self.started = False
 
@@ -162,6 +178,10 @@ class SpoutExecutor(ComponentExecutor):
         self._timeout = float(self.config["topology.message.timeout.secs"])
         self._held = False
         self._resume_at = self._max_pending - min(self._batch, self._max_pending // 2)
+        self.checkpoints = SpoutCheckpoints(
+            self.topology, self.component, self.task, self.transport, self.spout, self.pending,
+            self.collector, self.stats, self._callback) if self.topology.is_stateful else None
+        """This task's part in checkpoints, in a topology with a stateful bolt."""
 
     def activate(self) -> None:
         self.active = True
@@ -178,13 +198,19 @@ class SpoutExecutor(ComponentExecutor):
 
     async def run(self) -> None:
         await self._start("open")
+        checkpoints = self.checkpoints
+        if checkpoints is not None:
+            checkpoints.started()
         loop_time = time.monotonic
         next_expiry = loop_time() + self._timeout
         expiry_every = min(self._timeout / 10, 1.0)
         idle_wait = 0.0
         while True:
             self._handle_inbox()
-            now = self.collector.now = loop_time()
+            now = loop_time()
+            if checkpoints is not None and now < checkpoints.floor:
+                now = checkpoints.floor  # trees emitted after a barrier are dated after it
+            self.collector.now = now
             if now >= next_expiry:
                 self._expire(now - self._timeout)
                 next_expiry = now + expiry_every
@@ -210,7 +236,7 @@ class SpoutExecutor(ComponentExecutor):
         """Whether to call ``next_tuple`` now. Once max-spout-pending is reached, the spout
         waits until a refill's worth of trees completed, so that it emits in batches
         rather than one tuple per returning ack."""
-        if not self.active:
+        if not self.active or (self.checkpoints is not None and not self.checkpoints.initialized):
             return False
         if self._held:
             if len(self.pending) > self._resume_at:
@@ -258,8 +284,19 @@ class SpoutExecutor(ComponentExecutor):
                 self._callback(spout.ack, msg_id)
         now = time.monotonic()
         latency = stats.complete_latency
+        checkpoints = self.checkpoints
         while (message := self.inbox.get_nowait()) is not None:
             kind, roots = message
+            if checkpoints is not None:
+                if kind == CHECKPOINT:
+                    checkpoints.handle(roots)
+                    if roots[0] == ROLLBACK:
+                        self.finished = False  # what it replays is in flight again
+                    continue
+                if kind == TREE_FAILED:
+                    for root in roots:
+                        checkpoints.tree_failed(root)
+                    continue
             for root in roots:
                 tree = pending.complete(root)
                 if tree is None:
@@ -274,6 +311,9 @@ class SpoutExecutor(ComponentExecutor):
                     self._callback(spout.fail, tree[0])
 
     def _expire(self, cutoff: float) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.timed_out(cutoff)
+            return
         for msg_id in self.pending.expired(cutoff):
             self.stats.failed += 1
             self.collector.failed_ids.add(msg_id)
@@ -295,7 +335,7 @@ class BoltExecutor(ComponentExecutor):
 
     kind = "bolt"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, provider: StateProvider | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.collector = BoltOutputCollector(*self._collector_args)
         bolt: Bolt | AsyncBolt = self.instance
@@ -313,47 +353,84 @@ class BoltExecutor(ComponentExecutor):
         else:
             self._process = self._process_basic if basic else self._process_plain
         self._tick_every: float | None = self.config.get("topology.tick.tuple.freq.secs")
+        self.checkpoints: BoltCheckpoints | None = None
+        """This task's part in checkpoints, in a topology with a stateful bolt."""
+        if self.topology.is_stateful:
+            spec = self.topology.components[self.component]
+            store = provider.store(self.component) if spec.is_stateful and provider is not None else None
+            self.checkpoints = BoltCheckpoints(
+                self.topology, self.component, self.task, self.transport, self.inbox, self.collector, self.stats,
+                bolt, store, float(self.config["topology.message.timeout.secs"]))
+
+    def metrics(self) -> Mapping[str, Any]:
+        """The component's metrics, and its state's (keys, bytes, rollbacks) when stateful."""
+        metrics = super().metrics()
+        if self.checkpoints is not None and self.started:
+            return {**metrics, **self.checkpoints.metrics()}
+        return metrics
 
     async def run(self) -> None:
         await self._start("prepare")
+        checkpoints = self.checkpoints
+        if checkpoints is not None:
+            checkpoints.started()
         if self._tick_every:
             self._schedule_tick(self._tick_every)
         inbox, collector, stats = self.inbox, self.collector, self.stats
+        take = inbox.get_nowait if checkpoints is None else checkpoints.take
         process = self._process
         end_batch: Callable[[], Awaitable[None] | None] = self.bolt.end_batch
         clock, latency = time.perf_counter, stats.execute_latency
         while True:
-            message = inbox.get_nowait()
+            message = take()
             if message is None:
                 self.idle = True
                 await inbox.wait()
                 self.idle = False
                 continue
             handled = 0
+            control: Message | None = None
             started = clock()
             while message is not None:  # drain the inbox: one flush for all queued batches
                 kind, payload = message
-                if kind == TICK:
+                if kind != TUPLES:
+                    if kind != TICK:  # checkpoint traffic: after this batch is done
+                        control = message
+                        break
                     payload = [Tuple((), TICK_ORIGIN, None)]
+                elif checkpoints is not None and not checkpoints.admit(message):
+                    message = take()  # held behind a barrier, or stale
+                    continue
                 handled += len(payload)
                 done = process(payload)
                 if done is not None:  # an async bolt's batch
                     await done
                 if handled >= MAX_TUPLES_PER_TURN:
                     break
-                message = inbox.get_nowait()
-            stats.executed += handled
-            try:
-                done = end_batch()
-                if done is not None:
-                    await done
-            except Exception as exc:
-                stats.record_error(exc, "end_batch")
-            took = clock() - started
-            stats.busy += took
-            latency.add_many(took / handled, handled)
-            await collector.flush()
+                message = take()
+            if handled:
+                stats.executed += handled
+                try:
+                    done = end_batch()
+                    if done is not None:
+                        await done
+                except Exception as exc:
+                    stats.record_error(exc, "end_batch")
+                took = clock() - started
+                stats.busy += took
+                latency.add_many(took / handled, handled)
+                await collector.flush()
+            if control is not None:
+                await self._checkpoint_message(control)
             await asyncio.sleep(0)
+
+    async def _checkpoint_message(self, message: Message) -> None:
+        """A barrier from an input, or a commit from the coordinator."""
+        assert self.checkpoints is not None
+        if message[0] == BARRIER:
+            await self.checkpoints.barrier(message)
+        elif message[0] == CHECKPOINT:
+            await self.checkpoints.commit(message[1])
 
     def _schedule_tick(self, every: float) -> None:
         loop = asyncio.get_running_loop()

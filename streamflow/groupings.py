@@ -172,11 +172,18 @@ memo holds at most 0.4 MB, and keeps its keys alive: 2 MB in all with keys of 50
 characters."""
 
 
-def fields_router(targets: Sequence[int], indexes: tuple[int, ...]) -> Router:
-    """Equal keys go to the same task: ``stable_hash(key) % len(targets)``. The task of
-    each of the first :data:`FIELDS_MEMO` text keys is remembered: words, user ids and
-    the like recur."""
-    choices, n, key_hash = [(t,) for t in targets], len(targets), _key_hash(indexes)
+def fields_router(targets: Sequence[int], indexes: tuple[int, ...], key_groups: int = 0) -> Router:
+    """Equal keys go to the same task: the key's group ``stable_hash(key) % groups`` and
+    the task that owns that group, in contiguous ranges of groups
+    (:mod:`streamflow.state.keygroups`), so that keyed state moves with its key groups
+    when the task count changes. ``groups`` is ``key_groups`` or the task count, whichever
+    is higher: as many groups as tasks is plain ``hash % tasks``. The task of each of the
+    first :data:`FIELDS_MEMO` text keys is remembered: words, user ids and the like
+    recur."""
+    n, key_hash = len(targets), _key_hash(indexes)
+    groups = max(key_groups, n)
+    choices = [(targets[g * n // groups],) for g in range(groups)]
+    n = groups
     if len(indexes) > 1:
         return lambda values: choices[key_hash(values) % n]
     (i,) = indexes
@@ -242,13 +249,15 @@ def make_router(
     local_tasks: Collection[int] = (),
     rng: random.Random | None = None,
     loads: LoadSource | None = None,
+    key_groups: int = 0,
 ) -> Router:
     """The router of one subscription for one emitting task.
 
     ``targets`` are the subscribed bolt's task ids, ``stream_fields`` the stream's declared
     fields, ``local_tasks`` the tasks running in the emitter's worker (for
     local-or-shuffle), ``loads`` the workers' loads where tasks run in several (for a
-    load-aware shuffle). Direct grouping has no router: the emitter names the task.
+    load-aware shuffle), ``key_groups`` the key groups a fields grouping spreads keys over.
+    Direct grouping has no router: the emitter names the task.
     """
     rng = rng or random.Random()
     targets = sorted(targets)
@@ -265,7 +274,7 @@ def make_router(
         return constant_router(targets[:1])
     indexes = tuple(list(stream_fields).index(f) for f in grouped_fields)
     if grouping == "fields":
-        return fields_router(targets, indexes)
+        return fields_router(targets, indexes, key_groups)
     if grouping == "partial_key":
         return partial_key_router(targets, indexes)
     raise ValueError(f"grouping {grouping!r} has no router")

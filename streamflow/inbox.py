@@ -14,7 +14,18 @@ ACK_ACK        dict[root, xor]              bolt -> acker
 ACK_FAIL       list[root]                   bolt -> acker
 TREE_DONE      list[root]                   acker -> spout (the tree is complete)
 TREE_FAILED    list[root]                   acker -> spout (a bolt failed the tree)
+CHECKPOINT     (action, epoch, seq, txid,   coordinator -> spout (prepare, rollback), and
+               extra)                       -> spouts and stateful bolts (commit)
+BARRIER        (source task, action, epoch, spout/bolt -> every task downstream, after
+               seq, txid, extra)            the tuples it sent before: in band
+CHECKPOINT_    (task, epoch, seq, ok, info) task -> coordinator: its part of a prepare
+DONE                                        or rollback is done (or failed: ``info``)
+CHECKPOINT_    (task, reason, generation)   task -> coordinator: "started" (a task began:
+ALERT                                       after a restart it needs a rollback), "failed"
 =============  ===========================  ==============================================
+
+Checkpoint traffic (:mod:`streamflow.checkpoint`) exists only in topologies with a
+stateful bolt.
 
 Only TUPLES count against the inbox capacity: a sender of tuples waits while the inbox is
 full (backpressure), while acker traffic never waits, so that a full inbox can never hold
@@ -35,6 +46,10 @@ ACK_ACK = "ack_ack"
 ACK_FAIL = "ack_fail"
 TREE_DONE = "tree_done"
 TREE_FAILED = "tree_failed"
+CHECKPOINT = "checkpoint"
+BARRIER = "barrier"
+CHECKPOINT_DONE = "checkpoint_done"
+CHECKPOINT_ALERT = "checkpoint_alert"
 
 Message = tuple[str, Any]
 

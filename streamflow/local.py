@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import uvloop
 
 from streamflow.stats import ComponentSummary, format_summary, summarize
-from streamflow.topology import ACKER_COMPONENT, Topology
+from streamflow.topology import ACKER_COMPONENT, CHECKPOINT_COMPONENT, Topology
 from streamflow.worker import Worker, worker_gc
 
 
@@ -72,4 +72,6 @@ async def _run(topology: Topology, timeout: float | None) -> LocalRun:
     kinds = {spec.name: ("spout" if spec.is_spout else "bolt") for spec in topology.components.values()}
     if topology.acker_count():
         kinds[ACKER_COMPONENT] = "acker"
+    if topology.is_stateful:
+        kinds[CHECKPOINT_COMPONENT] = "checkpoint"
     return LocalRun(outcome, seconds, summarize(worker.stats(), kinds))

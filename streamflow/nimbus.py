@@ -532,7 +532,8 @@ class Nimbus:
         ackers = record["config"].get("topology.acker.executors")
         if ackers is None:
             ackers = record["description"]["config"].get("topology.acker.executors")
-        return task_layout(parallelism, record["workers"] if ackers is None else ackers)
+        stateful = any(spec.get("stateful") for spec in components.values())
+        return task_layout(parallelism, record["workers"] if ackers is None else ackers, stateful)
 
     def schedule_all(self) -> None:
         """Bring every topology's assignment in line with live supervisors and workers."""

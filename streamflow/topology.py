@@ -13,13 +13,15 @@ from typing import Any, Mapping, Sequence
 
 import orjson
 
-from streamflow.components import BoltBase, Component, SpoutBase
+from streamflow.components import BoltBase, Component, SpoutBase, Stateful
 from streamflow.config import validate_config
 from streamflow.errors import ConfigError, TopologyError
 from streamflow.tuples import DEFAULT_STREAM
 from streamflow.validation import validate
 
 ACKER_COMPONENT = "__acker"
+CHECKPOINT_COMPONENT = "__checkpoint"
+"""The one task that coordinates checkpoints, in topologies with a stateful bolt."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class ComponentSpec:
     @property
     def is_spout(self) -> bool:
         return self.kind == "spout"
+
+    @property
+    def is_stateful(self) -> bool:
+        return isinstance(self.component, Stateful)
 
     @property
     def outputs(self) -> dict[str, tuple[str, ...]]:
@@ -75,6 +81,11 @@ class Topology:
     def bolts(self) -> list[ComponentSpec]:
         return [c for c in self.components.values() if not c.is_spout]
 
+    @property
+    def is_stateful(self) -> bool:
+        """Whether a bolt keeps checkpointed state: the topology then checkpoints."""
+        return any(spec.is_stateful for spec in self.components.values())
+
     def subscribers(self, source: str, stream: str) -> list[tuple[ComponentSpec, Subscription]]:
         """The bolts subscribed to ``source``'s ``stream``, with their subscription."""
         return [
@@ -98,7 +109,8 @@ class Topology:
     def task_layout(self) -> dict[str, tuple[int, ...]]:
         """Task ids per component (see :func:`task_layout`)."""
         return task_layout(
-            {name: spec.parallelism for name, spec in self.components.items()}, self.acker_count()
+            {name: spec.parallelism for name, spec in self.components.items()}, self.acker_count(),
+            self.is_stateful,
         )
 
     def with_parallelism(self, parallelism: Mapping[str, int]) -> Topology:
@@ -122,6 +134,7 @@ class Topology:
                 "kind": spec.kind,
                 "class": f"{type(spec.component).__module__}.{type(spec.component).__qualname__}",
                 "parallelism": spec.parallelism,
+                "stateful": spec.is_stateful,
                 "outputs": {stream: list(fields) for stream, fields in spec.outputs.items()},
                 "inputs": [
                     {"source": s.source, "stream": s.stream, "grouping": s.grouping,
@@ -136,10 +149,12 @@ class Topology:
         return {"name": self.name, "components": components, "config": config, "tasks": layout}
 
 
-def task_layout(parallelism: Mapping[str, int], ackers: int) -> dict[str, tuple[int, ...]]:
+def task_layout(parallelism: Mapping[str, int], ackers: int, checkpoints: bool = False
+                ) -> dict[str, tuple[int, ...]]:
     """Task ids per component, as Storm numbers them: components sorted by name, ids from
-    1, the acker tasks last. Pure, so nimbus (from a topology's description) and every
-    worker (from its code) derive the same layout."""
+    1, the acker tasks, then the checkpoint coordinator when the topology ``checkpoints``.
+    Pure, so nimbus (from a topology's description) and every worker (from its code)
+    derive the same layout."""
     layout: dict[str, tuple[int, ...]] = {}
     next_id = 1
     for name in sorted(parallelism):
@@ -147,6 +162,8 @@ def task_layout(parallelism: Mapping[str, int], ackers: int) -> dict[str, tuple[
         layout[name] = tuple(range(next_id, next_id + n))
         next_id += n
     layout[ACKER_COMPONENT] = tuple(range(next_id, next_id + ackers))
+    if checkpoints:
+        layout[CHECKPOINT_COMPONENT] = (next_id + ackers,)
     return layout
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from streamflow.components import BoltBase, SpoutBase
+from streamflow.components import BoltBase, SpoutBase, Stateful
 from streamflow.config import validate_config
 from streamflow.errors import ConfigError, TopologyError
 from streamflow.groupings import GROUPINGS, KEYED_GROUPINGS
@@ -34,6 +34,21 @@ def validate(topology: Topology) -> None:
     for spec in topology.bolts:
         _check_inputs(spec, outputs, prefix)
     _check_acyclic(topology, prefix)
+    _check_state(topology, prefix)
+
+
+def _check_state(topology: Topology, prefix: str) -> None:
+    """A stateful bolt needs acking, and no more tasks than its key groups."""
+    for spec in topology.bolts:
+        if not isinstance(spec.component, Stateful):
+            continue
+        where = f"{prefix}component {spec.name!r}: "
+        if topology.acker_count() == 0:
+            raise TopologyError(where + "a stateful bolt needs acking (topology.acker.executors > 0)")
+        groups = {**topology.config, **spec.config}.get("topology.state.key.groups", 128)
+        if spec.parallelism > groups:
+            raise TopologyError(f"{where}parallelism {spec.parallelism} exceeds its {groups} key groups "
+                                "(topology.state.key.groups)")
 
 
 def _check_component(spec: ComponentSpec, prefix: str) -> dict[str, tuple[str, ...]]:

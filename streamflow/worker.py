@@ -24,7 +24,9 @@ from streamflow.executor import (
 from streamflow.inbox import Inbox
 from streamflow.logs import TASK
 from streamflow.stats import TaskStats
-from streamflow.topology import ACKER_COMPONENT, Topology
+from streamflow.coordinator import CheckpointCoordinator
+from streamflow.state.store import open_provider
+from streamflow.topology import ACKER_COMPONENT, CHECKPOINT_COMPONENT, Topology
 from streamflow.transport import InProcessTransport, Transport
 
 TransportFactory = Callable[[Mapping[int, Inbox]], Transport]
@@ -70,17 +72,22 @@ class Worker:
         self.inboxes = {task: Inbox(capacity) for task in sorted(self.tasks)}
         self.transport = transport(self.inboxes)
         timeout = float(topology.config["topology.message.timeout.secs"])
+        self.provider = open_provider(topology.name, topology.config) if topology.is_stateful else None
+        """Where stateful bolts keep their state, in a topology with one."""
         self.executors: list[Executor] = []
         for task in sorted(self.tasks):
             component = owner[task]
             inbox = self.inboxes[task]
             if component == ACKER_COMPONENT:
                 self.executors.append(AckerExecutor(component, task, inbox, self.transport, timeout))
-                continue
-            kind = SpoutExecutor if topology.components[component].is_spout else BoltExecutor
-            self.executors.append(
-                kind(topology, component, task, inbox, self.transport, self.tasks)
-            )
+            elif component == CHECKPOINT_COMPONENT:
+                assert self.provider is not None
+                self.executors.append(CheckpointCoordinator(topology, task, inbox, self.transport, self.provider))
+            elif topology.components[component].is_spout:
+                self.executors.append(SpoutExecutor(topology, component, task, inbox, self.transport, self.tasks))
+            else:
+                self.executors.append(BoltExecutor(topology, component, task, inbox, self.transport, self.tasks,
+                                                   provider=self.provider))
         self._running: list[asyncio.Task[None]] = []
 
     @property
@@ -132,3 +139,5 @@ class Worker:
         for e in self.executors:
             if isinstance(e, ComponentExecutor):
                 await e.close()
+        if self.provider is not None:
+            self.provider.close()
