@@ -8,23 +8,28 @@ from streamflow.components import (
     AsyncBasicBolt,
     AsyncBolt,
     AsyncSpout,
+    AsyncStatefulBolt,
     BasicBolt,
     Bolt,
     BoltBase,
     Spout,
     SpoutBase,
+    Stateful,
+    StatefulBolt,
     TaskContext,
 )
 from streamflow.errors import ConfigError, LoadError, StreamflowError, TopologyError
 from streamflow.groupings import stable_hash
 from streamflow.local import LocalRun, run_local
+from streamflow.state import KeyValueState, StateCodecError
 from streamflow.topology import Topology, TopologyBuilder
 from streamflow.tuples import DEFAULT_STREAM, Tuple
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncBasicBolt", "AsyncBolt", "AsyncSpout", "BasicBolt", "Bolt", "BoltBase", "ConfigError",
-    "DEFAULT_STREAM", "LoadError", "LocalRun", "Spout", "SpoutBase", "StreamflowError", "TaskContext",
-    "Topology", "TopologyBuilder", "TopologyError", "Tuple", "run_local", "stable_hash",
+    "AsyncBasicBolt", "AsyncBolt", "AsyncSpout", "AsyncStatefulBolt", "BasicBolt", "Bolt", "BoltBase",
+    "ConfigError", "DEFAULT_STREAM", "KeyValueState", "LoadError", "LocalRun", "Spout", "SpoutBase",
+    "StateCodecError", "Stateful", "StatefulBolt", "StreamflowError", "TaskContext", "Topology",
+    "TopologyBuilder", "TopologyError", "Tuple", "run_local", "stable_hash",
 ]

@@ -27,6 +27,7 @@ def format_status(answer: Mapping[str, Any]) -> str:
     for r in rows:
         lines.append("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)  # names left, numbers right
                                for i, (cell, w) in enumerate(zip(r, widths, strict=True))).rstrip())
+    lines.extend(_state_lines(answer["components"]))
     for component, errors in answer["errors"].items():
         if errors:
             last = errors[-1]
@@ -46,6 +47,34 @@ def _row(name: str, c: Mapping[str, Any]) -> tuple[str, ...]:
         _ms(c.get("execute_latency_ms")), _ms(c.get("complete_latency_ms")),
         str(c.get("queue", 0)), str(c.get("errors", 0)),
     )
+
+
+def _state_lines(components: Mapping[str, Any]) -> list[str]:
+    """One line per stateful component: its state's size, its rollbacks, and the last
+    committed checkpoint (the checkpoint coordinator's figures, the topology's)."""
+    checkpoint = components.get("__checkpoint", {}).get("metrics", {})
+    txid = checkpoint.get("checkpoint.committed_txid")
+    if txid:
+        when = time.strftime("%H:%M:%S", time.localtime(checkpoint["checkpoint.committed_time"]))
+        last = (f"checkpoint {txid:.0f} committed at {when}, took {checkpoint['checkpoint.seconds']:.2f} s, "
+                f"{checkpoint.get('checkpoint.failures', 0):.0f} failed")
+    else:
+        last = "no checkpoint committed yet"
+    lines = []
+    for name, c in components.items():
+        m = c.get("metrics") or {}
+        if "state.keys" in m:
+            lines.append(f"state of {name}: {m['state.keys']:,.0f} keys, {_size(m['state.bytes'])}, "
+                         f"{m['state.rollbacks']:.0f} task rollbacks since start; {last}")
+    return lines
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return ""
 
 
 def _ms(latency: Mapping[str, float] | None) -> str:

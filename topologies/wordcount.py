@@ -12,7 +12,11 @@
         running counts to ``word-counts`` (JSON {"word": ..., "count": ...}, keyed by
         word); ``-c input.topic=``, ``-c output.topic=``, ``-c deadletter.topic=`` change
         the topics, ``-c kafka.group_id=`` the group offsets are committed under; it
-        keeps 800 trees in flight per spout task (``-c topology.max.spout.pending=``).
+        keeps 50,000 trees in flight per spout task (``-c topology.max.spout.pending=``).
+
+The counts are checkpointed state: in memory by default (``-c
+topology.state.provider=redis -c topology.state.redis.url=redis://HOST:PORT/0`` keeps
+them in Redis, durable across worker restarts).
 
 Other options: ``-c spout.parallelism=N``, ``-c split.parallelism=N``,
 ``-c count.parallelism=N``, ``-c sink.parallelism=N``.
@@ -29,7 +33,17 @@ import orjson
 from streamflow_connectors.files import JsonLinesSink, LineSpout
 from streamflow_connectors.kafka import KafkaBolt, KafkaSpout
 
-from streamflow import BasicBolt, BoltBase, SpoutBase, TaskContext, Topology, TopologyBuilder, Tuple
+from streamflow import (
+    BasicBolt,
+    BoltBase,
+    KeyValueState,
+    SpoutBase,
+    StatefulBolt,
+    TaskContext,
+    Topology,
+    TopologyBuilder,
+    Tuple,
+)
 
 SAMPLE = Path(__file__).with_name("sample.txt")
 WORD = re.compile(r"[\w']+")
@@ -45,18 +59,20 @@ class SplitSentence(BasicBolt):
             self.emit((word,))
 
 
-class CountWords(BasicBolt):
-    """Keeps a running count per word; fields grouping sends each word to one task."""
+class CountWords(StatefulBolt):
+    """Keeps a running count per word in its checkpointed state, keyed by the word that
+    the fields grouping routes on: after a failure the counts go back to the last
+    checkpoint and the sentences since are replayed, so each sentence counts once."""
 
     outputs = ["word", "count"]
 
-    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
-        self.counts: dict[str, int] = {}
+    def init_state(self, state: KeyValueState) -> None:
+        self.counts = state
 
     def process(self, tup: Tuple) -> None:
         word = tup.values[0]
         count = self.counts.get(word, 0) + 1
-        self.counts[word] = count
+        self.counts.put(word, count)
         self.emit((word, count))
 
 
@@ -110,12 +126,12 @@ def build(config: Mapping[str, Any]) -> Topology:
         # each). A tree waits up to 20 ms more for its writes.
         sink = KafkaBolt(str(bootstrap), str(config.get("output.topic", "word-counts")),
                          key_field="word", fields=["word", "count"], writers=3, linger_ms=20)
-        # Every sentence's tree waits for the broker to answer its writes: more trees in
-        # flight than the engine's 500 keep the workers busy meanwhile, but more again
-        # only lengthen the queues (Kafka bench, 2 workers, interleaved runs, medians from
-        # submission: 23.5k sentences/s with 800, 20.6k with 1,500 and 18.0k with 3,000;
-        # then 19.5k with 800 against 18.6k with 1,500). -c still wins.
-        settings["topology.max.spout.pending"] = 800
+        # A sentence's tree completes once the checkpoint covering its counts commits
+        # (every topology.state.checkpoint.interval.ms, 1 s by default), so a spout task
+        # needs a checkpoint interval's worth of sentences in flight, and some: with
+        # 800 (the best bound before counts were state) it could make 800 sentences a
+        # checkpoint. -c still wins.
+        settings["topology.max.spout.pending"] = 50_000
     else:
         source = LineSpout(str(config.get("input.path") or SAMPLE), field="sentence")
         if config.get("output.path"):
