@@ -48,6 +48,12 @@ class DeadLetters:
         """Queue a record for the dead-letter path, with why it is there."""
         self._queued.append((message, reason))
 
+    def drop(self, gone: Callable[[Message], bool]) -> None:
+        """Take back the queued records ``gone`` says, not written yet (a seek reads them
+        again, and they take the dead-letter path again then). Records already written
+        wait for their delivery report."""
+        self._queued = [(message, reason) for message, reason in self._queued if not gone(message)]
+
     def send(self) -> None:
         """Write the queued records (or drop them, without a topic) and serve delivery
         reports; raise the first write failure since the last call, as one line."""

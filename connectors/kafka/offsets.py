@@ -96,6 +96,14 @@ class PartitionOffsets:
         if offset < self.commit_sent:
             self.commit_sent = self.committed = offset
 
+    def restart_at(self, offset: int) -> None:
+        """The spout reads the partition again from ``offset`` (a seek, to a checkpoint's
+        position): what was in flight is forgotten, and the commit point and the bound
+        count from ``offset``. The commits asked for and confirmed stay: a commit never
+        goes back, and one below them is not asked for."""
+        self.in_flight = {}
+        self.fetched_to = offset
+
     def served_to(self, offset: int) -> None:
         """The consumer served every record below ``offset`` (it reported the partition's
         end there): any offsets between ``fetched_to`` and it hold records that never reach

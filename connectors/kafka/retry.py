@@ -68,6 +68,15 @@ class RetrySchedule(Generic[K]):
         self._due = [entry for entry in self._due if not gone(entry[2])]
         heapq.heapify(self._due)
 
+    def unschedule(self) -> None:
+        """Cancel every scheduled retry but keep the failure counts: after a seek back, the
+        records are read again, and a record that fails again counts on from there."""
+        self._due.clear()
+
+    def scheduled(self) -> list[K]:
+        """The keys waiting for their retry, in no order."""
+        return [key for _, _, key in self._due]
+
     def __len__(self) -> int:
         return len(self._due)
 

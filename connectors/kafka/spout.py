@@ -140,6 +140,19 @@ class KafkaSpout(AsyncSpout):
     topic, a new topic matching the pattern) starts at its earliest, as Flink's Kafka
     source does: it was found up to ``metadata_refresh`` seconds late, and its latest
     offset would skip what was written to it meanwhile.
+
+    In a topology with checkpointed state, the engine takes each task's :meth:`position`
+    at every checkpoint barrier, ``{"topic/partition": offset}`` (the first offset not
+    emitted yet: records buffered or waiting for a retry are not emitted), and at the
+    start and at each rollback it calls :meth:`seek` with the last committed checkpoint's
+    positions: each partition is read again from there (or from where the task started it,
+    if the checkpoint has no position for it), dropping what was buffered or scheduled for
+    a retry. Offsets are still committed to Kafka after acks, which the engine gives when a
+    checkpoint commits: the group's committed offsets trail the checkpoints, and after a
+    restart the checkpoint's positions win over them. Failures are counted across seeks: a
+    record that failed past its last retry goes to the dead letters when it is read again,
+    rather than being emitted, so that a poison record cannot roll the topology back for
+    ever.
     """
 
     def __init__(
@@ -221,6 +234,14 @@ class KafkaSpout(AsyncSpout):
         self._next_connect = self._next_commit = self._next_refresh = 0.0
         self._next_recommit = time.monotonic() + RECOMMIT_INTERVAL
         self._throttled_since: float | None = None
+        self._started: dict[Key, int] = {}
+        """Where this task started each of its partitions: the committed offset, else the
+        earliest or latest one (a seek to positions without the partition goes back there)."""
+        self._sought: dict[str, int] = {}
+        """Positions of the last seek for partitions not assigned yet: where they start."""
+        self._checkpointed = False
+        """Whether the engine seeks this spout (a topology with checkpointed state): set by
+        the first ``seek``, at the topology's start."""
 
     def deactivate(self) -> None:
         """Commit what is acked now: ``next_tuple``, which commits, is not called while
@@ -326,7 +347,13 @@ class KafkaSpout(AsyncSpout):
         A record cannot be emitted when its value does not decode, when
         ``record_to_values`` raises, or when ``emit`` refuses the values (as many values as
         the declared fields, say). Such a record is never retried: it would fail again, and
-        it would stay in flight for ever, holding its partition's commit point back."""
+        it would stay in flight for ever, holding its partition's commit point back. Nor is
+        one read again after a seek that has failed past its last retry already."""
+        if self._retries.failures:
+            failures = self._retries.failures.get((message.topic(), message.partition(), message.offset()), 0)
+            if self.backoff.exhausted(failures):
+                self._dead.add(message, f"failed {failures} times")
+                return False
         try:
             if self.record_to_values is not None:
                 values = self.record_to_values(Record(message))
@@ -358,14 +385,16 @@ class KafkaSpout(AsyncSpout):
         record = offsets.record(offset)
         if record is not None:
             self._dead.add(record, f"failed {self._retries.failures[msg_id]} times")
-        self._retries.forget(msg_id)
+        if not self._checkpointed:  # else a seek may read it again: its count sends it to the dead letters
+            self._retries.forget(msg_id)
 
     def _dead_lettered(self, message: Message) -> None:
         """The dead-letter path is done with a record: its offset may be committed."""
         offsets = self._partitions.get((message.topic(), message.partition()))
         if offsets is not None:  # else its partition left this task
             offsets.dead_letters += 1
-            offsets.done(message.offset())
+            if offsets.record(message.offset()) is message:  # else a seek since read it again: not done
+                offsets.done(message.offset())
 
     def exhausted(self) -> bool:
         """With stop_at_end: every record below the end offsets seen at the start is done.
@@ -377,6 +406,61 @@ class KafkaSpout(AsyncSpout):
         if len(self._retries) or any(len(p) for p in self._partitions.values()):
             return False
         return all(self._partitions[key].fetched_to >= end for key, end in self._end_offsets.items())
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def position(self) -> dict[str, int]:
+        """``{"topic/partition": offset}`` for this task's partitions: the first offset of
+        each that the spout has not emitted, or that it must emit again (records taken
+        from the consumer but still buffered, or waiting for a retry, count as not
+        emitted). Partitions sought before they joined this task keep the sought offset."""
+        at = {key: offsets.fetched_to for key, offsets in self._partitions.items()}
+        for message in self._buffer:
+            key = (message.topic(), message.partition())
+            if message.offset() < at.get(key, -1):
+                at[key] = message.offset()
+        for topic, partition, offset in self._retries.scheduled():
+            if offset < at.get((topic, partition), -1):
+                at[topic, partition] = offset
+        found = {f"{topic}/{partition}": offset for (topic, partition), offset in at.items()}
+        found.update((name, offset) for name, offset in self._sought.items() if self._owns(name))
+        return found
+
+    def seek(self, positions: Mapping[str, Any]) -> None:
+        """Read each partition of this task again from ``positions["topic/partition"]``,
+        or from where the task started it if the key is missing; a partition not assigned
+        yet starts at its position when it joins. What is buffered or scheduled for a retry
+        is dropped, with the dead letters not yet written of the records read again; the
+        commit point restarts at the position. Failure counts stay: a record that failed
+        past its last retry is dead-lettered, not emitted, when it is read again."""
+        self._checkpointed = True
+        names = {key: f"{key[0]}/{key[1]}" for key in self._partitions}
+        mine = set(names.values())
+        self._sought = {name: int(offset) for name, offset in positions.items() if name not in mine}
+        if not self._partitions:
+            return
+        to = {key: int(positions.get(name, self._started[key])) for key, name in names.items()}
+        self._buffer.clear()
+        self._retries.unschedule()
+        # No later seek goes below this one (checkpoints only move on): counts below it are done with.
+        self._retries.failures = {msg_id: n for msg_id, n in self._retries.failures.items()
+                                  if msg_id[2] >= to.get(msg_id[:2], 0)}
+        self._dead.drop(lambda m: m.offset() >= to.get((m.topic(), m.partition()), m.offset() + 1))
+        for key, offset in to.items():
+            self._partitions[key].restart_at(offset)
+        self._held = set()
+        if self._consumer is not None:
+            self._pause(set())  # librdkafka keeps a partition paused across assign(): see _assign
+            self._consumer.assign([TopicPartition(t, p, to[t, p]) for t, p in self._assigned or ()])
+        log.info("%s task %d reads again from %s", self._name, self._index,
+                 {names[key]: offset for key, offset in to.items()})
+
+    def _owns(self, name: str) -> bool:
+        """Whether partition ``"topic/partition"`` is of this spout's topics and this
+        task's (:func:`owner`)."""
+        topic, _, partition = name.rpartition("/")
+        ours = re.fullmatch(self.topic_pattern, topic) if self.topic_pattern is not None else topic in self.topics
+        return bool(ours) and owner(topic, int(partition), self._tasks) == self._index
 
     # -- Kafka I/O --------------------------------------------------------------------
 
@@ -449,7 +533,11 @@ class KafkaSpout(AsyncSpout):
         new = [key for key in mine if key not in self._partitions]
         starts, ends = await blocking(self._offsets, new)
         for key in new:
+            self._started[key] = starts[key]
             self._partitions[key] = PartitionOffsets(starts[key])
+            sought = self._sought.pop(f"{key[0]}/{key[1]}", None)
+            if sought is not None:  # a seek before the partition joined: it starts there
+                self._partitions[key].restart_at(sought)
         if self.stop_at_end:  # the ends seen at the first start stay the ends
             for key, end in ends.items():
                 self._end_offsets.setdefault(key, end)
@@ -471,6 +559,7 @@ class KafkaSpout(AsyncSpout):
         for key in keys:
             del self._partitions[key]
             self._end_offsets.pop(key, None)
+            self._started.pop(key, None)
         self._held -= gone
         self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in gone)
         self._retries.drop(lambda msg_id: msg_id[:2] in gone)
