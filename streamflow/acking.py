@@ -126,6 +126,11 @@ class PendingTrees:
         trees, self._trees = self._trees, {}
         return [(root, msg_id) for root, (msg_id, _) in trees.items()]
 
+    def take_before(self, cutoff: float) -> list[tuple[Any, float]]:
+        """Remove the trees emitted before ``cutoff``; (message id, emit time) of each."""
+        old = self.emitted_before(cutoff)
+        return [self._trees.pop(root) for root in old]
+
     def emitted_before(self, cutoff: float) -> list[int]:
         """The roots of trees emitted before ``cutoff``, left in place."""
         old = []

@@ -142,10 +142,12 @@ class SpoutCheckpoints(_Party):
 
     def _commit(self, committed: CheckpointId) -> None:
         """Ack every tree emitted before the barrier of ``committed`` (and earlier ones)."""
+        now, latency = time.monotonic(), self._stats.complete_latency
         while self._sealed and self._sealed[0][0] <= committed:
             _, cut = self._sealed.pop(0)
-            for msg_id in self._pending.expired(cut):
+            for msg_id, emitted in self._pending.take_before(cut):
                 self._stats.acked += 1
+                latency.add(now - emitted)
                 self._callback(self._spout.ack, msg_id)
         if self._failed:
             self._failed = {root for root in self._failed if root in self._pending}

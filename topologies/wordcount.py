@@ -126,17 +126,16 @@ def build(config: Mapping[str, Any]) -> Topology:
         # each). A tree waits up to 20 ms more for its writes.
         sink = KafkaBolt(str(bootstrap), str(config.get("output.topic", "word-counts")),
                          key_field="word", fields=["word", "count"], writers=3, linger_ms=20)
-        # A sentence's tree completes once the checkpoint covering its counts commits
-        # (every topology.state.checkpoint.interval.ms, 1 s by default), so a spout task
-        # needs a checkpoint interval's worth of sentences in flight, and some: with
-        # 800 (the best bound before counts were state) it could make 800 sentences a
-        # checkpoint. -c still wins.
-        settings["topology.max.spout.pending"] = 50_000
     else:
         source = LineSpout(str(config.get("input.path") or SAMPLE), field="sentence")
         if config.get("output.path"):
             sink = JsonLinesSink(str(config["output.path"]), fields=["word", "count"])
 
+    # A sentence's tree completes once the checkpoint covering its counts commits (every
+    # topology.state.checkpoint.interval.ms, 1 s by default), so a spout task needs a
+    # checkpoint interval's worth of sentences in flight, and more: with the engine's 500
+    # it could make at most 500 sentences a checkpoint. -c still wins.
+    settings["topology.max.spout.pending"] = 50_000
     builder = TopologyBuilder("wordcount")
     builder.set_spout("sentences", source, parallelism("spout", 1))
     builder.set_bolt("split", SplitSentence(), parallelism("split", 2)).shuffle_grouping("sentences")
