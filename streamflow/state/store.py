@@ -116,5 +116,7 @@ PROVIDERS: dict[str, ProviderFactory] = {"memory": _memory, "redis": _redis}
 
 
 def open_provider(topology: str, config: Mapping[str, Any]) -> StateProvider:
-    """The provider ``config`` names, for ``topology`` (its keys are namespaced by name)."""
-    return PROVIDERS[str(config["topology.state.provider"])](topology, config)
+    """The provider ``config`` names, for ``topology``: its state is kept under
+    ``topology.state.namespace``, or the topology's name."""
+    namespace = config.get("topology.state.namespace") or topology
+    return PROVIDERS[str(config["topology.state.provider"])](namespace, config)
