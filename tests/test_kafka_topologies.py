@@ -103,14 +103,14 @@ def split_dead_letters(records: Sequence[Any]) -> tuple[Counter[str], Counter[by
 # -- wordcount, exact counts ---------------------------------------------------------------------
 
 
-def test_kafka_wordcount_keeps_more_trees_in_flight_unless_told_otherwise() -> None:
-    # Its trees wait for the broker's answers, so it sets 800 trees in flight per spout
-    # task; a -c value still wins, and the file variant keeps the engine's default.
+def test_wordcount_keeps_a_checkpoint_interval_of_trees_in_flight_unless_told_otherwise() -> None:
+    # Its trees complete when the checkpoint covering their counts commits, so it sets
+    # 50,000 trees in flight per spout task, in both forms; a -c value still wins.
     bootstrap = f"127.0.0.1:{free_port()}"
-    assert load_topology(WORDCOUNT, {"kafka.bootstrap": bootstrap}).config["topology.max.spout.pending"] == 800
+    assert load_topology(WORDCOUNT, {"kafka.bootstrap": bootstrap}).config["topology.max.spout.pending"] == 50_000
     told = load_topology(WORDCOUNT, {"kafka.bootstrap": bootstrap, "topology.max.spout.pending": 200})
     assert told.config["topology.max.spout.pending"] == 200
-    assert load_topology(WORDCOUNT, {}).config["topology.max.spout.pending"] == 500  # the engine's default
+    assert load_topology(WORDCOUNT, {}).config["topology.max.spout.pending"] == 50_000
 
 
 def test_wordcount_local_counts_50000_sentences_exactly(kafka: KafkaBroker, topic_prefix: str,
