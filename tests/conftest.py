@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cluster import TOKEN, ZK_AUTH, Cluster
 from kafka import KafkaBroker
+from redis_server import RedisServer
 from topics import TopicReader
 from zookeeper import ZooKeeperServer
 
@@ -24,6 +25,23 @@ def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperSer
     must leave it running.  Requires Debian's ``zookeeper`` package.
     """
     server = ZooKeeperServer(tmp_path_factory.mktemp("zookeeper"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real Redis server on 127.0.0.1, shared by the whole test session.
+
+    Connect with ``redis_server.url``; give each test its own namespace with
+    :func:`redis_server.unique_topology` (the state provider's keys are namespaced by
+    topology name). Tests that kill or restart it must leave it running; it keeps its
+    data across restarts. Requires Debian's ``redis-server`` package.
+    """
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     try:
         yield server

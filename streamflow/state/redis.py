@@ -4,16 +4,19 @@
 ``rediss://...`` for TLS. Query parameters tune redis-py's client
 (``?socket_timeout=10``). Keys are namespaced by topology name::
 
-    streamflow:{topology}:epoch                         the coordinator epoch (INCR)
-    streamflow:{topology}:checkpoint                    the last committed checkpoint (JSON)
-    streamflow:{topology}:state:{component}:{g}         key group g's data: key -> value
+    streamflow:{topology}:epoch                     the coordinator epoch (INCR)
+    streamflow:{topology}:checkpoint                the last committed checkpoint (JSON)
+    streamflow:{topology}:state:{component}:{g}     key group g's data, a hash: key -> value
     streamflow:{topology}:state:{component}:{g}:pending     its pending changes
     streamflow:{topology}:state:{component}:{g}:pending_at  their checkpoint, "epoch txid"
 
-A pending change is a field ``b"s" + key`` holding the new value, or ``b"d" + key``
-(empty) for a deletion. Each step that must be atomic (prepare, commit, the settling of
-pending changes at restore, the epoch-checked checkpoint write) is one Lua script, and
-one round trip for all of a task's key groups.
+A group's pending changes are one string, MessagePack's
+``[[key, value, key, value, ...], [deleted key, ...]]``: Python writes it with a join,
+and the scripts that fold it read it with Redis's built-in ``cmsgpack``. (A hash of a
+field per change cost redis-py seconds to send for a million changes, and Lua a loop
+to fold.) Each step that must be atomic (prepare, commit, the settling of pending
+changes at restore, the epoch-checked checkpoint write) is one Lua script, one round
+trip for all of a task's key groups.
 
 A call that cannot reach the server raises redis-py's ``ConnectionError`` or
 ``TimeoutError`` after one retry (a pooled connection the server dropped reconnects),
@@ -24,6 +27,8 @@ script is safe to run twice.
 from __future__ import annotations
 
 import re
+import struct
+from itertools import accumulate, pairwise
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -40,11 +45,11 @@ URL_CONFIG = "topology.state.redis.url"
 SOCKET_TIMEOUT = 5.0
 """Seconds a connect, a send or a read may wait before redis-py gives up."""
 SCAN_ABOVE = 50_000
-"""Restore reads a key group larger than this with HSCAN (a few thousand keys a round
-trip, never blocking the server for long) rather than one HGETALL."""
+"""Restore reads a key group larger than this with HSCAN, :data:`SCAN_COUNT` keys a
+round trip, so that no reply blocks the server long."""
 SCAN_COUNT = 10_000
 FETCH_BATCH = 200_000
-"""Restore reads small groups with pipelines of HGETALLs of about this many keys."""
+"""Restore reads smaller groups together, about this many keys a round trip."""
 
 _EXPECTED = "expected redis://[:PASSWORD@]HOST:PORT/DB or rediss://[:PASSWORD@]HOST:PORT/DB"
 
@@ -104,18 +109,15 @@ local function at_or_below(at, e, t)
   return ae < e or (ae == e and atx <= t)
 end
 
+-- Apply a group's pending changes, [[key, value, key, value, ...], [deleted key, ...]]
+-- as MessagePack, to its data.
 local function fold(data, pending)
-  local changes = redis.call('HGETALL', pending)
-  local sets, dels = {}, {}
-  for i = 1, #changes, 2 do
-    local field = changes[i]
-    if string.byte(field, 1) == 115 then  -- 's': a value
-      sets[#sets + 1] = string.sub(field, 2)
-      sets[#sets + 1] = changes[i + 1]
-    else  -- 'd': a deletion
-      dels[#dels + 1] = string.sub(field, 2)
-    end
+  local blob = redis.call('GET', pending)
+  if not blob then
+    return
   end
+  local changes = cmsgpack.unpack(blob)
+  local sets, dels = changes[1], changes[2]
   for i = 1, #sets, 1000 do
     redis.call('HSET', data, unpack(sets, i, math.min(i + 999, #sets)))
   end
@@ -128,10 +130,8 @@ end
 -- when upto is false).
 local function settle(data, pending, pending_at, upto, e, t)
   local at = redis.call('GET', pending_at)
-  if at then
-    if upto and at_or_below(at, e, t) then
-      fold(data, pending)
-    end
+  if at and upto and at_or_below(at, e, t) then
+    fold(data, pending)
   end
   redis.call('DEL', pending, pending_at)
 end
@@ -139,9 +139,9 @@ end
 
 _PREPARE = _LUA_COMMON + """
 -- KEYS: epoch, then data, pending, pending_at of each group.
--- ARGV: at's epoch and txid, committed's epoch and txid ('' when none), then for each
--- group the number of pending fields and field, value pairs.
--- Returns 0, or the newer epoch that fences this prepare (nothing written).
+-- ARGV: at's epoch and txid, committed's epoch and txid ('' when none), then each
+-- group's pending changes. Returns 0, or the newer epoch that fences this prepare
+-- (then nothing is written).
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current > tonumber(ARGV[1]) then
   return current
@@ -149,15 +149,10 @@ end
 local at = ARGV[1] .. ' ' .. ARGV[2]
 local committed = ARGV[3] ~= ''
 local ce, ct = tonumber(ARGV[3]), tonumber(ARGV[4])
-local a = 5
 for k = 2, #KEYS, 3 do
   settle(KEYS[k], KEYS[k + 1], KEYS[k + 2], committed, ce, ct)
-  local last = a + 2 * tonumber(ARGV[a])
-  for i = a + 1, last, 1000 do
-    redis.call('HSET', KEYS[k + 1], unpack(ARGV, i, math.min(i + 999, last)))
-  end
+  redis.call('SET', KEYS[k + 1], ARGV[4 + (k + 1) / 3])
   redis.call('SET', KEYS[k + 2], at)
-  a = last + 1
 end
 return 0
 """
@@ -188,9 +183,39 @@ end
 return sizes
 """
 
+# A reply of many small strings costs redis-py's parser microseconds each (five seconds
+# for a million keys); two strings, the lengths and the bytes, cost it nothing.
+_PACK = """
+local lengths, parts, n = {}, {}, 0
+local function pack(items)
+  for i = 1, #items do
+    n = n + 1
+    lengths[n] = #items[i]
+    parts[n] = items[i]
+  end
+end
+"""
+
+_READ = _PACK + """
+-- KEYS: data keys. Returns their keys' and values' lengths (decimal, separated by
+-- spaces) and those keys and values, key, value, key..., concatenated.
+for k = 1, #KEYS do
+  pack(redis.call('HGETALL', KEYS[k]))
+end
+return {table.concat(lengths, ' '), table.concat(parts)}
+"""
+
+_SCAN = _PACK + """
+-- KEYS: a data key. ARGV: an HSCAN cursor and count. Returns the next cursor, then what
+-- _READ returns of the keys found.
+local found = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+pack(found[2])
+return {found[1], table.concat(lengths, ' '), table.concat(parts)}
+"""
+
 _WRITE_CHECKPOINT = """
 -- KEYS: epoch, checkpoint. ARGV: the record's epoch, the record.
--- Returns 0, or the newer epoch that fences this record (nothing written).
+-- Returns 0, or the newer epoch that fences this record (then nothing is written).
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current > tonumber(ARGV[1]) then
   return current
@@ -198,6 +223,30 @@ end
 redis.call('SET', KEYS[2], ARGV[2])
 return 0
 """
+
+_STR32 = struct.Struct(">BI").pack
+"""A MessagePack str 32 header: 0xdb, then the length."""
+
+
+def _pending(changes: Mapping[bytes, bytes | None]) -> bytes:
+    """A group's changes as its pending changes: [[key, value, ...], [deleted key, ...]]
+    in MessagePack, which the scripts' ``cmsgpack`` reads without a loop of Lua."""
+    sets: list[bytes] = []
+    dels: list[bytes] = []
+    for key, value in changes.items():
+        if value is None:
+            dels += (_STR32(0xDB, len(key)), key)
+        else:
+            sets += (_STR32(0xDB, len(key)), key, _STR32(0xDB, len(value)), value)
+    return b"".join((b"\x92\xdd", (len(sets) // 2).to_bytes(4, "big"), *sets,
+                     b"\xdd", (len(dels) // 2).to_bytes(4, "big"), *dels))
+
+
+def _unpack(lengths: bytes, joined: bytes, into: dict[bytes, bytes]) -> None:
+    """Add the keys and values that _READ or _SCAN packed to ``into``."""
+    offsets = accumulate(map(int, lengths.split()), initial=0)
+    parts = iter([joined[start:stop] for start, stop in pairwise(offsets)])
+    into.update(zip(parts, parts, strict=True))
 
 
 # ----------------------------------------------------------------------------- store
@@ -208,7 +257,6 @@ class RedisStore(StateStore):
 
     def __init__(self, provider: RedisProvider, component: str) -> None:
         self._provider = provider
-        self._client = provider.client
         self._prefix = f"{provider.prefix}:state:{component}:"
 
     def _keys(self, groups: Iterable[int]) -> list[str]:
@@ -223,43 +271,36 @@ class RedisStore(StateStore):
         keys = self._keys(groups)
         if not keys:
             return {}
-        sizes = self._provider.settle(keys=keys, args=_id_args(upto))
+        provider = self._provider
+        sizes = provider.settle_script(keys=keys, args=_id_args(upto))
         data: dict[bytes, bytes] = {}
-        small: list[str] = []
-        batch = 0
-        for data_key, size in zip(keys[::3], sizes):
+        batch: list[str] = []
+        batch_size = 0
+        for data_key, size in zip(keys[::3], sizes, strict=True):
             if size > SCAN_ABOVE:
-                for _key, value in self._client.hscan_iter(data_key, count=SCAN_COUNT):
-                    data[_key] = value
+                cursor = b"0"
+                while True:
+                    cursor, lengths, joined = provider.scan_script(keys=[data_key], args=[cursor, SCAN_COUNT])
+                    _unpack(lengths, joined, data)
+                    if cursor == b"0":
+                        break
             elif size:
-                small.append(data_key)
-                batch += size
-                if batch >= FETCH_BATCH:
-                    self._fetch(small, data)
-                    small, batch = [], 0
-        self._fetch(small, data)
+                batch.append(data_key)
+                batch_size += size
+                if batch_size >= FETCH_BATCH:
+                    self._read(batch, data)
+                    batch, batch_size = [], 0
+        if batch:
+            self._read(batch, data)
         return data
 
-    def _fetch(self, data_keys: list[str], into: dict[bytes, bytes]) -> None:
-        """HGETALL of each of ``data_keys``, pipelined, into ``into``."""
-        if not data_keys:
-            return
-        with self._client.pipeline(transaction=False) as pipe:
-            for data_key in data_keys:
-                pipe.hgetall(data_key)
-            for found in pipe.execute():
-                into.update(found)
+    def _read(self, data_keys: list[str], into: dict[bytes, bytes]) -> None:
+        lengths, joined = self._provider.read_script(keys=data_keys)
+        _unpack(lengths, joined, into)
 
     def prepare(self, at: CheckpointId, changes: Changes, committed: CheckpointId | None) -> None:
-        args: list[bytes | str | int] = [*_id_args(at), *_id_args(committed)]
-        for group_changes in changes.values():
-            args.append(len(group_changes))
-            for key, value in group_changes.items():
-                if value is None:
-                    args += (b"d" + key, b"")
-                else:
-                    args += (b"s" + key, value)
         keys = [self._provider.epoch_key, *self._keys(changes)]
+        args = [*_id_args(at), *_id_args(committed), *map(_pending, changes.values())]
         newer = self._provider.prepare_script(keys=keys, args=args)
         if newer:
             raise Fenced(f"checkpoint {at[0]}.{at[1]} refused: epoch {newer} has begun")
@@ -296,7 +337,9 @@ class RedisProvider(StateProvider):
         self.checkpoint_key = f"{self.prefix}:checkpoint"
         self.prepare_script = self.client.register_script(_PREPARE)
         self.commit_script = self.client.register_script(_COMMIT)
-        self.settle = self.client.register_script(_SETTLE)
+        self.settle_script = self.client.register_script(_SETTLE)
+        self.read_script = self.client.register_script(_READ)
+        self.scan_script = self.client.register_script(_SCAN)
         self._write_checkpoint = self.client.register_script(_WRITE_CHECKPOINT)
 
     def store(self, component: str) -> StateStore:
@@ -307,7 +350,7 @@ class RedisProvider(StateProvider):
 
     def read_checkpoint(self) -> dict[str, Any] | None:
         found = self.client.get(self.checkpoint_key)
-        return None if found is None else dict(orjson.loads(found))  # type: ignore[arg-type]
+        return None if found is None else dict(orjson.loads(found))
 
     def write_checkpoint(self, record: Mapping[str, Any]) -> None:
         epoch = int(record["epoch"])
