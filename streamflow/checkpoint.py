@@ -159,12 +159,12 @@ class SpoutCheckpoints(_Party):
         except Exception as exc:
             self._stats.record_error(exc, "position")
             position = None
-        failed = [(root, msg_id) for root, msg_id in self._pending.take_all()
-                  if position is None or root in self._failed]
-        for _, msg_id in failed:
-            self._stats.failed += 1
+        for root, msg_id in self._pending.take_all():  # each will be replayed: a failed tree
+            if root not in self._failed:
+                self._stats.failed += 1
             self._collector.failed_ids.add(msg_id)
-            self._callback(self._spout.fail, msg_id)
+            if position is None or root in self._failed:
+                self._callback(self._spout.fail, msg_id)
         if position is not None:
             self._callback(self._spout.seek, positions or {})
         self._sealed.clear()

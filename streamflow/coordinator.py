@@ -121,8 +121,8 @@ class CheckpointCoordinator(Executor):
             self._problem(f"rollback to checkpoint {self._txid} did not complete: {exc}")
             self._rollback_wanted = True
             return False
-        if self._generation is not None:
-            self.rollbacks += 1
+        if self._generation is not None or self._committed is not None:
+            self.rollbacks += 1  # not the start of a topology: a recovery
         self._generation = bid
         return True
 
