@@ -337,7 +337,8 @@ class BoltCheckpoints(_Party):
         while stats.acked + stats.failed < self._received:
             left = deadline - time.monotonic()
             if left <= 0:
-                return False, f"{self._received - stats.acked - stats.failed} tuples taken before the barrier not acked"
+                missing = self._received - stats.acked - stats.failed
+                return False, f"{missing} tuples taken before the barrier not acked"
             collector.acks_flushed = waiter = loop.create_future()
             await asyncio.wait({waiter}, timeout=min(left, 1.0))
             collector.acks_flushed = None

@@ -143,7 +143,8 @@ class CheckpointCoordinator(Executor):
         for task, info in infos.items():
             if info is not None:
                 positions.setdefault(self._component_of[task], {}).update(info)
-        record = {"epoch": self.epoch, "txid": txid, "time": time.time(), "positions": positions}
+        now = time.time()
+        record = {"epoch": self.epoch, "txid": txid, "time": now, "positions": positions}
         try:
             await asyncio.to_thread(self._provider.write_checkpoint, record)
         except Fenced as exc:
@@ -155,7 +156,7 @@ class CheckpointCoordinator(Executor):
             return
         self._committed = (self.epoch, txid)
         self._positions = positions
-        self.committed_txid, self.committed_time = txid, record["time"]
+        self.committed_txid, self.committed_time = txid, now
         self.checkpoint_seconds = time.monotonic() - started
         self.stats.acked += 1
         for task in self._committers:

@@ -13,6 +13,7 @@ import gc
 from contextlib import contextmanager
 from typing import Callable, Collection, Iterator, Mapping
 
+from streamflow.coordinator import CheckpointCoordinator
 from streamflow.executor import (
     AckerExecutor,
     BoltExecutor,
@@ -23,9 +24,8 @@ from streamflow.executor import (
 )
 from streamflow.inbox import Inbox
 from streamflow.logs import TASK
-from streamflow.stats import TaskStats
-from streamflow.coordinator import CheckpointCoordinator
 from streamflow.state.store import open_provider
+from streamflow.stats import TaskStats
 from streamflow.topology import ACKER_COMPONENT, CHECKPOINT_COMPONENT, Topology
 from streamflow.transport import InProcessTransport, Transport
 

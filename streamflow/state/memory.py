@@ -98,3 +98,6 @@ class MemoryProvider(StateProvider):
         with self.lock:
             self.check_epoch(int(record["epoch"]))
             self._checkpoint = dict(record)
+
+    def close(self) -> None:
+        """Nothing to release: the state goes with the provider."""

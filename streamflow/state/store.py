@@ -83,6 +83,7 @@ class StateProvider(ABC):
         committed checkpoint, atomically. Raises :class:`Fenced` when an epoch newer
         than ``record["epoch"]`` has begun."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""
 
