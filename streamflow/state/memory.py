@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterable, Mapping
 
+import orjson
+
 from streamflow.state.store import Changes, CheckpointId, Fenced, StateProvider, StateStore, fold
 
 
@@ -72,7 +74,8 @@ class MemoryProvider(StateProvider):
         self.lock = threading.Lock()
         self._stores: dict[str, MemoryStore] = {}
         self._epoch = 0
-        self._checkpoint: dict[str, Any] | None = None
+        self._checkpoint: bytes | None = None
+        """The record as JSON, as a durable store keeps it: what JSON cannot hold fails here too."""
 
     def store(self, component: str) -> StateStore:
         with self.lock:
@@ -92,12 +95,12 @@ class MemoryProvider(StateProvider):
 
     def read_checkpoint(self) -> dict[str, Any] | None:
         with self.lock:
-            return None if self._checkpoint is None else dict(self._checkpoint)
+            return None if self._checkpoint is None else orjson.loads(self._checkpoint)  # type: ignore[no-any-return]
 
     def write_checkpoint(self, record: Mapping[str, Any]) -> None:
         with self.lock:
             self.check_epoch(int(record["epoch"]))
-            self._checkpoint = dict(record)
+            self._checkpoint = orjson.dumps(record)
 
     def close(self) -> None:
         """Nothing to release: the state goes with the provider."""
