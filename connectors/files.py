@@ -27,6 +27,10 @@ class LineSpout(Spout):
     A failed line is emitted again, up to ``max_retries`` times, then counted in
     ``dropped`` and logged. Bytes that are not UTF-8 are replaced (U+FFFD) rather than
     stopping the spout.
+
+    In a topology with checkpointed state, each task's position is the offset of the first
+    line of its share not yet done with (emitted and not failed since): a rollback, or a
+    run started again with the same durable state, seeks back there.
     """
 
     BLOCK = 64 * 1024
@@ -46,6 +50,8 @@ class LineSpout(Spout):
         size = os.fstat(self._file.fileno()).st_size
         index, tasks = context.task_index, context.parallelism
         start, self._end = size * index // tasks, size * (index + 1) // tasks
+        self._share = f"{self.path}:{index}/{tasks}"
+        """This task's key in checkpointed positions."""
         self._lines: deque[bytes] = deque()
         """Lines read and not emitted yet, each with its end (bytes: their lengths are
         the offsets in the file)."""
@@ -56,6 +62,7 @@ class LineSpout(Spout):
             # The line that holds byte start - 1 began before this share: the task before
             # emits it, and this task's first line is the one after it.
             self._offset += len(self._lines.popleft())
+        self._first = self._offset
         self._in_flight: dict[int, str] = {}
         self._retries: dict[int, int] = {}
         self._replay: deque[int] = deque()
@@ -69,6 +76,8 @@ class LineSpout(Spout):
             return
         line = self._lines.popleft()
         offset, self._offset = self._offset, self._offset + len(line)
+        if self._retries and self._retries.get(offset, 0) > self.max_retries:
+            return  # dropped, read again after a seek back
         text = line.rstrip(b"\r\n").decode("utf-8", "replace")
         self._in_flight[offset] = text
         self.emit((text,), msg_id=offset)
@@ -93,7 +102,7 @@ class LineSpout(Spout):
         if retries > self.max_retries:
             self.dropped += 1
             del self._in_flight[msg_id]
-            self._retries.pop(msg_id, None)  # absent when max_retries is 0
+            self._retries[msg_id] = retries  # so that a seek back does not emit it again
             log.warning("%s: the line at byte %d failed %d times; dropped", self.path, msg_id, retries)
             return
         self._retries[msg_id] = retries
@@ -101,6 +110,19 @@ class LineSpout(Spout):
 
     def exhausted(self) -> bool:
         return self._offset >= self._end and not self._replay
+
+    def position(self) -> dict[str, int]:
+        """The offset of this share's first line not done with: waiting for a replay, or
+        not emitted yet."""
+        return {self._share: min(self._replay, default=self._offset)}
+
+    def seek(self, positions: Mapping[str, Any]) -> None:
+        """Go back to this share's checkpointed offset (its start when there is none)."""
+        self._offset = int(positions.get(self._share, self._first))
+        self._file.seek(self._offset)
+        self._lines.clear()
+        self._in_flight.clear()
+        self._replay.clear()
 
     def close(self) -> None:
         self._file.close()

@@ -152,6 +152,55 @@ def test_a_spout_without_retries_drops_a_failed_line_at_once(
     spout.next_tuple()
     assert emitted == [(0, "a")]
 
+
+def test_the_position_is_the_first_line_not_done_with_and_seek_goes_back_to_it(tmp_path: Path) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"a\nb\nc\nd\n")
+    spout, emitted = open_task(path, 0, 1)
+    spout.next_tuple()
+    spout.next_tuple()
+    assert spout.position() == {f"{path}:0/1": 4}
+    spout.fail(0)
+    assert spout.position() == {f"{path}:0/1": 0}  # the failed line waits for its replay
+    spout.next_tuple()  # the replay of "a"
+    position = spout.position()
+    spout.next_tuple()
+    spout.next_tuple()
+    spout.seek(position)
+    del emitted[:]
+    drain(spout, 10)
+    assert emitted == [(4, "c"), (6, "d")]
+    spout.seek({})  # no checkpointed position: the share's start
+    del emitted[:]
+    drain(spout, 10)
+    assert [line for _, line in emitted] == ["a", "b", "c", "d"]
+
+
+def test_a_line_dropped_past_its_retries_is_not_emitted_again_after_a_seek(tmp_path: Path) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"poison\nok\n")
+    spout, emitted = open_task(path, 0, 1, max_retries=0)
+    spout.next_tuple()
+    spout.fail(0)
+    spout.seek({})
+    del emitted[:]
+    drain(spout, 10)
+    assert emitted == [(7, "ok")] and spout.dropped == 1
+
+
+def test_each_task_positions_its_own_share(tmp_path: Path) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"".join(b"line %d\n" % i for i in range(10)))
+    first, _ = open_task(path, 0, 2)
+    second, emitted = open_task(path, 1, 2)
+    second.next_tuple()
+    positions = {**first.position(), **second.position()}
+    assert len(positions) == 2
+    second.seek(positions)
+    del emitted[:]
+    drain(second, 20)
+    assert [line for _, line in emitted] == [f"line {i}" for i in range(6, 10)]
+
 # -- JsonLinesSink ------------------------------------------------------------------------
 
 
