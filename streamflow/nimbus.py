@@ -423,6 +423,7 @@ class Nimbus:
             if not isinstance(n, int) or n < 1:
                 raise ApiError(HTTPStatus.BAD_REQUEST,
                                f"component {component!r}: parallelism must be an integer >= 1, got {n!r}")
+        _check_state_rebalance(name, record, parallelism)
         if workers is not None:
             record["workers"] = workers
             record["config"]["topology.workers"] = workers
@@ -596,6 +597,27 @@ class Nimbus:
         version = (assignment or {}).get("version", 0) + 1
         self.state.write_assignment(topology_id, {"version": version, "workers": new_workers})
         log.info("nimbus: assigned %s (version %d) to %s", topology_id, version, sorted(new_workers))
+
+
+def _check_state_rebalance(name: str, record: dict[str, Any], parallelism: dict[str, int]) -> None:
+    """A rebalance restarts workers: refuse one that would lose state kept in their memory,
+    or give a stateful component more tasks than its key groups."""
+    components = record["description"]["components"]
+    stateful = sorted(c for c, spec in components.items() if spec.get("stateful"))
+    if not stateful:
+        return
+    config = {**record["description"]["config"], **record["config"]}
+    if config.get("topology.state.provider", "memory") == "memory":
+        raise ApiError(HTTPStatus.BAD_REQUEST,
+                       f"topology {name!r} keeps the state of {', '.join(stateful)} in its workers' memory "
+                       "(topology.state.provider=memory), which a rebalance would lose: submit it with "
+                       "a durable provider (-c topology.state.provider=redis)")
+    groups = config.get("topology.state.key.groups", 128)
+    for component, n in parallelism.items():
+        if component in stateful and n > groups:
+            raise ApiError(HTTPStatus.BAD_REQUEST,
+                           f"component {component!r}: parallelism {n} exceeds its {groups} key groups "
+                           "(topology.state.key.groups)")
 
 
 def _handler(nimbus: Nimbus) -> type[BaseHTTPRequestHandler]:

@@ -59,6 +59,15 @@ def test_a_malformed_rebalance_is_refused_in_one_line(cluster: Cluster, tmp_path
     assert (status, answer) == (400, {"error": "parallelism must be an object of component: tasks"})
 
 
+def test_a_rebalance_that_would_lose_state_kept_in_memory_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("a b c\n")
+    assert cluster.cli("submit", WORDCOUNT, "--name", "in-memory", "-c", f"input.path={source}").returncode == 0
+    refused = cluster.cli("rebalance", "in-memory", "--parallelism", "count=4")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "keeps the state of count in its workers' memory" in refused.stderr, refused.stderr
+
+
 
 
 def test_a_kill_is_carried_out_by_the_next_leader(own_cluster: Cluster, tmp_path: Path) -> None:
