@@ -73,11 +73,13 @@ def stable_hash(key: Any) -> int:
 
 
 def _key_hash(indexes: tuple[int, ...]) -> Callable[[Sequence[Any]], int]:
-    """The stable hash of a tuple's grouping key: its one grouped value, or several."""
+    """The stable hash of a tuple's grouping key: its one grouped value, or several,
+    hashed as the tuple of them (so that keyed state keyed by that tuple finds its key
+    group: :func:`streamflow.state.keygroups.key_group`)."""
     if len(indexes) == 1:
         (i,) = indexes
         return lambda values: crc32(key_bytes(values[i]))
-    return lambda values: crc32(fields_key_bytes([values[i] for i in indexes]))
+    return lambda values: crc32(b"[" + fields_key_bytes([values[i] for i in indexes]))
 
 
 def shuffle_router(targets: Sequence[int], rng: random.Random) -> Router:

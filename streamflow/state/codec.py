@@ -10,6 +10,7 @@ list cannot be a key).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Hashable
 
 import orjson
@@ -27,15 +28,39 @@ class StateCodecError(StreamflowError, TypeError):
 def encode_key(key: Hashable) -> bytes:
     """The bytes of ``key``; raises :class:`StateCodecError` for a type state cannot hold."""
     kind = type(key)
-    if kind is str or kind is int or kind is float or kind is bool or key is None:
-        return orjson.dumps(key)
     if kind is tuple:
         for part in key:  # type: ignore[attr-defined]
             if type(part) not in (str, int, float, bool) and part is not None:
                 raise StateCodecError(
                     f"state key part of type {type(part).__name__} cannot be encoded (keys are {KEY_TYPES})")
-        return orjson.dumps(key)
-    raise StateCodecError(f"state key of type {kind.__name__} cannot be encoded (keys are {KEY_TYPES})")
+    elif not (kind is str or kind is int or kind is float or kind is bool or key is None):
+        raise StateCodecError(f"state key of type {kind.__name__} cannot be encoded (keys are {KEY_TYPES})")
+    return _dumps(key, "key")
+
+
+def _dumps(item: Any, what: str) -> bytes:
+    """orjson's bytes of ``item``, refusing what JSON would not give back: a number that
+    is not finite (orjson writes null) or an int beyond 64 bits."""
+    try:
+        data = orjson.dumps(item)
+    except TypeError as exc:
+        if "Integer exceeds" in str(exc):
+            raise StateCodecError(f"state {what}: an int beyond 64 bits cannot be encoded") from None
+        raise
+    if b"null" in data and _not_finite(item):
+        raise StateCodecError(f"state {what}: inf and nan cannot be encoded (JSON has no such numbers)")
+    return data
+
+
+def _not_finite(item: Any) -> bool:
+    """Whether ``item`` holds inf or nan (the rare path: its JSON holds a null)."""
+    if type(item) is float:
+        return not math.isfinite(item)
+    if isinstance(item, dict):
+        return any(_not_finite(v) for v in item.values())
+    if isinstance(item, (list, tuple)):
+        return any(_not_finite(v) for v in item)
+    return False
 
 
 def decode_key(data: bytes) -> Hashable:
@@ -47,7 +72,9 @@ def encode_value(value: Any) -> bytes:
     """The bytes of ``value``; raises :class:`StateCodecError` naming the first type that
     JSON cannot hold."""
     try:
-        return orjson.dumps(value)
+        return _dumps(value, "value")
+    except StateCodecError:
+        raise
     except TypeError:
         raise StateCodecError(
             f"state value of type {_unencodable(value)} cannot be encoded (values are {VALUE_TYPES})"

@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any, Hashable
 from zlib import crc32
 
-from streamflow.groupings import fields_key_bytes, key_bytes
+from streamflow.groupings import key_bytes
 
 
 def key_group(key: Hashable, groups: int) -> int:
-    """The key group of ``key``: a tuple key as the fields grouping hashes several
-    grouped fields, any other as it hashes one."""
-    if type(key) is tuple:
-        return crc32(fields_key_bytes(key)) % groups  # type: ignore[arg-type]
+    """The key group of ``key``, by the hash the fields grouping routes on: a tuple key
+    is the values of several grouped fields, or one grouped field's tuple value, which
+    hash alike."""
     return crc32(key_bytes(key)) % groups
 
 
