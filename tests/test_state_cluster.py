@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections import Counter
+from functools import partial
 from typing import Any
 
 from cluster import Cluster, wait_for
@@ -246,7 +247,7 @@ def test_rebalance_of_count_to_4_then_1_task_keeps_counts_exact(
         old = {w["pid"] for w in run.status()["workers"]}
         result = cluster.cli("rebalance", run.name, "--parallelism", f"count={tasks}")
         assert result.returncode == 0, result.stderr
-        wait_for(lambda tasks=tasks, old=old: moved(tasks, old), 60, f"new workers running {tasks} count tasks")
+        wait_for(partial(moved, tasks, old), 60, f"new workers running {tasks} count tasks")
         steps.append((at, tasks))
     final = run.assert_exact()
     report("rebalance count=4, then count=1", {**final, "steps (records at rebalance, count tasks)": steps},
