@@ -16,7 +16,7 @@ the oldest entries are at the front and expiry stops at the first entry still yo
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 new_id = random.Random(random.SystemRandom().getrandbits(64)).getrandbits
 """``new_id(64)``: a random 64-bit root or edge id (a fast PRNG seeded from the OS)."""
@@ -126,9 +126,10 @@ class PendingTrees:
         trees, self._trees = self._trees, {}
         return [(root, msg_id) for root, (msg_id, _) in trees.items()]
 
-    def take_before(self, cutoff: float) -> list[tuple[Any, float]]:
-        """Remove the trees emitted before ``cutoff``; (message id, emit time) of each."""
-        old = self.emitted_before(cutoff)
+    def take_before(self, cutoff: float, keep: Collection[int] = ()) -> list[tuple[Any, float]]:
+        """Remove the trees emitted before ``cutoff`` but those in ``keep``; (message id,
+        emit time) of each."""
+        old = [root for root in self.emitted_before(cutoff) if root not in keep]
         return [self._trees.pop(root) for root in old]
 
     def emitted_before(self, cutoff: float) -> list[int]:

@@ -80,10 +80,24 @@ class _Party:
         self.coordinator = topology.task_layout()[CHECKPOINT_COMPONENT][0]
         self.initialized = False
         """False until the first rollback (which starts every run) has reached this task."""
+        self.generation: BarrierId | None = None
+        self._alerted = False
 
     def started(self) -> None:
         """Tell the coordinator that this task began: after a restart it needs a rollback."""
         self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, (self.task, STARTED, None))
+
+    def alert(self) -> None:
+        """Ask the coordinator for a rollback (a tuple failed), once per generation: the
+        rollback this task went through last, so that the coordinator can tell an alert
+        about work since from one about work a rollback already took back."""
+        if not self._alerted and self.initialized:
+            self._alerted = True
+            self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, (self.task, FAILED, self.generation))
+
+    def rolled_back(self, bid: BarrierId) -> None:
+        self.generation, self._alerted = bid, False
+        self.initialized = True
 
     def forward(self, action: str, bid: BarrierId, txid: int, extra: Any) -> None:
         """Send the barrier to every task downstream, behind what this task sent before."""
@@ -111,8 +125,6 @@ class SpoutCheckpoints(_Party):
         """Prepared checkpoints not committed yet: their id and the emit time cut."""
         self._failed: set[int] = set()
         """Roots of trees in flight that failed or timed out: ``fail`` gets them at rollback."""
-        self._generation: BarrierId | None = None
-        self._alerted = False
 
     def handle(self, payload: tuple[str, int, int, int, Any]) -> None:
         """A message from the coordinator: prepare, commit or rollback."""
@@ -141,11 +153,12 @@ class SpoutCheckpoints(_Party):
         self.done(bid, True, None if position is None else dict(position))
 
     def _commit(self, committed: CheckpointId) -> None:
-        """Ack every tree emitted before the barrier of ``committed`` (and earlier ones)."""
+        """Ack every tree emitted before the barrier of ``committed`` (and earlier ones),
+        but those that failed: they wait for the rollback their failure asked for."""
         now, latency = time.monotonic(), self._stats.complete_latency
         while self._sealed and self._sealed[0][0] <= committed:
             _, cut = self._sealed.pop(0)
-            for msg_id, emitted in self._pending.take_before(cut):
+            for msg_id, emitted in self._pending.take_before(cut, keep=self._failed):
                 self._stats.acked += 1
                 latency.add(now - emitted)
                 self._callback(self._spout.ack, msg_id)
@@ -169,8 +182,7 @@ class SpoutCheckpoints(_Party):
             self._callback(self._spout.seek, positions or {})
         self._sealed.clear()
         self._failed.clear()
-        self._generation, self._alerted = bid, False
-        self.initialized = True
+        self.rolled_back(bid)
         self.forward(ROLLBACK, bid, txid, (upto, None))
         self.done(bid, True)
 
@@ -191,11 +203,6 @@ class SpoutCheckpoints(_Party):
             self._failed.update(overdue)
             self.alert()
 
-    def alert(self) -> None:
-        """Ask the coordinator for a rollback, once per generation."""
-        if not self._alerted and self.initialized:
-            self._alerted = True
-            self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, (self.task, FAILED, self._generation))
 
 
 class BoltCheckpoints(_Party):
@@ -238,6 +245,7 @@ class BoltCheckpoints(_Party):
         self.prepare_seconds = 0.0
         """How long the last prepare took at this task, alignment to report."""
         self._aligned_at = 0.0
+        self._failures_seen = 0
 
     def take(self) -> Message | None:
         """The next message: held ones released by an alignment first, then the inbox."""
@@ -291,14 +299,27 @@ class BoltCheckpoints(_Party):
         if self._arrived >= self._inputs:
             await self._act()
 
+    def check_failures(self) -> None:
+        """Alert the coordinator if this task failed a tuple since it last looked: the
+        failure must reach it before this task's report of the next barrier, or the
+        checkpoint could commit (and its spout ack) the failed tuple's tree."""
+        if self._stats.failed != self._failures_seen:
+            self._failures_seen = self._stats.failed
+            self.alert()
+
     async def _act(self) -> None:
         assert self._aligning is not None
         bid, action, txid, extra = self._aligning
         if action == PREPARE:
+            self.check_failures()
             ok, info = await self._prepare((bid[0], txid))
+            self.check_failures()  # a sink's writes that failed while it waited
             self.forward(PREPARE, bid, txid, None)
         else:
             ok, info = await self._rollback(extra[0])
+            self._failures_seen = self._stats.failed
+            if ok:
+                self.rolled_back(bid)
             self.forward(ROLLBACK, bid, txid, extra)
         self.done(bid, ok, info)
         self._last = bid
@@ -350,7 +371,6 @@ class BoltCheckpoints(_Party):
         if self._collector.deferred is not None:
             self._collector.deferred = []
         if self.state is None:
-            self.initialized = True
             return True, None
         assert self.store is not None
         try:
@@ -377,7 +397,6 @@ class BoltCheckpoints(_Party):
                 self._stats.record_error(exc, "init_state")
                 return False, f"init_state raised {type(exc).__name__}: {exc}"
             self._state_initialized = True
-        self.initialized = True
         return True, None
 
     async def commit(self, payload: tuple[str, int, int, int, Any]) -> None:

@@ -71,6 +71,8 @@ class CheckpointCoordinator(Executor):
         self._positions: dict[str, dict[str, Any]] = {}
         self._generation: tuple[int, int] | None = None
         """The last rollback that completed: failures from before it are old news."""
+        self._rolling_back: tuple[int, int] | None = None
+        """The rollback round under way: failures of work since it are news."""
         self._rollback_wanted = True
         self._started: set[int] = set()
         self.committed_txid = 0
@@ -114,13 +116,15 @@ class CheckpointCoordinator(Executor):
         self._rollback_wanted = False
         upto = list(self._committed) if self._committed is not None else None
         extras = {t: (upto, self._positions.get(self._component_of[t], {})) for t in self._spouts}
-        bid = self._next_barrier()
+        bid = self._rolling_back = self._next_barrier()
         try:
             await self._round(ROLLBACK, bid, self._txid, extras)
         except _Abort as exc:
             self._problem(f"rollback to checkpoint {self._txid} did not complete: {exc}")
             self._rollback_wanted = True
             return False
+        finally:
+            self._rolling_back = None
         if self._generation is not None or self._committed is not None:
             self.rollbacks += 1  # not the start of a topology: a recovery
         self._generation = bid
@@ -213,9 +217,13 @@ class CheckpointCoordinator(Executor):
             self._started.add(task)
             self._rollback_wanted = True
             self.last_problem = f"task {task} started"
-        elif reason == FAILED and generation is not None and tuple(generation) == self._generation:
-            self._rollback_wanted = True
-            self.last_problem = f"a tuple of spout task {task} failed or timed out"
+        elif reason == FAILED and generation is not None:
+            # During a rollback round, the tasks it reached already run work since it;
+            # a failure from before it is taken back by it.
+            current = self._rolling_back if self._rolling_back is not None else self._generation
+            if tuple(generation) == current:
+                self._rollback_wanted = True
+                self.last_problem = f"a tuple failed or timed out (reported by task {task})"
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, taking alerts meanwhile (one may call for a rollback at once)."""

@@ -420,6 +420,8 @@ class BoltExecutor(ComponentExecutor):
                 stats.busy += took
                 latency.add_many(took / handled, handled)
                 await collector.flush()
+                if checkpoints is not None:
+                    checkpoints.check_failures()
             if control is not None:
                 await self._checkpoint_message(control)
             await asyncio.sleep(0)

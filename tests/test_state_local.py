@@ -4,9 +4,10 @@ init_state and the checkpoint hooks are called as documented; a value the state 
 cannot hold fails only its tuple; a stateless topology runs without checkpoints.
 
 Faults are injected right after a checkpoint commits (:class:`Faults`), so that each
-lands in the middle of an interval, away from the checkpoint rounds: two races of the
-coordinator lose a failure that lands during a round, and the two ``xfail`` tests at
-the end reproduce them on purpose.
+lands in the middle of an interval; the two tests at the end make a failure land during
+a round on purpose (two races the coordinator had: a failure reported while a rollback
+round was under way was ignored, and a checkpoint could commit a tree that failed before
+its barrier).
 """
 
 from __future__ import annotations
@@ -586,8 +587,6 @@ class GatedRestore(StateStore):
         self._store.commit(at, groups)
 
 
-@pytest.mark.xfail(strict=True, reason="coordinator ignores a failure reported while the rollback round of "
-                                       "its generation is still in progress; the failed tree is then acked")
 def test_a_failure_during_the_first_rollback_round_is_rolled_back(monkeypatch: pytest.MonkeyPatch) -> None:
     # The count tasks' first restore waits until a spout has asked for a rollback (its
     # alert is then in the coordinator's inbox ahead of their reports), so the split's
@@ -702,9 +701,6 @@ class CommitSignal(Count):
         self.sync.committed.set()
 
 
-@pytest.mark.xfail(strict=True, reason="a checkpoint commits although a tree sealed in it failed before the "
-                                       "barrier, when the failure reaches the coordinator after every task's "
-                                       "report; the spout then acks the failed tree at the commit")
 def test_a_tree_that_failed_before_the_barrier_is_not_acked_by_the_commit() -> None:
     sync, ledger = Sync(), Ledger()
     topology, _ = wordcount(CommitSignal(sync), split=SplitAfterSeal(sync), spout=SlowFetchSpout(ledger, sync),
