@@ -88,3 +88,45 @@ def test_a_worker_learns_the_load_of_the_worker_it_sends_to() -> None:
     assert far_load is not None and 0.0 <= far_load <= 1.0
     assert near_load is None  # the sender serves no port here, so it measures nothing
     assert measurements >= 1
+
+
+def test_a_message_sent_after_an_idle_peer_died_reaches_its_next_process() -> None:
+    # The peer worker dies (its connections close) while the link has nothing to send; a
+    # new process serves the port again. The link's next message must reach it: a link
+    # that learned of the death only from its next write lost that write to the dead
+    # connection (a killed worker's checkpoint reports went that way).
+    port, secret = free_port_run(1), b"s3cret"
+
+    async def main() -> list[Any]:
+        frames: list[Any] = []
+        peers: list[asyncio.StreamWriter] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peers.append(writer)
+            await reader.readexactly(struct.unpack(">I", await reader.readexactly(4))[0])  # the secret
+            try:
+                while True:
+                    size = struct.unpack(">I", await reader.readexactly(4))[0]
+                    frames.append(Codec.decode(await reader.readexactly(size)))
+            except asyncio.IncompleteReadError:
+                pass
+
+        link = PeerLink(("127.0.0.1", port), secret)
+        try:
+            server = await asyncio.start_server(serve, "127.0.0.1", port, reuse_address=True)
+            link.enqueue((1, "checkpoint_done", "first"))
+            await wait_for_async(lambda: len(frames) == 1, 10, "the first frame")
+            server.close()
+            for peer in peers:  # the process dies: the kernel closes its connections
+                peer.transport.abort()
+            await server.wait_closed()
+            server = await asyncio.start_server(serve, "127.0.0.1", port, reuse_address=True)
+            async with server:
+                await wait_for_async(lambda: len(peers) == 2, 10, "the link reconnecting by itself")
+                link.enqueue((1, "checkpoint_done", "second"))
+                await wait_for_async(lambda: len(frames) == 2, 10, "the second frame")
+            return frames
+        finally:
+            await link.close()
+
+    assert asyncio.run(main()) == [[(1, "checkpoint_done", "first")], [(1, "checkpoint_done", "second")]]

@@ -175,7 +175,7 @@ class PeerLink:
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
-            reports = asyncio.create_task(self._read_reports(reader))
+            reports = asyncio.create_task(self._read_reports(reader, writer))
             try:
                 writer.write(_LENGTH.pack(len(self._secret)) + self._secret)
                 await self._write_loop(writer)
@@ -185,15 +185,19 @@ class PeerLink:
                 reports.cancel()
                 writer.close()
 
-    async def _read_reports(self, reader: asyncio.StreamReader) -> None:
-        """Hand each load report of the peer to ``on_load``, until the connection ends."""
+    async def _read_reports(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Hand each load report of the peer to ``on_load``, until the connection ends;
+        then close it and wake the write loop, which reconnects. An idle write loop would
+        otherwise learn that the peer is gone only from its next write, whose batch the
+        kernel takes and loses (a killed worker's checkpoint reports, say)."""
         try:
             while True:
                 frame = await read_frame(reader)
                 if len(frame) == _LOAD.size and self._on_load is not None:
                     self._on_load(_LOAD.unpack(frame)[0])
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass  # the write loop notices the closed connection and reconnects
+            writer.close()
+            self._wake.set()
 
     async def _write_loop(self, writer: asyncio.StreamWriter) -> None:
         while True:
