@@ -34,12 +34,13 @@ import logging
 import math
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 from streamflow.acking import PendingTrees
 from streamflow.collector import BoltOutputCollector, SpoutOutputCollector
-from streamflow.components import SpoutBase
+from streamflow.components import SpoutBase, Stateful
 from streamflow.inbox import BARRIER, CHECKPOINT_ALERT, CHECKPOINT_DONE, Inbox, Message
+from streamflow.state.keygroups import key_group
 from streamflow.state.kv import KeyValueState
 from streamflow.state.store import CheckpointId, StateStore
 from streamflow.stats import TaskStats
@@ -49,7 +50,8 @@ from streamflow.tuples import Tuple
 
 log = logging.getLogger(__name__)
 
-PREPARE, COMMIT, ROLLBACK = "prepare", "commit", "rollback"
+PREPARE, COMMIT, ROLLBACK, END = "prepare", "commit", "rollback", "end"
+"""Barrier actions; END says that the sending task's input has ended (finite spouts)."""
 STARTED, FAILED = "started", "failed"
 
 BarrierId = tuple[int, int]
@@ -186,6 +188,11 @@ class SpoutCheckpoints(_Party):
         self.forward(ROLLBACK, bid, txid, (upto, None))
         self.done(bid, True)
 
+    def ended(self) -> None:
+        """The spout is exhausted and done: tell the tasks downstream (their windows fire)."""
+        if self.initialized:
+            self.forward(END, self.generation or (0, 0), 0, None)
+
     def tree_failed(self, root: int) -> bool:
         """A tree failed: note it for the rollback it asks for. False if not in flight."""
         if root not in self._pending:
@@ -227,8 +234,11 @@ class BoltCheckpoints(_Party):
             spec = topology.components[component]
             groups = {**topology.config, **spec.config}["topology.state.key.groups"]
             index = topology.task_layout()[component].index(task)
-            self.state = KeyValueState(component, index, spec.parallelism, groups)
+            self.state = KeyValueState(component, index, spec.parallelism, groups,
+                                       group_of=lambda key: _group_of(bolt, key, groups))
             collector.deferred = []
+        self._ended: set[int] = set()
+        """Inputs that said their input ended, since the last rollback."""
         self._aligning: tuple[BarrierId, str, int, Any] | None = None
         self._arrived: set[int] = set()
         self._held: list[Message] = []
@@ -269,9 +279,16 @@ class BoltCheckpoints(_Party):
         self._received += len(payload)
         return True
 
+    def ticks_due(self) -> bool:
+        """Whether a tick may reach the bolt now: not on state a rollback is replacing."""
+        return self.initialized and (self._aligning is None or self._aligning[1] != ROLLBACK)
+
     async def barrier(self, message: Message) -> None:
         """A barrier from an input: align on it, and act once every input sent it."""
         source, action, epoch, seq, txid, extra = message[1]
+        if action == END:
+            self._input_ended(message)
+            return
         bid = (epoch, seq)
         if bid <= self._last:
             return  # a barrier already acted on (or a stale one)
@@ -299,6 +316,26 @@ class BoltCheckpoints(_Party):
         if self._arrived >= self._inputs:
             await self._act()
 
+    def _input_ended(self, message: Message) -> None:
+        """An input ended; once all have, pass it on and tell the bolt."""
+        source = message[1][0]
+        if self._aligning is not None:
+            if source in self._arrived:
+                self._held.append(message)  # behind the barrier it sent
+                return
+            if self._aligning[1] == ROLLBACK:
+                return  # ahead of the rollback: it will end again after
+        if not self.initialized or source in self._ended:
+            return
+        self._ended.add(source)
+        if self._ended >= self._inputs:
+            self.forward(END, self.generation or (0, 0), 0, None)
+            if isinstance(self._bolt, Stateful):
+                try:
+                    self._bolt.end_of_input()
+                except Exception as exc:
+                    self._stats.record_error(exc, "end_of_input")
+
     def check_failures(self) -> None:
         """Alert the coordinator if this task failed a tuple since it last looked: the
         failure must reach it before this task's report of the next barrier, or the
@@ -318,6 +355,7 @@ class BoltCheckpoints(_Party):
         else:
             ok, info = await self._rollback(extra[0])
             self._failures_seen = self._stats.failed
+            self._ended = set()
             if ok:
                 self.rolled_back(bid)
             self.forward(ROLLBACK, bid, txid, extra)
@@ -429,3 +467,10 @@ class BoltCheckpoints(_Party):
             return {}
         return {"state.keys": len(self.state), "state.bytes": self.state.bytes,
                 "state.rollbacks": self.rollbacks}
+
+
+def _group_of(bolt: Any, key: Hashable, groups: int) -> int:
+    """The key group of a state key: the bolt's say (:meth:`Stateful.state_key_group`),
+    else the key's own."""
+    group = bolt.state_key_group(key, groups)
+    return key_group(key, groups) if group is None else int(group)

@@ -15,7 +15,7 @@ default stream, or a dict ``{stream: [fields...]}`` for named streams.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Mapping, Sequence
 
 from streamflow.tuples import Tuple
 
@@ -35,6 +35,8 @@ class TaskContext:
     component: str
     task_id: int
     component_tasks: Mapping[str, tuple[int, ...]] = field(repr=False)
+    input_tasks: frozenset[int] = field(default=frozenset(), repr=False)
+    """The tasks of the components this one subscribes to."""
 
     @property
     def task_index(self) -> int:
@@ -169,6 +171,10 @@ class BoltBase(Component):
     Subclass :class:`Bolt`, :class:`BasicBolt`, :class:`AsyncBolt` or :class:`AsyncBasicBolt`.
     """
 
+    tick_seconds: float | None = None
+    """Ask for a tick tuple this often (``topology.tick.tuple.freq.secs`` wins when set):
+    a windowed bolt's clock."""
+
     emit: Callable[..., None]
     """``emit(values, stream="default", anchors=None)``: bound by the runtime."""
     emit_direct: Callable[..., None]
@@ -264,6 +270,17 @@ class Stateful:
     def pre_rollback(self) -> None:
         """The state is about to go back to the last committed checkpoint: drop caches
         derived from it."""
+
+    def end_of_input(self) -> None:
+        """Every input of this task has ended (the finite spouts upstream are exhausted
+        and done): a windowed bolt fires its last windows."""
+
+    def state_key_group(self, key: Hashable, groups: int) -> int | None:
+        """The key group (of ``groups``) that keeps ``key``; None: the key's own, by the
+        hash the fields grouping routes on. A bolt whose state keys are not the routed
+        values (a windowed bolt's keys hold the routed key and a window) says here which
+        group each belongs to."""
+        return None
 
 
 class StatefulBolt(Stateful, BasicBolt):

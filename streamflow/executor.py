@@ -115,7 +115,9 @@ class ComponentExecutor(Executor):
             ) from None
         self._component_config = spec.config
         self.config: Mapping[str, Any] = {**topology.config, **spec.config}
-        self.context = TaskContext(topology.name, component, task, topology.task_layout())
+        layout = topology.task_layout()
+        self.context = TaskContext(topology.name, component, task, layout,
+                                   frozenset(t for sub in spec.inputs for t in layout[sub.source]))
         self.topology = topology
         self.transport = transport
         self._collector_args = (topology, component, task, transport, local_tasks, self.stats)
@@ -224,6 +226,8 @@ class SpoutExecutor(ComponentExecutor):
                 continue
             if not self.pending and not self.finished and self._exhausted():
                 self.finished = True
+                if self.checkpoints is not None:
+                    self.checkpoints.ended()
             self.idle = True
             if self.finished:
                 await self.inbox.wait()
@@ -352,7 +356,7 @@ class BoltExecutor(ComponentExecutor):
             self._process = self._process_async_basic if basic else self._process_async
         else:
             self._process = self._process_basic if basic else self._process_plain
-        self._tick_every: float | None = self.config.get("topology.tick.tuple.freq.secs")
+        self._tick_every: float | None = self.config.get("topology.tick.tuple.freq.secs") or bolt.tick_seconds
         self.checkpoints: BoltCheckpoints | None = None
         """This task's part in checkpoints, in a topology with a stateful bolt."""
         if self.topology.is_stateful:
@@ -397,6 +401,9 @@ class BoltExecutor(ComponentExecutor):
                     if kind != TICK:  # checkpoint traffic: after this batch is done
                         control = message
                         break
+                    if checkpoints is not None and not checkpoints.ticks_due():
+                        message = take()  # no tick on state that is not restored yet
+                        continue
                     payload = [Tuple((), TICK_ORIGIN, None)]
                 elif checkpoints is not None and not checkpoints.admit(message):
                     message = take()  # held behind a barrier, or stale
@@ -424,6 +431,7 @@ class BoltExecutor(ComponentExecutor):
                     checkpoints.check_failures()
             if control is not None:
                 await self._checkpoint_message(control)
+                await collector.flush()  # what the bolt emitted at the end of its input
             await asyncio.sleep(0)
 
     async def _checkpoint_message(self, message: Message) -> None:

@@ -52,7 +52,8 @@ class ListSpout(Spout):
 
     The rows are split among the spout's tasks: task ``i`` of ``n`` emits rows
     ``i, i+n, ...``. ``stream`` picks the output stream. Finite: exhausted once every row
-    is acked or has failed past its retries.
+    is acked or has failed past its retries. In a topology with checkpointed state it
+    keeps a position, as a log would, and a rollback replays its rows in order.
     """
 
     def __init__(
@@ -71,7 +72,9 @@ class ListSpout(Spout):
 
     def open(self, config: Mapping[str, Any], context: TaskContext) -> None:
         self._task = context.task_id
-        self._todo = deque(range(context.task_index, len(self.rows), context.parallelism))
+        self._first, self._step = context.task_index, context.parallelism
+        self._share = f"{context.task_index}/{context.parallelism}"
+        self._todo = deque(range(self._first, len(self.rows), self._step))
         self._retries: Counter[int] = Counter()
         self._in_flight = 0
 
@@ -98,6 +101,19 @@ class ListSpout(Spout):
 
     def exhausted(self) -> bool:
         return not self._todo
+
+    def position(self) -> dict[str, int]:
+        """For checkpointed state: the first row of this task's share not done with."""
+        return {self._share: min(self._todo, default=len(self.rows))}
+
+    def seek(self, positions: Mapping[str, Any]) -> None:
+        """Emit this task's rows again from the checkpointed one, in order, but those
+        that failed past their retries."""
+        start = int(positions.get(self._share, self._first))
+        retries = self.max_retries
+        self._todo = deque(i for i in range(start, len(self.rows), self._step)
+                           if retries is None or self._retries[i] <= retries)
+        self._in_flight = 0
 
 
 class CollectBolt(Bolt):

@@ -9,13 +9,15 @@ only that.
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 from streamflow.state.codec import decode_key, decode_value, encode_key, encode_value
 from streamflow.state.keygroups import groups_of_task, key_group, task_of_group
 from streamflow.state.store import Changes
 
 _ABSENT = object()
+_LAZY = b""
+"""In ``_dirty``: changed, to be encoded at the next prepare (no encoded value is empty)."""
 
 
 class KeyValueState:
@@ -32,12 +34,16 @@ class KeyValueState:
     it is then.
     """
 
-    def __init__(self, component: str, task_index: int, tasks: int, groups: int) -> None:
+    def __init__(self, component: str, task_index: int, tasks: int, groups: int,
+                 group_of: Callable[[Hashable], int] | None = None) -> None:
         self._component = component
         self._index, self._tasks, self._groups = task_index, tasks, groups
+        self._group_of = group_of or (lambda key: key_group(key, groups))
+        """The key group that holds a key: the key's own hash, unless the bolt says
+        otherwise (a windowed bolt keeps its windows in the group of their key)."""
         self._data: dict[Hashable, Any] = {}
         self._dirty: dict[Hashable, bytes | None] = {}
-        """Encoded values (None: deleted) changed since the last prepare."""
+        """Encoded values (None: deleted; ``_LAZY``: to encode) changed since the last prepare."""
         self._prepared: list[tuple[tuple[int, int], dict[Hashable, bytes | None]]] = []
         """Changes of prepared checkpoints that have not committed yet, oldest first."""
         self._sizes: dict[Hashable, int] = {}
@@ -55,6 +61,15 @@ class KeyValueState:
             self._check_owned(key)
         self._data[key] = value
         self._dirty[key] = data
+
+    def put_lazily(self, key: Hashable, value: Any) -> None:
+        """``put`` for a value that grows in place (a window's tuples): encoded only at
+        the next checkpoint, and again at each checkpoint after a ``put_lazily``. The
+        caller makes sure it encodes (``orjson.Fragment`` parts are taken as they are)."""
+        if key not in self._data:
+            self._check_owned(key)
+        self._data[key] = value
+        self._dirty[key] = _LAZY
 
     def delete(self, key: Hashable) -> None:
         if self._data.pop(key, _ABSENT) is not _ABSENT:
@@ -74,7 +89,7 @@ class KeyValueState:
 
     def _check_owned(self, key: Hashable) -> None:
         encode_key(key)  # a key the codec refuses fails here, naming its type
-        group = key_group(key, self._groups)
+        group = self._group_of(key)
         owner = task_of_group(group, self._groups, self._tasks)
         if owner != self._index:
             raise KeyError(
@@ -88,16 +103,20 @@ class KeyValueState:
         """Seal the changes made so far into checkpoint ``at`` and return, by key group,
         every change since the last committed checkpoint (those of prepared checkpoints
         that did not commit included: their writes are replaced)."""
-        self._prepared.append((at, self._dirty))
+        dirty = self._dirty
+        for key, value in dirty.items():
+            if value is not None and not value:  # _LAZY
+                dirty[key] = encode_value(self._data[key]) if key in self._data else None
+        self._prepared.append((at, dirty))
         self._dirty = {}
         merged: dict[Hashable, bytes | None] = {}
         for _, changes in self._prepared:
             merged.update(changes)
         by_group: dict[int, dict[bytes, bytes | None]] = {}
-        groups, sizes = self._groups, self._sizes
+        group_of, sizes = self._group_of, self._sizes
         for key, value in merged.items():
             encoded = encode_key(key)
-            by_group.setdefault(key_group(key, groups), {})[encoded] = value
+            by_group.setdefault(group_of(key), {})[encoded] = value
             size = 0 if value is None else len(encoded) + len(value)
             self.bytes += size - sizes.pop(key, 0)
             if size:
