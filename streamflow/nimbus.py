@@ -44,7 +44,7 @@ from streamflow.metrics import TopologyCollector, exposition
 from streamflow.package import unpack
 from streamflow.scheduler import Slot, schedule
 from streamflow.telemetry import Report, combine
-from streamflow.topology import task_layout
+from streamflow.topology import CHECKPOINT_COMPONENT, task_layout
 from streamflow.zkstate import ClusterState, new_topology_id, slot_key
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ CODE_GRACE_SECS = 1.0
 stop its workers on the assignment's removal, and a worker starting meanwhile still
 finds its code."""
 """Operations a standby answers itself (they read ZooKeeper and supervisors only)."""
+
+
+SYSTEM_KINDS = {CHECKPOINT_COMPONENT: "checkpoint"}
+"""Kinds of the engine's own components other than ackers, as status names them."""
 
 
 class ApiError(Exception):
@@ -335,7 +339,7 @@ class Nimbus:
         errors = self.state.errors(topology_id)
         components = {}
         for c, tasks in reports.items():
-            spec = specs.get(c, {"kind": "acker", "inputs": []})
+            spec = specs.get(c, {"kind": SYSTEM_KINDS.get(c, "acker"), "inputs": []})
             view = combine(spec["kind"], tasks)
             last = errors[c][-1] if errors.get(c) else None
             components[c] = {"tasks": len(layout[c]), "inputs": spec["inputs"], **view, "last_error": last}

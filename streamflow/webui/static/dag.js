@@ -12,6 +12,9 @@ const ROW_GAP = 34;
 const MARGIN = 16;
 export const HOT_CAPACITY = 0.8;
 
+/** Kinds of the engine's own components: not drawn, not rebalanced. */
+export const SYSTEM_KINDS = ["acker", "checkpoint"];
+
 /** Column of each component: 0 for those with no input, else one past its furthest input. */
 function columns(names, inputs) {
   const column = Object.fromEntries(names.map((n) => [n, 0]));
@@ -59,9 +62,9 @@ function node(name, component, x, y) {
   svg("text", { x: 12, y: 51, class: "node-rate", "data-field": "rate" }, rate(component.rate)));
 }
 
-/** Where each component (ackers left out) sits: its column and its row (centred on 0). */
+/** Where each component (ackers and the checkpoint coordinator left out) sits: its column and its row (centred on 0). */
 function layout(components) {
-  const names = Object.keys(components).filter((n) => components[n].kind !== "acker");
+  const names = Object.keys(components).filter((n) => !SYSTEM_KINDS.includes(components[n].kind));
   const inputs = Object.fromEntries(names.map((n) => [n, components[n].inputs || []]));
   const column = columns(names, inputs);
   return { names, inputs, column, row: rows(names, inputs, column) };

@@ -5,7 +5,7 @@
 import {
   api, badge, count, DASH, duration, el, latency, live, plural, rate, showProblem, table, when,
 } from "./common.js";
-import { drawDag, flowOrder, HOT_CAPACITY } from "./dag.js";
+import { drawDag, flowOrder, HOT_CAPACITY, SYSTEM_KINDS } from "./dag.js";
 
 const NAME = decodeURIComponent(location.pathname.replace(/^\/topology\//, ""));
 const COUNTERS = ["emitted", "executed", "acked", "failed", "replayed"];
@@ -100,7 +100,7 @@ let parallelismFor = "";
 /** One parallelism input per component, rebuilt only when the components change, so that
  * what the user is typing survives refreshes. */
 function rebalanceInputs(components) {
-  const names = flowOrder(components).filter((n) => components[n].kind !== "acker");
+  const names = flowOrder(components).filter((n) => !SYSTEM_KINDS.includes(components[n].kind));
   if (names.join("\n") === parallelismFor) return;
   parallelismFor = names.join("\n");
   const inputs = names.map((n) => el("label", {}, n,
