@@ -147,12 +147,7 @@ class PendingTrees:
 
     def expired(self, cutoff: float) -> Iterator[Any]:
         """Remove and yield the message ids of trees emitted before ``cutoff``."""
-        old = []
-        for root, (_, emitted) in self._trees.items():
-            if emitted >= cutoff:
-                break
-            old.append(root)
-        for root in old:
+        for root in self.emitted_before(cutoff):
             yield self._trees.pop(root)[0]
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from streamflow.checkpoint import COMMIT, FAILED, PREPARE, ROLLBACK, STARTED
 from streamflow.executor import Executor
-from streamflow.inbox import CHECKPOINT, CHECKPOINT_ALERT, CHECKPOINT_DONE, Inbox
+from streamflow.inbox import CHECKPOINT, CHECKPOINT_ALERT, CHECKPOINT_DONE, Inbox, Message
 from streamflow.state.store import CheckpointId, Fenced, StateProvider
 from streamflow.topology import CHECKPOINT_COMPONENT, Topology
 from streamflow.transport.base import Transport
@@ -181,15 +181,9 @@ class CheckpointCoordinator(Executor):
         infos: dict[int, Any] = {}
         deadline = time.monotonic() + self._timeout
         while waiting:
-            message = self.inbox.get_nowait()
+            message = await self._next_message(deadline)
             if message is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _Abort(f"no report from tasks {sorted(waiting)[:10]} within {self._timeout:g} s")
-                self.idle = True
-                await self.inbox.wait(left)
-                self.idle = False
-                continue
+                raise _Abort(f"no report from tasks {sorted(waiting)[:10]} within {self._timeout:g} s")
             kind, payload = message
             if kind == CHECKPOINT_DONE:
                 task, epoch, seq, ok, info = payload
@@ -229,32 +223,31 @@ class CheckpointCoordinator(Executor):
         """Wait ``seconds``, taking alerts meanwhile (one may call for a rollback at once)."""
         deadline = time.monotonic() + seconds
         while not self._rollback_wanted:
-            message = self.inbox.get_nowait()
+            message = await self._next_message(deadline)
             if message is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self.idle = True
-                await self.inbox.wait(left)
-                self.idle = False
-                continue
+                return
             if message[0] == CHECKPOINT_ALERT:
                 self._alerted(message[1])
 
     async def _await_tasks(self, deadline: float) -> None:
         """Before the first round: wait until every task said it started, or ``deadline``."""
         while not set(self._component_of) <= self._started:
-            message = self.inbox.get_nowait()
+            message = await self._next_message(deadline)
             if message is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self.idle = True
-                await self.inbox.wait(left)
-                self.idle = False
-                continue
+                return
             if message[0] == CHECKPOINT_ALERT and message[1][1] == STARTED:
                 self._started.add(message[1][0])
+
+    async def _next_message(self, deadline: float) -> Message | None:
+        """The next message of the inbox, waiting for it until ``deadline`` (then None)."""
+        while (message := self.inbox.get_nowait()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.idle = True
+            await self.inbox.wait(left)
+            self.idle = False
+        return message
 
     async def _retrying(self, call: Callable[[], T]) -> T:
         """``call`` on a thread until it succeeds (the provider may be down at start)."""
