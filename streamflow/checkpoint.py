@@ -333,8 +333,10 @@ class BoltCheckpoints(_Party):
             if isinstance(self._bolt, Stateful):
                 try:
                     self._bolt.end_of_input()
-                except Exception as exc:
+                except Exception as exc:  # a failure, as in process: roll back, replay, try again
                     self._stats.record_error(exc, "end_of_input")
+                    self._stats.failed += 1
+                    self.check_failures()
 
     def check_failures(self) -> None:
         """Alert the coordinator if this task failed a tuple since it last looked: the

@@ -94,7 +94,8 @@ class Window:
     """One firing of a window, as ``execute`` gets it.
 
     ``start`` and ``end`` are epoch milliseconds for time windows (``end`` excluded), and
-    the key's tuple counts for count windows. ``tuples`` are the window's, oldest pane
+    the key's tuple counts for count windows (``start`` is ``end - length`` there too,
+    below 0 for a key's first windows, so that each window has a start of its own). ``tuples`` are the window's, oldest pane
     first; ``new`` those it has that the key's previous window had not, ``expired`` those
     the previous had that it has not (empty lists for an aggregate window, whose
     ``result`` is the aggregate's)."""
@@ -220,6 +221,8 @@ class WindowedBolt(Stateful, Bolt):
 
     def pre_prepare(self, txid: int) -> None:
         assert self._state is not None
+        if not self._state_loaded:  # a checkpoint right after a rollback: save what it restored
+            self._load()
         self._state.put(("w", self._index), self._watermark)
 
     def _load(self) -> None:
@@ -371,7 +374,7 @@ class WindowedBolt(Stateful, Bolt):
         self._counts[key] = seq = seq + 1
         self._state.put(("n", key), seq)
         if seq % self.slide == 0:
-            self._fire(key, max(seq - self.length, 0), seq)
+            self._fire(key, seq - self.length, seq)
             # Panes before this window's start stay for a list window's next expired.
             start = seq - self.length + (0 if self.aggregate is None else self.slide)
             self._drop(key, [s for s in self._panes[key] if s + self.pane <= start])

@@ -460,8 +460,8 @@ def count_truth(rows: Sequence[Sequence[Any]], length: int, slide: int
     for user, seq in per_user.items():
         previous: list[int] = []
         for end in range(slide, len(seq) + 1, slide):
-            start = max(end - length, 0)
-            now = seq[start:end]
+            start = end - length  # below 0 for the first windows, so that each start is its own
+            now = seq[max(start, 0):end]
             out[(user, end)] = (start, now, [r for r in now if r not in previous],
                                 [r for r in previous if r not in now])
             previous = now
@@ -495,9 +495,6 @@ def test_count_windows_fire_every_slide_tuples_of_a_key_with_its_last_length_tup
     assert set(ledger.acked) == set(range(len(rows)))
 
 
-@pytest.mark.xfail(strict=True, reason="the first count windows of a key all start at 0 (window [0, 5) and "
-                   "[0, 10) of Count(10) by Count(5)), so the (key, window start) the module docstring tells "
-                   "consumers to keep the last output by does not tell them apart")
 def test_each_count_window_of_a_key_has_a_start_of_its_own() -> None:
     rows = [("u", 0, i) for i in range(20)]
     top, ledger = topology(Report(Count(10), Count(5), key_field="user"), rows, tasks=1, late=False)
@@ -695,9 +692,6 @@ def test_windows_stay_exact_when_execute_raises_once() -> None:
     assert members(got) == time_truth(rows, 1000, 1000)
 
 
-@pytest.mark.xfail(strict=True, reason="an exception from execute during end_of_input is only recorded "
-                   "(checkpoint.py BoltCheckpoints._input_ended): no tuple fails, so no rollback; the "
-                   "watermark is already past every window, and the windows not fired yet are lost")
 def test_windows_stay_exact_when_execute_raises_on_a_window_fired_at_the_end_of_input() -> None:
     rows = [(f"u{i % 3}", i * 10, i) for i in range(1000)]
     faults = Faults([0])
@@ -732,10 +726,6 @@ class SlowSeek(ListSpout):
             super().next_tuple()
 
 
-@pytest.mark.xfail(strict=True, reason="after a rollback the watermark is reloaded from the state only at the "
-                   "next tuple or tick (windows.py _load), but pre_prepare saves self._watermark, still the one "
-                   "from before the rollback: a checkpoint first stores that later watermark, and the replayed "
-                   "rows behind it are then late and dropped")
 def test_a_checkpoint_right_after_a_rollback_keeps_the_watermark_the_rollback_restored() -> None:
     # In order, lag 0: no row is ever late. Row 550 fails once upstream: rows after it
     # fire window [5000, 6000) without it, the rollback takes that back, and the
