@@ -96,9 +96,9 @@ class Window:
     ``start`` and ``end`` are epoch milliseconds for time windows (``end`` excluded), and
     the key's tuple counts for count windows (``start`` is ``end - length`` there too,
     below 0 for a key's first windows, so that each window has a start of its own).
-    ``tuples`` are the window's, oldest pane first; ``new`` those it has that the key's previous window had not, ``expired`` those
-    the previous had that it has not (empty lists for an aggregate window, whose
-    ``result`` is the aggregate's)."""
+    ``tuples`` are the window's, oldest pane first; ``new`` those it has that the key's
+    previous window had not, ``expired`` those the previous had that it has not (empty
+    lists for an aggregate window, whose ``result`` is the aggregate's)."""
 
     key: Any
     start: int
