@@ -244,7 +244,9 @@ class ComponentProcess:
             self.log.info("output of pid %d: %s", self.pid, line)
 
     def _stderr_said(self) -> str:
-        return f"; its stderr ended with: {' | '.join(self.stderr_tail)}" if self.stderr_tail else ""
+        """Its last line of stderr that says something (a traceback's last line)."""
+        said = [line.strip() for line in self.stderr_tail if any(c.isalnum() for c in line)]
+        return f"; its stderr ended with: {said[-1]}" if said else ""
 
     def death(self, code: int | None, timeout: float | None = None) -> ComponentDied:
         """The error to report for a process that ended with ``code``."""
