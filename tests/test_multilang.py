@@ -189,6 +189,39 @@ def test_a_component_that_stops_answering_is_killed_after_the_subprocess_timeout
     assert time.monotonic() - started < 10
 
 
+def test_an_error_a_component_reports_is_the_tasks_error_and_its_tuple_is_replayed(
+        tmp_path: Path, no_orphans: None) -> None:
+    ledger = Ledger()
+    builder = TopologyBuilder("boom")
+    builder.set_spout("words", ListSpout([("a",), ("boom",), ("b",)], ["word"], ledger))
+    builder.set_bolt("upper", ShellBolt(sys.executable, str(UPPER), outputs=["word"])).shuffle_grouping("words")
+    builder.set_bolt("collect", CollectBolt(ledger)).shuffle_grouping("upper")
+    run = run_local(builder.build({"test.raise_file": str(tmp_path / "raised")}), timeout=30)
+    assert run.outcome == "finished" and sorted(ledger.acked) == [0, 1, 2], ledger.failed
+    assert ledger.failed[1] >= 1 and set(ledger.failed) <= {1, 2}  # and what the dying process had
+    assert sorted(tup.values[0] for _, tup in ledger.received) == ["A", "B", "BOOM"]
+    upper = run.component("upper")
+    assert upper.errors == 2  # the error it reported, then its exit (pystorm exits after an error)
+    assert upper.last_error is not None and "exited with code 1" in upper.last_error.message
+
+
+def test_kill_9_of_a_shell_spout_process_starts_another(no_orphans: None) -> None:
+    ledger = Ledger()
+    builder = TopologyBuilder("sentences")
+    spout = ShellSpout("streamparse_run", "features.Sentences", outputs=["sentence"], cwd=FEATURES / "src")
+    builder.set_spout("sentences", spout)
+    builder.set_bolt("collect", CollectBolt(ledger)).shuffle_grouping("sentences")
+    thread, result = run_in_thread(builder.build(), timeout=4)
+    wait_until(lambda: len(ledger.received) == 300, 20, "the first process's sentences")
+    (victim,) = component_processes("features.Sentences")
+    victim.kill()
+    wait_until(lambda: len(ledger.received) == 600, 20, "the next process's sentences")
+    thread.join(30)
+    sentences = result["run"].component("sentences")
+    assert (sentences.emitted, sentences.errors) == (600, 1)
+    assert sentences.last_error is not None and "was killed by SIGKILL" in sentences.last_error.message
+
+
 def test_a_component_that_cannot_start_fails_its_task_in_one_line(no_orphans: None) -> None:
     builder = TopologyBuilder("broken")
     builder.set_spout("words", ListSpout([("a",)], ["word"], Ledger()))

@@ -9,6 +9,8 @@ config, which the handshake hands it:
   stop answering (sleep), once.
 - ``test.exit_on``: exit with code 3 on that word.
 - ``test.sleep``: seconds to sleep on each tuple.
+- ``test.raise_file``: on the word ``boom``, if that file does not exist, create it and
+  raise (pystorm reports the error, fails the tuple and exits), once.
 """
 
 import os
@@ -24,6 +26,7 @@ class Upper(Bolt):
         self.hang_file = conf.get("test.hang_file")
         self.exit_on = conf.get("test.exit_on")
         self.sleep = conf.get("test.sleep", 0)
+        self.raise_file = conf.get("test.raise_file")
         self.logger.info("upper ready in task %s", context["taskid"])
 
     def process(self, tup):
@@ -33,6 +36,9 @@ class Upper(Bolt):
         if word == "hang" and self.hang_file and not os.path.exists(self.hang_file):
             open(self.hang_file, "w").close()
             time.sleep(3600)
+        if word == "boom" and self.raise_file and not os.path.exists(self.raise_file):
+            open(self.raise_file, "w").close()
+            raise ValueError("boom at the first try")
         if self.sleep:
             time.sleep(self.sleep)
         if word == self.exit_on:
