@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent / "multilang"
 QUICKSTART = HERE / "wordcount"
 FEATURES = HERE / "features"
 UPPER = HERE / "components" / "upper.py"
+NODE = HERE / "node"
 
 
 # -- the wire format ------------------------------------------------------------------
@@ -246,6 +247,27 @@ def test_a_shell_spout_feeds_native_bolts(no_orphans: None) -> None:
     sentences = run.component("sentences")
     assert (sentences.emitted, sentences.acked, sentences.failed, sentences.errors) == (300, 300, 0, 0)
     assert len(ledger.received) == 300
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+def test_a_nodejs_bolt_written_against_storms_storm_js(caplog: pytest.LogCaptureFixture, no_orphans: None) -> None:
+    ledger = Ledger()
+    sentences = ["the cow jumped over the moon", "an apple a day keeps the doctor away"]
+    builder = TopologyBuilder("node")
+    builder.set_spout("sentences", ListSpout([(s,) for s in sentences], ["sentence"], ledger))
+    split = ShellBolt("node", "splitsentence.js", outputs=["word"], cwd=NODE)
+    builder.set_bolt("split", split, 2).shuffle_grouping("sentences")
+    builder.set_bolt("collect", CollectBolt(ledger)).shuffle_grouping("split")
+    topology = builder.build()
+    with caplog.at_level("INFO", logger="streamflow.multilang"):
+        run = run_local(topology, timeout=30)
+    assert run.outcome == "finished" and sorted(ledger.acked) == [0, 1] and not ledger.failed
+    assert sorted(tup.values[0] for _, tup in ledger.received) == sorted(" ".join(sentences).split())
+    (collect_task,) = topology.task_layout()["collect"]  # the task ids storm.js asked for, each emit
+    logged = [r.getMessage() for r in caplog.records if "sent to task ids" in r.getMessage()]
+    assert len(logged) == len(" ".join(sentences).split())
+    assert all(line.endswith(f"sent to task ids - {collect_task}") for line in logged)
+    assert run.component("split").errors == 0
 
 
 # -- streamparse projects through the CLI ---------------------------------------------
