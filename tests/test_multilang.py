@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import msgpack
 import psutil
 import pytest
+from cluster import wait_for
 
 from streamflow import TopologyBuilder, run_local
 from streamflow.executor import TaskFailed
@@ -37,6 +38,7 @@ QUICKSTART = HERE / "wordcount"
 FEATURES = HERE / "features"
 UPPER = HERE / "components" / "upper.py"
 NODE = HERE / "node"
+SHOUT = HERE / "shout" / "shout.py"
 
 
 # -- the wire format ------------------------------------------------------------------
@@ -428,3 +430,27 @@ def test_ctrl_c_stops_a_streamparse_topology_and_its_component_processes(tmp_pat
     assert proc.returncode == 130
     assert "interrupted in" in rest and "Traceback" not in "".join(seen) + rest
     assert not processes_in(project / "src")
+
+
+# -- on a cluster -----------------------------------------------------------------------
+
+
+def test_a_multilang_bolt_on_a_two_worker_cluster_runs_in_the_workers_and_stops_with_them(
+        cluster: Any, tmp_path: Path) -> None:
+    source, out = tmp_path / "lines.txt", tmp_path / "out.jsonl"
+    source.write_text("".join(f"line {i}\n" for i in range(2000)))
+    result = cluster.cli("submit", str(SHOUT), "--name", "shout", "--workers", "2",
+                         "-c", f"input.path={source}", "-c", f"output.path={out}")
+    assert result.returncode == 0, result.stderr
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+
+    wait_for(lambda: len(lines()) >= 2000, 120, "every line shouted")
+    assert sorted(r["line"] for r in lines()) == sorted(f"LINE {i}" for i in range(2000))
+    pids = {r["pid"] for r in lines()}
+    workers = set(cluster.worker_pids().values())
+    assert len(pids) == 2 and len(workers) == 2
+    assert {psutil.Process(pid).ppid() for pid in pids} <= workers  # started by the workers
+    cluster.kill_all()
+    wait_for(lambda: not component_processes("shout_bolt.py"), 30, "the component processes gone")
