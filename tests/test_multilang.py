@@ -339,6 +339,35 @@ def test_describe_shows_a_streamparse_topology_as_streamflow_runs_it(tmp_path: P
     assert bolt["class"] == "streamflow.multilang.bolt.ShellBolt"
 
 
+def test_every_streamparse_grouping_maps_to_streamflows_and_par_per_environment(tmp_path: Path) -> None:
+    project = copy_project(QUICKSTART, tmp_path)
+    (project / "topologies" / "groupings.py").write_text(
+        "from streamparse import Grouping, Topology\n"
+        "from bolts.wordcount import WordCountBolt\n"
+        "from spouts.words import WordSpout\n\n"
+        "class Groupings(Topology):\n"
+        "    config = {'topology.message.timeout.secs': 7}\n"
+        "    words = WordSpout.spec(par={'prod': 3})\n"
+        "    by_word = WordCountBolt.spec(inputs={words: Grouping.fields('word')})\n"
+        "    everywhere = WordCountBolt.spec(inputs={words: Grouping.ALL}, par=2)\n"
+        "    lowest = WordCountBolt.spec(inputs={words: Grouping.GLOBAL})\n"
+        "    any_task = WordCountBolt.spec(inputs={words: Grouping.NONE})\n"
+        "    local = WordCountBolt.spec(inputs={words: Grouping.LOCAL_OR_SHUFFLE},\n"
+        "                               config={'topology.tick.tuple.freq.secs': 5})\n"
+        "    shuffled = WordCountBolt.spec(inputs=[words])\n")
+    result = streamflow("describe", str(project / "topologies" / "groupings.py"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    described = json.loads(result.stdout)
+    components = described["components"]
+    groupings = {name: (c["inputs"][0]["grouping"], c["inputs"][0]["fields"])
+                 for name, c in components.items() if c["kind"] == "bolt"}
+    assert groupings == {"by_word": ("fields", ["word"]), "everywhere": ("all", []), "lowest": ("global", []),
+                         "any_task": ("none", []), "local": ("local_or_shuffle", []), "shuffled": ("shuffle", [])}
+    assert components["words"]["parallelism"] == 3 and components["everywhere"]["parallelism"] == 2
+    assert described["name"] == "groupings" and described["config"]["topology.message.timeout.secs"] == 7
+    assert described["config"]["pystorm.log.level"] == "info"  # config.json's env log level, for pystorm
+
+
 def test_named_and_direct_streams_ticks_and_msgpack_of_a_streamparse_project(tmp_path: Path) -> None:
     project = copy_project(FEATURES, tmp_path)
     result = streamflow("--log-level", "INFO", "local", str(project / "topologies" / "features.py"),
