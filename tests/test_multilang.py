@@ -153,6 +153,23 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+def test_a_bolt_that_holds_tuples_until_a_tick_gets_more_than_max_pending_of_them(no_orphans: None) -> None:
+    ledger = Ledger()
+    builder = TopologyBuilder("batching")
+    builder.set_spout("words", ListSpout([(f"w{i % 7}",) for i in range(500)], ["word"], ledger))
+    batching = ShellBolt(sys.executable, str(HERE / "components" / "batching.py"), outputs=["word", "count"])
+    builder.set_bolt("batch", batching, config={"topology.tick.tuple.freq.secs": 0.2}).shuffle_grouping("words")
+    builder.set_bolt("collect", CollectBolt(ledger)).shuffle_grouping("batch")
+    topology = builder.build({"topology.shellbolt.max.pending": 10, "topology.max.spout.pending": 1000})
+    run = run_local(topology, timeout=30)
+    assert run.outcome == "finished" and sorted(ledger.acked) == list(range(500)) and not ledger.failed
+    counts: dict[str, int] = {}
+    for _, tup in ledger.received:
+        counts[tup.values[0]] = counts.get(tup.values[0], 0) + tup.values[1]
+    assert counts == {f"w{k}": len(range(k, 500, 7)) for k in range(7)}
+    assert len(ledger.received) < 100  # batches of many tuples, not one per tick
+
+
 def test_kill_9_of_a_component_process_fails_its_tuples_which_are_replayed_and_it_comes_back(
         no_orphans: None) -> None:
     ledger = Ledger()
