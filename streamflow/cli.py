@@ -247,9 +247,10 @@ def _submit(args: argparse.Namespace) -> int:
         overrides["topology.workers"] = args.workers
     path = Path(args.file)
     load_topology(path, overrides)  # refuse an invalid topology before uploading it
+    file, package = pack(path)
     answer = _client(args).call("POST", "submit", body={
-        "name": args.name, "file": path.name, "config": overrides, "workers": args.workers,
-        "package": base64.b64encode(pack(path)).decode(),
+        "name": args.name, "file": file, "config": overrides, "workers": args.workers,
+        "package": base64.b64encode(package).decode(),
     })
     print(f"submitted {answer['name']} as {answer['id']}")
     return EXIT_OK

@@ -250,7 +250,7 @@ def test_invalid_topology_is_refused_by_the_cli_and_by_nimbus_with_the_same_line
     with pytest.raises(StreamflowError) as refused:  # past the CLI's check, straight to nimbus
         NimbusClient(cluster.url, TOKEN).call("POST", "submit", body={
             "name": "cyclic", "file": "cyclic.py", "config": {},
-            "package": base64.b64encode(pack(topology)).decode()})
+            "package": base64.b64encode(pack(topology)[1]).decode()})
     assert str(refused.value) == "nimbus refused: " + cli_line.removeprefix("streamflow: error: ")
     assert cluster.api("list")["topologies"] == []
 

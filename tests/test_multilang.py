@@ -500,3 +500,26 @@ def test_a_multilang_bolt_on_a_two_worker_cluster_runs_in_the_workers_and_stops_
     assert {psutil.Process(pid).ppid() for pid in pids} <= workers  # started by the workers
     cluster.kill_all()
     wait_for(lambda: not component_processes("shout_bolt.py"), 30, "the component processes gone")
+
+
+def test_the_quickstart_project_runs_on_a_two_worker_cluster(cluster: Any, tmp_path: Path) -> None:
+    # submit ships the whole project (src/, config.json, topologies/): each worker runs the
+    # components as streamparse_run processes in its unpacked src/.
+    project = copy_project(QUICKSTART, tmp_path)
+    result = cluster.cli("submit", str(project / "topologies" / "wordcount.py"), "--name", "quickstart",
+                         "--workers", "2")
+    assert result.returncode == 0, result.stderr
+
+    def counted() -> int:
+        components = cluster.status("quickstart")["components"]
+        return int(components.get("count_bolt", {}).get("acked", 0))
+
+    wait_for(lambda: counted() >= 2000, 120, "words counted on the cluster")
+    workers = set(cluster.worker_pids().values())
+    runs = [p for p in component_processes("bolts.wordcount.WordCountBolt")]
+    assert len(workers) == 2 and len(runs) == 2
+    assert {psutil.Process(p.pid).ppid() for p in runs} <= workers
+    assert all(Path(p.cwd()).name == "src" for p in runs)
+    cluster.kill_all()
+    wait_for(lambda: not [p for p in component_processes("streamparse_run") if p.is_running()], 30,
+             "the component processes gone")

@@ -52,7 +52,7 @@ class Node:
         directory = self.tmp_path / f"package-{len(list(self.tmp_path.glob('package-*')))}"
         directory.mkdir()
         (directory / "topology.py").write_text(code)
-        return pack(directory / "topology.py")
+        return pack(directory / "topology.py")[1]
 
     def assign(self, topology: str, package: bytes, ports: list[int]) -> None:
         """Submit ``topology`` and assign it a task on each of ``ports``, as nimbus would."""
