@@ -102,6 +102,13 @@ SETTINGS: dict[str, Setting] = {
                 doc="how often a topology with stateful bolts checkpoints their state"),
         Setting("topology.state.key.groups", int, 128, minimum=1,
                 doc="key groups of a stateful bolt's state: its highest possible parallelism"),
+        Setting("topology.shellbolt.max.pending", int, 100, minimum=1,
+                doc="tuples a multilang bolt's process may have unanswered (written, not acked or failed)"),
+        Setting("topology.subprocess.timeout.secs", float, 30, minimum=0, exclusive_minimum=True,
+                doc="a multilang component's process that answers nothing this long is killed and restarted"),
+        Setting("topology.multilang.serializer", str, None, nullable=True, accepts=lambda v: isinstance(v, str),
+                expected="json or msgpack",
+                doc="how multilang components talk when their command line does not say: json or msgpack"),
         Setting("kafka.stop_at_end", bool, None, nullable=True,
                 doc="Kafka spouts stop at the end offsets seen at start, so local mode ends; "
                     "null: as each spout was built"),

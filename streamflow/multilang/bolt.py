@@ -27,8 +27,6 @@ from streamflow.multilang.protocol import Message
 from streamflow.multilang.shell import ProtocolError, ShellComponent, emitted_to
 from streamflow.tuples import DEFAULT_STREAM, SYSTEM_COMPONENT, TICK_STREAM, Origin, Tuple
 
-DEFAULT_MAX_PENDING = 100
-"""``topology.shellbolt.max.pending`` when unset, as in Storm."""
 HEARTBEAT_STREAM = "__heartbeat"
 SYSTEM_TASK = -1
 """The task id of tick and heartbeat tuples, as Storm sends them."""
@@ -63,7 +61,7 @@ class ShellBolt(ShellComponent, Bolt):
         """For each heartbeat sent and not yet answered, the last id written before it."""
         self._room = asyncio.Event()
         self._heads: dict[Origin, bytes] = {}
-        self._max_pending = int(config.get("topology.shellbolt.max.pending") or DEFAULT_MAX_PENDING)
+        self._max_pending = int(config["topology.shellbolt.max.pending"])
         tick = config.get("topology.tick.tuple.freq.secs") or self.tick_seconds
         self._tick_values = [int(tick) if float(tick).is_integer() else tick] if tick else []
         await self._open_process(config, context)

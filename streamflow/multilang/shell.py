@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from streamflow.stats import TaskStats
     from streamflow.topology import Topology
 
-DEFAULT_TIMEOUT = 30.0
-"""``topology.subprocess.timeout.secs`` when unset (Storm's supervisor.worker.timeout.secs)."""
 WATCH_EVERY = 1.0
 """Seconds between two checks that the process answers (and a bolt's heartbeat)."""
 RESTART_FIRST, RESTART_MAX, RESTART_RESET = 0.1, 10.0, 60.0
@@ -96,7 +94,7 @@ class ShellComponent:
         self._stats: TaskStats = collector.stats
         self._context = context
         self._log = logging.getLogger(f"streamflow.multilang.{context.component}")
-        self._timeout = float(config.get("topology.subprocess.timeout.secs") or DEFAULT_TIMEOUT)
+        self._timeout = float(config["topology.subprocess.timeout.secs"])
         self._serializer = self.serializer or _serializer_of(self.script, config)
         self._pid_dir = tempfile.mkdtemp(prefix=f"streamflow-{context.component}-{context.task_id}-")
         conf = _json_safe({**config, "topology.name": context.topology})
