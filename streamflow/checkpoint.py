@@ -54,6 +54,9 @@ PREPARE, COMMIT, ROLLBACK, END = "prepare", "commit", "rollback", "end"
 """Barrier actions; END says that the sending task's input has ended (finite spouts)."""
 STARTED, FAILED = "started", "failed"
 
+MAX_FAILED_ROOTS = 1000
+"""Root ids of failed tuples an alert carries at most (a flood of failures needs one rollback)."""
+
 BarrierId = tuple[int, int]
 """``(epoch, seq)`` of a prepare or rollback: the coordinator's epoch, then its count."""
 
@@ -87,17 +90,22 @@ class _Party:
 
     def started(self) -> None:
         """Tell the coordinator that this task began: after a restart it needs a rollback."""
-        self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, (self.task, STARTED, None))
+        self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, (self.task, STARTED, None, []))
 
-    def alert(self) -> None:
-        """Ask the coordinator for a rollback (a tuple failed), once per generation: the
-        rollback this task went through last, so that the coordinator can tell an alert
-        about work since from one about work a rollback already took back."""
-        if not self._alerted and self.initialized:
+    def alert(self, roots: list[int]) -> None:
+        """Ask the coordinator for a rollback (a tuple failed), with the generation (the
+        rollback this task went through last), so that it can tell an alert about work
+        since from one about work a rollback already took back; and the root ids of the
+        failed tuples, which it hands to the spouts with the rollback: they tell ``fail``
+        which trees really failed (a poison record's retries). Once per generation, but
+        for alerts that name roots."""
+        if self.initialized and (roots or not self._alerted):
             self._alerted = True
-            self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, (self.task, FAILED, self.generation))
+            payload = (self.task, FAILED, self.generation, roots[:MAX_FAILED_ROOTS])
+            self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, payload)
 
     def rolled_back(self, bid: BarrierId) -> None:
+        """This task went through the rollback ``bid``: its new generation."""
         self.generation, self._alerted = bid, False
         self.initialized = True
 
@@ -168,7 +176,8 @@ class SpoutCheckpoints(_Party):
             self._failed = {root for root in self._failed if root in self._pending}
 
     def _rollback(self, bid: BarrierId, txid: int, extra: Any) -> None:
-        upto, positions = extra
+        upto, positions, failed = extra
+        self._failed.update(failed)  # failed at bolts, their news not here through the ackers yet
         try:
             position = self._spout.position()
         except Exception as exc:
@@ -199,7 +208,7 @@ class SpoutCheckpoints(_Party):
             return False
         self._failed.add(root)
         self._stats.failed += 1
-        self.alert()
+        self.alert([])
         return True
 
     def timed_out(self, cutoff: float) -> None:
@@ -208,7 +217,7 @@ class SpoutCheckpoints(_Party):
         overdue = self._pending.emitted_before(cutoff)
         if overdue:
             self._failed.update(overdue)
-            self.alert()
+            self.alert([])
 
 
 
@@ -237,6 +246,7 @@ class BoltCheckpoints(_Party):
             self.state = KeyValueState(component, index, spec.parallelism, groups,
                                        group_of=lambda key: _group_of(bolt, key, groups))
             collector.deferred = []
+        collector.failed_roots = []
         self._ended: set[int] = set()
         """Inputs that said their input ended, since the last rollback."""
         self._aligning: tuple[BarrierId, str, int, Any] | None = None
@@ -344,7 +354,9 @@ class BoltCheckpoints(_Party):
         checkpoint could commit (and its spout ack) the failed tuple's tree."""
         if self._stats.failed != self._failures_seen:
             self._failures_seen = self._stats.failed
-            self.alert()
+            roots = self._collector.failed_roots or []
+            self._collector.failed_roots = []
+            self.alert(roots)
 
     async def _act(self) -> None:
         assert self._aligning is not None
@@ -357,6 +369,7 @@ class BoltCheckpoints(_Party):
         else:
             ok, info = await self._rollback(extra[0])
             self._failures_seen = self._stats.failed
+            self._collector.failed_roots = []
             self._ended = set()
             if ok:
                 self.rolled_back(bid)

@@ -245,6 +245,9 @@ class BoltOutputCollector(OutputCollector):
         self.deferred: list[Tuple] | None = None
         """A stateful bolt's acked tuples, held until the checkpoint covering them commits
         (:mod:`streamflow.checkpoint`); None in other bolts, whose acks leave at once."""
+        self.failed_roots: list[int] | None = None
+        """Root ids of the tuples failed since the checkpoint coordinator last heard of them
+        (a checkpointed topology's bolts: the coordinator hands them to the spouts)."""
         self.acks_flushed: asyncio.Future[None] | None = None
         """Set by a bolt task waiting for its acks to catch up (a checkpoint barrier)."""
 
@@ -356,6 +359,8 @@ class BoltOutputCollector(OutputCollector):
         """``tup`` failed: its spout tuples are failed (and replayed by their spouts)."""
         if tup.anchors:
             self._fails.extend(tup.anchors[0::2])
+            if self.failed_roots is not None:
+                self.failed_roots.extend(tup.anchors[0::2])
         self.stats.failed += 1
 
     def flush_acks(self) -> None:

@@ -74,6 +74,8 @@ class CheckpointCoordinator(Executor):
         self._rolling_back: tuple[int, int] | None = None
         """The rollback round under way: failures of work since it are news."""
         self._rollback_wanted = True
+        self._failed_roots: set[int] = set()
+        """Roots of tuples that failed since the last rollback, for the spouts' ``fail``."""
         self._started: set[int] = set()
         self.committed_txid = 0
         self.committed_time = 0.0
@@ -115,7 +117,8 @@ class CheckpointCoordinator(Executor):
         """A rollback round to the last committed checkpoint; True once every task is in it."""
         self._rollback_wanted = False
         upto = list(self._committed) if self._committed is not None else None
-        extras = {t: (upto, self._positions.get(self._component_of[t], {})) for t in self._spouts}
+        failed = sorted(self._failed_roots)
+        extras = {t: (upto, self._positions.get(self._component_of[t], {}), failed) for t in self._spouts}
         bid = self._rolling_back = self._next_barrier()
         try:
             await self._round(ROLLBACK, bid, self._txid, extras)
@@ -128,6 +131,7 @@ class CheckpointCoordinator(Executor):
         if self._generation is not None or self._committed is not None:
             self.rollbacks += 1  # not the start of a topology: a recovery
         self._generation = bid
+        self._failed_roots.difference_update(failed)
         return True
 
     async def _checkpoint(self) -> None:
@@ -201,9 +205,9 @@ class CheckpointCoordinator(Executor):
                     raise _Abort(self.last_problem)
         return infos
 
-    def _alerted(self, payload: tuple[int, str, Any]) -> None:
+    def _alerted(self, payload: tuple[int, str, Any, list[int]]) -> None:
         """A task started, or a tree failed: whether a rollback is due."""
-        task, reason, generation = payload
+        task, reason, generation, roots = payload
         if reason == STARTED:
             # After the first round began, a task that starts may have missed its barriers
             # (its worker was not up), or restarted and lost its state: either way it
@@ -217,6 +221,7 @@ class CheckpointCoordinator(Executor):
             current = self._rolling_back if self._rolling_back is not None else self._generation
             if tuple(generation) == current:
                 self._rollback_wanted = True
+                self._failed_roots.update(roots)
                 self.last_problem = f"a tuple failed or timed out (reported by task {task})"
 
     async def _pause(self, seconds: float) -> None:

@@ -48,6 +48,8 @@ from streamflow.tuples import Origin, Tuple
 
 END_OF_TIME = 2**62
 """The watermark once every input ended: past every window."""
+LATEST_TIME = 2**53
+"""Timestamps beyond this (either way) are no epoch milliseconds: such a tuple goes late."""
 
 
 @dataclass(frozen=True)
@@ -270,13 +272,13 @@ class WindowedBolt(Stateful, Bolt):
             if stamp - stamp % self.slide + self.length <= self._watermark:
                 self._late_tuple(tup, None)
                 return
+        self._add(key, stamp - stamp % self.pane, stamp, tup)
+        self.ack(tup)
+        if self.event_time:
             source = tup.origin.source_task
             if stamp > self._max_seen.get(source, -END_OF_TIME):
                 self._max_seen[source] = stamp
             self._last_seen[source] = time.monotonic()
-        self._add(key, stamp - stamp % self.pane, stamp, tup)
-        self.ack(tup)
-        if self.event_time:
             self._advance()
 
     def end_of_input(self) -> None:
@@ -297,7 +299,7 @@ class WindowedBolt(Stateful, Bolt):
             raw = tup[self.timestamp_field] if self.timestamp_field is not None else self.timestamp(tup)  # type: ignore[misc]
         except Exception as exc:
             return f"no timestamp ({type(exc).__name__}: {exc})"
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not -LATEST_TIME <= raw <= LATEST_TIME:
             return f"timestamp {raw!r} is not a number of epoch milliseconds"
         return int(raw)
 

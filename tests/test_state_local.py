@@ -596,8 +596,8 @@ def test_a_failure_during_the_first_rollback_round_is_rolled_back(monkeypatch: p
     alerted = threading.Event()
     original_alert = SpoutCheckpoints.alert
 
-    def alert(self: SpoutCheckpoints) -> None:
-        original_alert(self)
+    def alert(self: SpoutCheckpoints, roots: list[int]) -> None:
+        original_alert(self, roots)
         alerted.set()
 
     monkeypatch.setattr(SpoutCheckpoints, "alert", alert)

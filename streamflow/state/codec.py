@@ -49,7 +49,9 @@ def _dumps(item: Any, what: str) -> bytes:
         raise
     if b"null" in data and _not_finite(item):
         raise StateCodecError(f"state {what}: inf and nan cannot be encoded (JSON has no such numbers)")
-    return data
+    # A copy of exactly its size: orjson's own result keeps a block of about 4 KiB alive
+    # (100,000 kept results of 112 bytes took 393 MiB), and state keeps what it encodes.
+    return bytes(memoryview(data))
 
 
 def _not_finite(item: Any) -> bool:
