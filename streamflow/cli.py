@@ -173,8 +173,14 @@ def _parser() -> argparse.ArgumentParser:
     _add(supervisor, "--host", "address workers of other nodes reach this node at", "127.0.0.1")
     _add(supervisor, "--base-port", "first worker port; slots use consecutive ports", 6700, int)
     _add(supervisor, "--id", "supervisor id (default: HOST-BASE_PORT)")
-    _add(supervisor, "--data-dir", "directory for code packages and worker logs", "streamflow-data/supervisor")
+    _add(supervisor, "--data-dir", "directory for code packages, worker logs and virtualenvs",
+         "streamflow-data/supervisor")
     _add(supervisor, "--health-port", "port of GET /healthz, /readyz and /metrics (0: none)", 8081, int)
+    supervisor.add_argument(
+        "--virtualenvs", action=argparse.BooleanOptionalAction, default=_env("virtualenvs", False),
+        help="build a virtualenv (pip install -r, from the index pip is configured with) for each topology "
+             "whose streamparse project has virtualenvs/NAME.txt, once per distinct file, and run its "
+             "components from it (env STREAMFLOW_VIRTUALENVS=1; default: off, the file is ignored)")
 
     worker = command("worker", _worker, "run one worker process (started by a supervisor)")
     coordinated(worker)
@@ -407,11 +413,12 @@ def _nimbus(args: argparse.Namespace) -> int:
 def _supervisor(args: argparse.Namespace) -> int:
     from streamflow.supervisor import Supervisor
 
+    virtualenvs = _switch("VIRTUALENVS", args.virtualenvs)
     state = _state(args)
     ports = list(range(args.base_port, args.base_port + args.slots))
     logs_url = f"http://{args.host}:{args.health_port}" if args.health_port else None
     supervisor = Supervisor(state, args.id or f"{args.host}-{args.base_port}", args.host, ports,
-                            Path(args.data_dir), args.zk_auth, logs_url)
+                            Path(args.data_dir), args.zk_auth, logs_url, virtualenvs)
     if args.health_port:
         from streamflow.health import serve_probes
         from streamflow.metrics import exposition
@@ -423,6 +430,18 @@ def _supervisor(args: argparse.Namespace) -> int:
     finally:
         state.stop()
     return EXIT_OK
+
+
+def _switch(name: str, value: bool | str) -> bool:
+    """An on/off option: True or False from the command line, else its environment variable's
+    text (1/0, true/false, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise StreamflowError(f"STREAMFLOW_{name}: expected 1 or 0 (true/false, yes/no, on/off), got {value!r}")
 
 
 def _worker(args: argparse.Namespace) -> int:

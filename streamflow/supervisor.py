@@ -14,6 +14,13 @@ once, so nimbus reschedules without waiting for the session to expire.
 Each worker's output (JSON log lines, :mod:`streamflow.logs`) goes to a file per
 topology and slot, which the supervisor serves to nimbus at ``GET /logs`` on its health
 port, behind the topology's secret.
+
+With ``virtualenvs`` (``--virtualenvs``), a topology whose code holds a streamparse
+``virtualenvs/NAME.txt`` gets its workers started only once a virtualenv of that file is
+built (in the background, once per distinct file: :mod:`streamflow.multilang.virtualenvs`),
+and its components' commands come from that virtualenv. A build that fails is the
+topology's error (component ``__supervisor``) and its slots back off until a retry builds
+it. Without the option such a file is ignored, which is logged once per topology.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from kazoo.protocol.states import KazooState
 
 from streamflow.logs import read_new_lines, rotate
 from streamflow.metrics import SupervisorMetrics
+from streamflow.multilang.virtualenvs import TOPOLOGY_VIRTUALENV, VirtualenvError, Virtualenvs, requirements_file
 from streamflow.package import unpack
 from streamflow.zkstate import ClusterState, topology_name
 
@@ -53,6 +61,10 @@ FILES_KEPT_SECS = 600.0
 """How long the code and logs of a topology no longer assigned here stay after their last
 change: long enough to read a moved or killed topology's last lines, short enough that a
 node's disk does not fill up with every submission's (each has a new id)."""
+VIRTUALENVS_KEPT_SECS = 86400.0
+"""How long a virtualenv no worker of this node uses stays: a resubmission of the same
+topology the same day finds it built; one per changed requirements file does not fill
+the disk."""
 LOG_NAME = re.compile(r"(?P<topology>.+)-\d+\.log(\.1)?")
 """A worker's log file (:meth:`Supervisor._log_path`), or the one ``logs.rotate`` moved aside."""
 
@@ -67,6 +79,7 @@ class WorkerSlot:
     started: float = 0.0
     failures: int = 0
     next_start: float = 0.0
+    virtualenv: Path | None = None
 
 
 class Supervisor:
@@ -79,6 +92,7 @@ class Supervisor:
         data_dir: Path,
         zk_auth: str | None = None,
         logs_url: str | None = None,
+        virtualenvs: bool = False,
     ) -> None:
         self.state = state
         self.id = supervisor_id
@@ -96,6 +110,13 @@ class Supervisor:
         self._watched: set[str] = set()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self.virtualenvs = Virtualenvs(data_dir / "virtualenvs", self._wake.set) if virtualenvs else None
+        """The topologies' virtualenvs, when this node builds them; a build wakes the loop when it ends."""
+        self._requirements: dict[str, Path | None] = {}
+        """Per topology: its requirements file (``virtualenvs/NAME.txt``), if it has one; a
+        topology's code never changes."""
+        self._reported: dict[str, float] = {}
+        """Per topology: when the failed build last reported as its error failed."""
 
     def run(self) -> None:
         """Stay registered and keep workers in line with the assignments until SIGTERM/SIGINT."""
@@ -225,15 +246,52 @@ class Supervisor:
         return delay
 
     def _try_start(self, port: int, slot: WorkerSlot, now: float) -> None:
-        """Start the slot's worker. One that cannot start (a full disk; its code gone, as
-        when the topology is being removed) backs off as a worker dying young does, and
-        the other slots start meanwhile."""
+        """Start the slot's worker, once its virtualenv (if it needs one) is built. One
+        that cannot start (a full disk; its code gone, as when the topology is being
+        removed; its virtualenv failed to build) backs off as a worker dying young does,
+        and the other slots start meanwhile."""
         try:
-            self._start_worker(port, slot)
+            code_dir = self._code_dir(slot.topology)
+            ready, venv = self._virtualenv(slot.topology, code_dir)
+            if ready:
+                self._start_worker(port, slot, code_dir, venv)
         except Exception as exc:
             delay = self._back_off(slot, now)
             log.warning("supervisor %s: cannot start the worker on port %d (%s): %s: %s; retrying in %.1f s",
                         self.id, port, slot.topology, type(exc).__name__, exc, delay)
+            if isinstance(exc, VirtualenvError):
+                self._report_virtualenv_error(slot.topology, exc)
+
+    def _virtualenv(self, topology: str, code_dir: Path) -> tuple[bool, Path | None]:
+        """Whether the topology's workers can start, and the virtualenv they start with:
+        none when the topology has no requirements file or this node builds no
+        virtualenvs; not ready while its virtualenv is being built. Raises
+        :class:`VirtualenvError` when its build failed."""
+        if topology not in self._requirements:
+            record = self.state.read_topology(topology)
+            if record is None:  # being removed: the worker says so
+                return True, None
+            found = self._requirements[topology] = requirements_file(code_dir, record["file"],
+                                                                     record.get("config") or {})
+            if found is not None and self.virtualenvs is None:
+                log.info("supervisor %s: %s has %s; it is ignored, as this supervisor builds no virtualenvs "
+                         "(--virtualenvs): its components run in streamflow's environment", self.id, topology,
+                         found.relative_to(code_dir.resolve()))
+        requirements = self._requirements[topology]
+        if requirements is None or self.virtualenvs is None:
+            return True, None
+        venv = self.virtualenvs.get(requirements, code_dir.resolve(), topology)
+        return venv is not None, venv
+
+    def _report_virtualenv_error(self, topology: str, exc: VirtualenvError) -> None:
+        """Record a failed build as the topology's error (``status`` shows it), once per failure."""
+        if self._reported.get(topology) == exc.failed_at:
+            return
+        self._reported[topology] = exc.failed_at
+        self.state.record_error(topology, "__supervisor", {
+            "time": exc.failed_at, "task": None, "worker": self.id, "host": self.host, "port": None,
+            "message": f"cannot build the virtualenv: {exc}",
+        })
 
     def _code_dir(self, topology: str) -> Path:
         directory = self.data_dir / "code" / topology
@@ -242,8 +300,7 @@ class Supervisor:
             (directory / ".complete").touch()
         return directory
 
-    def _start_worker(self, port: int, slot: WorkerSlot) -> None:
-        code_dir = self._code_dir(slot.topology)
+    def _start_worker(self, port: int, slot: WorkerSlot, code_dir: Path, venv: Path | None) -> None:
         log_path = self._log_path(slot.topology, port)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         rotate(log_path)
@@ -256,13 +313,18 @@ class Supervisor:
         env = dict(os.environ)
         if self.zk_auth:
             env["STREAMFLOW_ZK_AUTH"] = self.zk_auth  # not on the command line, where ps shows it
+        env.pop(TOPOLOGY_VIRTUALENV, None)
+        if venv is not None:
+            env[TOPOLOGY_VIRTUALENV] = str(venv)
         with open(log_path, "ab") as out:
             slot.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                             cwd=code_dir)
         slot.started = time.monotonic()
+        slot.virtualenv = venv
         self.metrics.worker_starts.labels(topology_name(slot.topology)).inc()
-        log.info("supervisor %s: started worker pid %d on port %d for %s tasks %s",
-                 self.id, slot.process.pid, port, slot.topology, list(slot.tasks))
+        log.info("supervisor %s: started worker pid %d on port %d for %s tasks %s%s",
+                 self.id, slot.process.pid, port, slot.topology, list(slot.tasks),
+                 f" with virtualenv {venv}" if venv else "")
 
     def _stop_workers(self, slots: dict[int, WorkerSlot]) -> None:
         """SIGTERM the running workers of ``slots``, then wait for them together: one that
@@ -304,7 +366,13 @@ class Supervisor:
     def _remove_idle_files(self, running: set[str]) -> None:
         """Remove the code and logs of each topology not in ``running`` whose files have not
         changed for :data:`FILES_KEPT_SECS`: every submission has a new id, and its files
-        would stay on this node's disk for good."""
+        would stay on this node's disk for good. Likewise the virtualenvs no worker here
+        used for :data:`VIRTUALENVS_KEPT_SECS`."""
+        if self.virtualenvs is not None:
+            self.virtualenvs.mark_used({slot.virtualenv for slot in self.slots.values() if slot.virtualenv})
+            for venv in self.virtualenvs.remove_idle(VIRTUALENVS_KEPT_SECS):
+                log.info("supervisor %s: removed the virtualenv %s, unused for %.0f h", self.id, venv,
+                         VIRTUALENVS_KEPT_SECS / 3600)
         idle_since = time.time() - FILES_KEPT_SECS
         for topology, paths in self._files().items():
             if topology in running or any(path.stat().st_mtime > idle_since for path in paths):
@@ -314,6 +382,8 @@ class Supervisor:
                     shutil.rmtree(path)
                 else:
                     path.unlink()
+            self._requirements.pop(topology, None)
+            self._reported.pop(topology, None)
             log.info("supervisor %s: removed the code and logs of %s", self.id, topology)
 
     def _files(self) -> dict[str, list[Path]]:
@@ -328,7 +398,9 @@ class Supervisor:
         return files
 
     def _shutdown(self) -> None:
-        """Stop every worker, then deregister at once."""
+        """Stop the virtualenv builds under way and every worker, then deregister at once."""
+        if self.virtualenvs is not None:
+            self.virtualenvs.stop()
         self._stop_workers(self.slots)
         if self.registered:
             self.state.deregister_supervisor(self.id)

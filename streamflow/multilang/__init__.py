@@ -9,7 +9,8 @@ into a streamflow topology of such components; the loader calls it.
 
 Modules: ``protocol.py`` (the wire format, pure), ``process.py`` (one process: start,
 read, write, stop), ``shell.py`` (what both kinds share: handshake, supervision,
-restarts), ``bolt.py``, ``spout.py``, ``streamparse.py``.
+restarts), ``bolt.py``, ``spout.py``, ``streamparse.py``, ``virtualenvs.py`` (a
+streamparse project's per-topology virtualenvs, built by a supervisor that allows them).
 """
 
 from streamflow.multilang.bolt import ShellBolt

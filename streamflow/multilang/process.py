@@ -29,6 +29,9 @@ STOP_GRACE = 2.0
 """Seconds a process has to exit after SIGTERM before it is killed."""
 STDERR_KEPT = 5
 """Last lines of stderr kept, to say why a process died."""
+TOPOLOGY_VIRTUALENV = "STREAMFLOW_TOPOLOGY_VIRTUALENV"
+"""Environment variable in which a supervisor gives a worker the virtualenv it built for
+its topology (:mod:`streamflow.multilang.virtualenvs`)."""
 
 
 class ComponentStartError(StreamflowError):
@@ -39,14 +42,23 @@ class ComponentDied(StreamflowError):
     """A component process exited, was killed, or stopped answering."""
 
 
+def topology_virtualenv() -> Path | None:
+    """The virtualenv of this worker's topology, if its supervisor built it one."""
+    directory = os.environ.get(TOPOLOGY_VIRTUALENV)
+    return Path(directory) if directory else None
+
+
 def resolve_command(command: str, cwd: Path | None) -> str:
     """The executable to run for ``command``: a path as it is (relative to ``cwd``), a
-    bare name from PATH, else from beside the running interpreter (the bin/ of
-    streamflow's virtual environment, where ``pip install streamparse`` puts
-    ``streamparse_run``)."""
+    bare name from the bin/ of the topology's virtualenv (:func:`topology_virtualenv`),
+    else from PATH, else from beside the running interpreter (the bin/ of streamflow's
+    virtual environment, where ``pip install streamparse`` puts ``streamparse_run``)."""
     if os.sep in command:
         path = Path(command)
         return str(path if path.is_absolute() or cwd is None else cwd / path)
+    venv = topology_virtualenv()
+    if venv is not None and (venv / "bin" / command).is_file() and os.access(venv / "bin" / command, os.X_OK):
+        return str(venv / "bin" / command)
     found = shutil.which(command)
     if found:
         return found
@@ -54,6 +66,19 @@ def resolve_command(command: str, cwd: Path | None) -> str:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     raise ComponentStartError(f"command {command!r} not found on PATH nor beside {sys.executable}")
+
+
+def component_environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The environment of a component process: ``env`` over this process's (None: this
+    process's as it is), as in the activated virtualenv of the topology if it has one
+    (its bin/ first on PATH, ``VIRTUAL_ENV`` set), for what the component runs in turn."""
+    venv = topology_virtualenv()
+    if venv is None:
+        return None if env is None else {**os.environ, **env}
+    merged = {**os.environ, **(env or {})}
+    merged["PATH"] = os.pathsep.join([str(venv / "bin"), merged.get("PATH", os.defpath)])
+    merged["VIRTUAL_ENV"] = str(venv)
+    return merged
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
@@ -87,7 +112,7 @@ class ComponentProcess:
     async def start(self, handshake: Mapping[str, Any], timeout: float) -> int:
         """Start the process, send the handshake and wait for its pid (at most ``timeout``
         seconds). Raises :class:`ComponentStartError`; the process is gone then."""
-        env = None if self.env is None else {**os.environ, **self.env}
+        env = component_environment(self.env)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
