@@ -443,5 +443,12 @@ def test_nimbus_and_supervisors_serve_prometheus_metrics(cluster: Cluster, tmp_p
     latency = [k for k in nimbus if k[0] == "streamflow_complete_latency_seconds_count"]
     assert latency and sum(nimbus[k] for k in latency) == 2000
     assert nimbus[("streamflow_workers", (("state", "alive"), ("topology", "wc-metrics")))] == 2
+    # The count bolt's state and the checkpoints (the word count keeps its counts in state).
+    keys = ("streamflow_state_keys", (("component", "count"), ("topology", "wc-metrics")))
+    wait_for(lambda: metric_samples(cluster.url).get(keys) == len(expected), 30, "every word in the state")
+    nimbus = metric_samples(cluster.url)
+    assert nimbus[("streamflow_state_bytes", (("component", "count"), ("topology", "wc-metrics")))] > 0
+    txid = ("streamflow_checkpoint_committed_txid", (("component", "__checkpoint"), ("topology", "wc-metrics")))
+    wait_for(lambda: metric_samples(cluster.url).get(txid, 0) >= 1, 30, "a committed checkpoint")
     supervisor = metric_samples(f"http://127.0.0.1:{next(iter(cluster.health_ports.values()))}")
     assert any(name == "streamflow_worker_starts_total" for name, _ in supervisor)
