@@ -260,11 +260,6 @@ class BoltCheckpoints(_Party):
         self._state_initialized = False
         self.rollbacks = 0
         """Restores after the first: rollbacks this task went through."""
-        self.committed_txid = 0
-        self.committed_time = 0.0
-        self.prepare_seconds = 0.0
-        """How long the last prepare took at this task, alignment to report."""
-        self._aligned_at = 0.0
         self._failures_seen = 0
 
     def take(self) -> Message | None:
@@ -321,7 +316,6 @@ class BoltCheckpoints(_Party):
             current = None
         if current is None:
             self._aligning, self._arrived = (bid, action, txid, extra), set()
-            self._aligned_at = time.monotonic()
         self._arrived.add(source)
         if self._arrived >= self._inputs:
             await self._act()
@@ -379,7 +373,6 @@ class BoltCheckpoints(_Party):
         self._aligning, self._arrived = None, set()
         self.released.extend(self._held)
         self._held = []
-        self.prepare_seconds = time.monotonic() - self._aligned_at if action == PREPARE else self.prepare_seconds
 
     async def _prepare(self, at: CheckpointId) -> tuple[bool, str | None]:
         if not self.initialized:
@@ -439,8 +432,6 @@ class BoltCheckpoints(_Party):
             return False, f"cannot restore state: {type(exc).__name__}: {exc}"
         self.state.load(data)
         self._committed = committed
-        if committed is not None:
-            self.committed_txid = committed[1]
         if self._state_initialized:
             self.rollbacks += 1
         else:
@@ -469,7 +460,6 @@ class BoltCheckpoints(_Party):
         self._collector.flush_acks()
         self.state.committed(committed)
         self._committed = committed
-        self.committed_txid, self.committed_time = committed[1], time.time()
         try:
             await asyncio.to_thread(self.store.commit, committed, self.state.owned_groups())
         except Exception as exc:  # folded at the next prepare or restore
