@@ -30,9 +30,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
 
 
 def summary_rows(stderr: str) -> dict[str, list[str]]:
-    """The per-component table ``streamflow local`` prints: component -> its cells."""
+    """The per-component table ``streamflow local`` prints: component -> its cells (from
+    its last header: log lines of a component start with "component" too)."""
     lines = stderr.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("component "))
+    start = max(i for i, line in enumerate(lines) if line.split()[:2] == ["component", "kind"])
     rows = {}
     for line in lines[start + 1:]:
         cells = line.split()

@@ -26,6 +26,7 @@ import msgpack
 import psutil
 import pytest
 from cluster import wait_for
+from commands import summary_rows
 
 from streamflow import TopologyBuilder, run_local
 from streamflow.executor import TaskFailed
@@ -303,18 +304,6 @@ def streamflow(*args: str, cwd: Path, timeout: float = 60) -> subprocess.Complet
                           timeout=timeout, cwd=cwd)
 
 
-def summary(stderr: str) -> dict[str, list[str]]:
-    lines = stderr.splitlines()
-    start = max(i for i, line in enumerate(lines) if line.startswith("component "))
-    rows = {}
-    for line in lines[start + 1:]:
-        cells = line.split()
-        if len(cells) < 8:
-            break
-        rows[cells[0]] = cells
-    return rows
-
-
 def processes_in(directory: Path) -> list[psutil.Process]:
     """Processes whose working directory is ``directory`` (a copied project's src/)."""
     found = []
@@ -332,7 +321,7 @@ def test_the_quickstart_project_runs_unchanged_in_local_mode_from_another_direct
                         "--timeout", "4", cwd=elsewhere)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    rows = summary(result.stderr)
+    rows = summary_rows(result.stderr)
     spout, bolt = rows["word_spout"], rows["count_bolt"]
     assert spout[1:3] == ["spout", "1"] and int(spout[3]) >= 2000
     assert bolt[1:3] == ["bolt", "2"] and int(bolt[4]) >= 2000 and bolt[6] == "0"
@@ -398,7 +387,7 @@ def test_named_and_direct_streams_ticks_and_msgpack_of_a_streamparse_project(tmp
     assert len(last) == 2, result.stderr  # both tally tasks got ticks
     assert sum(words for words, _ in last.values()) == 1300
     assert sorted(direct for _, direct in last.values()) == [0, 300]  # all to one task
-    rows = summary(result.stderr)
+    rows = summary_rows(result.stderr)
     assert rows["sentences"][3:7] == ["300", "-", "300", "0"]
     assert not processes_in(project / "src")
 

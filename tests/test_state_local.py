@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Any, Iterable, Mapping
 
 import pytest
+from worker_runs import run, stats
 
 from streamflow import (
     AsyncBasicBolt,
@@ -40,7 +41,6 @@ from streamflow.executor import BoltExecutor
 from streamflow.state.codec import encode_key, encode_value
 from streamflow.state.memory import MemoryProvider
 from streamflow.state.store import PROVIDERS, StateStore
-from streamflow.stats import TaskStats
 from streamflow.status_view import format_status
 from streamflow.telemetry import combine
 from streamflow.testing import CollectBolt, Ledger, ListSpout
@@ -184,32 +184,6 @@ def wordcount(count: Any, split: Any = None, sink: Any = None, spout: Any = None
     return builder.build(config), ledger
 
 
-def run(topology: Topology, timeout: float = 30) -> Worker:
-    """Run ``topology`` as ``run_local`` does, to its end, and return the worker, whose
-    tasks' figures and state the test then reads."""
-    worker = Worker(topology)
-
-    async def main() -> None:
-        try:
-            await asyncio.wait_for(worker.run_until_finished(), timeout)
-        finally:
-            await worker.stop()
-
-    asyncio.run(main())
-    return worker
-
-
-def stats(worker: Worker, component: str) -> TaskStats:
-    """The counters of ``component``'s tasks, summed, with its latest error."""
-    total = TaskStats(component, 0)
-    for executor in worker.executors:
-        if executor.component == component:
-            for name in ("emitted", "executed", "acked", "failed", "replayed", "errors"):
-                setattr(total, name, getattr(total, name) + getattr(executor.stats, name))
-            last = executor.stats.last_error
-            if last is not None and (total.last_error is None or last.time >= total.last_error.time):
-                total.last_error = last
-    return total
 
 
 def state_metric(worker: Worker, component: str, name: str) -> float:

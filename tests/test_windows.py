@@ -15,17 +15,16 @@ per window, as a consumer of a windowed bolt does.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pytest
+from worker_runs import run, stats
 
 from streamflow import BasicBolt, TaskContext, Topology, TopologyBuilder, Tuple
 from streamflow.components import Outputs
-from streamflow.stats import TaskStats
 from streamflow.testing import CollectBolt, Ledger, ListSpout
 from streamflow.windows import Aggregate, Count, Duration, Window, WindowedBolt
 from streamflow.worker import Worker
@@ -164,32 +163,6 @@ def topology(bolt: WindowedBolt, rows: Sequence[Sequence[Any]], *, spouts: int =
     return builder.build(config), ledger
 
 
-def run(topology: Topology, timeout: float = 20) -> Worker:
-    """Run ``topology`` as ``run_local`` does, to its end (a timeout fails the test), and
-    return the worker, whose tasks' figures and metrics the test then reads."""
-    worker = Worker(topology)
-
-    async def main() -> None:
-        try:
-            await asyncio.wait_for(worker.run_until_finished(), timeout)
-        finally:
-            await worker.stop()
-
-    asyncio.run(main())
-    return worker
-
-
-def stats(worker: Worker, component: str) -> TaskStats:
-    """The counters of ``component``'s tasks, summed, with its latest error."""
-    total = TaskStats(component, 0)
-    for executor in worker.executors:
-        if executor.component == component:
-            for name in ("emitted", "executed", "acked", "failed", "replayed", "errors"):
-                setattr(total, name, getattr(total, name) + getattr(executor.stats, name))
-            last = executor.stats.last_error
-            if last is not None and (total.last_error is None or last.time >= total.last_error.time):
-                total.last_error = last
-    return total
 
 
 def metric(worker: Worker, name: str, component: str = "win") -> float:
