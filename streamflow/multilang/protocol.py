@@ -16,6 +16,7 @@ host logs while the protocol goes on.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
 import orjson
@@ -26,27 +27,27 @@ END = b"\nend\n"
 Message = dict[str, Any]
 
 
-class Codec:
+class Codec(ABC):
     """Encodes messages to a component and decodes what it writes back."""
 
     name = ""
 
+    @abstractmethod
     def encode(self, message: Any) -> bytes:
         """One message (a dict, or a list of task ids), framed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode_tuple(self, head: bytes, values: Sequence[Any], tuple_id: str) -> bytes:
         """A tuple for a bolt: ``head`` is :meth:`tuple_head` of its origin."""
-        raise NotImplementedError
 
+    @abstractmethod
     def tuple_head(self, component: str, stream: str, task: int) -> bytes:
         """What every tuple from one (component, stream, task) shares, encoded once."""
-        raise NotImplementedError
 
+    @abstractmethod
     def feed(self, data: bytes) -> tuple[list[Message], list[str]]:
         """Bytes read from the component: the whole messages they complete, and the
         lines of other output they hold, in the order read."""
-        raise NotImplementedError
 
     def rest(self) -> list[str]:
         """Output left over at the end of the stream (a last line without a newline)."""

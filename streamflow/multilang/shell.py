@@ -19,6 +19,7 @@ import logging
 import shutil
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -52,7 +53,7 @@ class ProtocolError(StreamflowError):
     """A message from a component process that the protocol does not allow."""
 
 
-class ShellComponent:
+class ShellComponent(ABC):
     """The process of a shell bolt or spout task: how to start it, and its lifecycle."""
 
     outputs: Any
@@ -236,22 +237,25 @@ class ShellComponent:
 
     # -- what the bolt and the spout fill in -------------------------------------------
 
+    @abstractmethod
     def _started(self, proc: ComponentProcess) -> None:
         """A process has completed its handshake (before it is used)."""
 
+    @abstractmethod
     def _handle(self, messages: list[Message]) -> None:
-        raise NotImplementedError
+        """The messages a process wrote, in order: the bolt's or the spout's own."""
 
-    async def _handled(self) -> None:
+    async def _handled(self) -> None:  # noqa: B027 - a hook only the bolt needs
         """After a batch of messages was handled."""
 
+    @abstractmethod
     async def _lost(self) -> None:
         """The process ended (it was reported): settle what it held."""
 
     def _owes_answer(self) -> bool:
         return True
 
-    def _tick_watch(self) -> None:
+    def _tick_watch(self) -> None:  # noqa: B027 - a hook only the bolt needs
         """Once a second while the process is up."""
 
     emit: Any
