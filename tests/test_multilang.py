@@ -147,13 +147,6 @@ def run_in_thread(topology: Any, timeout: float) -> tuple[threading.Thread, dict
     return thread, result
 
 
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_a_bolt_that_holds_tuples_until_a_tick_gets_more_than_max_pending_of_them(no_orphans: None) -> None:
     ledger = Ledger()
     builder = TopologyBuilder("batching")
@@ -176,12 +169,12 @@ def test_kill_9_of_a_component_process_fails_its_tuples_which_are_replayed_and_i
     ledger = Ledger()
     topology = upper_topology(1000, ledger, config={"test.sleep": 0.002, "topology.message.timeout.secs": 30})
     thread, result = run_in_thread(topology, timeout=60)
-    wait_until(lambda: len(component_processes(str(UPPER))) == 2, 20, "both bolt processes")
+    wait_for(lambda: len(component_processes(str(UPPER))) == 2, 20, "both bolt processes")
     first = {p.pid for p in component_processes(str(UPPER))}
-    wait_until(lambda: len(ledger.received) >= 100, 20, "tuples through the bolt")
+    wait_for(lambda: len(ledger.received) >= 100, 20, "tuples through the bolt")
     victim = sorted(first)[0]
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: len(component_processes(str(UPPER))) == 2 and
+    wait_for(lambda: len(component_processes(str(UPPER))) == 2 and
                victim not in {p.pid for p in component_processes(str(UPPER))}, 20, "a new process")
     thread.join(60)
     run = result["run"]
@@ -233,10 +226,10 @@ def test_kill_9_of_a_shell_spout_process_starts_another(no_orphans: None) -> Non
     builder.set_spout("sentences", spout)
     builder.set_bolt("collect", CollectBolt(ledger)).shuffle_grouping("sentences")
     thread, result = run_in_thread(builder.build(), timeout=4)
-    wait_until(lambda: len(ledger.received) == 300, 20, "the first process's sentences")
+    wait_for(lambda: len(ledger.received) == 300, 20, "the first process's sentences")
     (victim,) = component_processes("features.Sentences")
     victim.kill()
-    wait_until(lambda: len(ledger.received) == 600, 20, "the next process's sentences")
+    wait_for(lambda: len(ledger.received) == 600, 20, "the next process's sentences")
     thread.join(30)
     sentences = result["run"].component("sentences")
     assert (sentences.emitted, sentences.errors) == (600, 1)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from cluster import wait_for
 from redis_server import RedisServer, unique_topology
 
 import streamflow.state.redis as redis_state
@@ -408,7 +409,5 @@ def test_close_closes_the_connections(redis_server: RedisServer) -> None:
     with redis_server.client() as client:
         assert [c for c in client.client_list() if c["name"] == name]
         provider.close()
-        deadline = time.monotonic() + 5
-        while [c for c in client.client_list() if c["name"] == name]:
-            assert time.monotonic() < deadline, "the provider's connection is still open"
-            time.sleep(0.01)
+        wait_for(lambda: not [c for c in client.client_list() if c["name"] == name], 5,
+                 "the provider's connection to close", every=0.01)
