@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from streamflow.components import Bolt, TaskContext
 from streamflow.multilang.process import ComponentProcess
 from streamflow.multilang.protocol import Message
-from streamflow.multilang.shell import ProtocolError, ShellComponent, emitted_to
+from streamflow.multilang.shell import ProtocolError, ShellComponent
 from streamflow.tuples import DEFAULT_STREAM, SYSTEM_COMPONENT, TICK_STREAM, Origin, Tuple
 
 HEARTBEAT_STREAM = "__heartbeat"
@@ -139,17 +139,11 @@ class ShellBolt(ShellComponent, Bolt):
             command = message.get("command")
             try:
                 if command == "ack":
-                    tup = inflight.pop(_id(message), None)
-                    if tup is None:
-                        raise ProtocolError(f"ack of unknown or already answered tuple id {message.get('id')!r}")
-                    acked.append(tup)
+                    acked.append(_answered(inflight, message))
                 elif command == "emit":
                     self._emit(message)
                 elif command == "fail":
-                    tup = inflight.pop(_id(message), None)
-                    if tup is None:
-                        raise ProtocolError(f"fail of unknown or already answered tuple id {message.get('id')!r}")
-                    self.fail(tup)
+                    self.fail(_answered(inflight, message))
                 elif command == "sync":
                     if self._beats:
                         self._heard_upto = max(self._heard_upto, self._beats.pop(0))
@@ -179,14 +173,7 @@ class ShellBolt(ShellComponent, Bolt):
                 if tup is None:
                     raise ProtocolError(f"emit anchored to unknown or already answered tuple id {anchor!r}")
                 tuples.append(tup)
-        task = message.get("task")
-        if task:
-            self.emit_direct(task, values, stream, tuples)
-        elif message.get("need_task_ids", True) is False:
-            self.emit(values, stream, tuples)
-        else:
-            tasks = emitted_to(self._collector, stream, lambda: self.emit(values, stream, tuples))
-            self._reply_task_ids(message, tasks)
+        self._emit_as_asked(message, values, stream, tuples)
 
     async def _handled(self) -> None:
         await self._collector.flush()
@@ -213,3 +200,12 @@ def _to_int(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         return -1
+
+
+def _answered(inflight: dict[int, Tuple], message: Message) -> Tuple:
+    """The tuple an ``ack`` or ``fail`` answers, no longer in flight."""
+    tup = inflight.pop(_id(message), None)
+    if tup is None:
+        raise ProtocolError(f"{message.get('command')} of unknown or already answered tuple id "
+                            f"{message.get('id')!r}")
+    return tup

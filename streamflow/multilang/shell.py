@@ -215,9 +215,19 @@ class ShellComponent(ABC):
     def _protocol_error(self, exc: Exception, command: Any) -> None:
         self._stats.record_error(exc, f"multilang {command}")
 
-    def _reply_task_ids(self, message: Message, tasks: list[int]) -> None:
-        if message.get("need_task_ids", True) is not False and self._proc is not None:
-            self._proc.write(self._proc.codec.encode(tasks))
+    def _emit_as_asked(self, message: Message, values: list[Any], stream: str, tag: Any) -> None:
+        """Emit as an ``emit`` command asks: to its direct task, or routed, answering the
+        task ids it went to unless ``need_task_ids`` is false. ``tag``: a bolt's anchors,
+        a spout's message id."""
+        task = message.get("task")
+        if task:
+            self.emit_direct(task, values, stream, tag)
+        elif message.get("need_task_ids", True) is False:
+            self.emit(values, stream, tag)
+        else:
+            tasks = emitted_to(self._collector, stream, lambda: self.emit(values, stream, tag))
+            if self._proc is not None:
+                self._proc.write(self._proc.codec.encode(tasks))
 
     def _storm_context(self, context: TaskContext) -> dict[str, Any]:
         """The ``context`` of Storm's handshake (``TopologyContext.toJSONString``)."""
@@ -259,6 +269,7 @@ class ShellComponent(ABC):
         """Once a second while the process is up."""
 
     emit: Any
+    emit_direct: Any
 
 
 def attach_topology(topology: Topology) -> None:

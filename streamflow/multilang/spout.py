@@ -34,7 +34,7 @@ from typing import Any, Mapping
 from streamflow.components import AsyncSpout, TaskContext
 from streamflow.multilang.process import ComponentProcess
 from streamflow.multilang.protocol import Message
-from streamflow.multilang.shell import ProtocolError, ShellComponent, emitted_to
+from streamflow.multilang.shell import ProtocolError, ShellComponent
 from streamflow.tuples import DEFAULT_STREAM
 
 
@@ -172,14 +172,7 @@ class ShellSpout(ShellComponent, AsyncSpout):
         msg_id = message.get("id")
         if isinstance(msg_id, list):
             msg_id = _hashable(msg_id)
-        task = message.get("task")
-        if task:
-            self.emit_direct(task, values, stream, msg_id)
-        elif message.get("need_task_ids", True) is False:
-            self.emit(values, stream, msg_id)
-        else:
-            tasks = emitted_to(self._collector, stream, lambda: self.emit(values, stream, msg_id))
-            self._reply_task_ids(message, tasks)
+        self._emit_as_asked(message, values, stream, msg_id)
         self._emits += 1
         if msg_id is not None:
             self._live.add(msg_id)
