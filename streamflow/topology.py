@@ -7,62 +7,22 @@ nimbus's scheduler and workers all read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 import orjson
 
-from streamflow.components import BoltBase, Component, SpoutBase, Stateful
+from streamflow.components import BoltBase, Component, SpoutBase
 from streamflow.config import validate_config
 from streamflow.errors import ConfigError, TopologyError
+from streamflow.specs import ComponentSpec, Subscription, acker_count
 from streamflow.tuples import DEFAULT_STREAM
 from streamflow.validation import validate
 
 ACKER_COMPONENT = "__acker"
 CHECKPOINT_COMPONENT = "__checkpoint"
 """The one task that coordinates checkpoints, in topologies with a stateful bolt."""
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """A bolt's input: a stream of a source component, routed by a grouping."""
-
-    source: str
-    stream: str
-    grouping: str
-    fields: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ComponentSpec:
-    """One spout or bolt: its prototype instance, task count, inputs and own config."""
-
-    name: str
-    kind: str  # "spout" or "bolt", as declared
-    component: Component
-    parallelism: int
-    inputs: tuple[Subscription, ...] = ()
-    config: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_spout(self) -> bool:
-        return self.kind == "spout"
-
-    @property
-    def is_stateful(self) -> bool:
-        return isinstance(self.component, Stateful)
-
-    @property
-    def outputs(self) -> dict[str, tuple[str, ...]]:
-        """Declared output streams, normalised to ``{stream: fields}``.
-
-        Assumes a validated topology; validation reports malformed declarations.
-        """
-        declared = self.component.outputs
-        if isinstance(declared, Mapping):
-            return {stream: tuple(fields) for stream, fields in declared.items()}
-        return {DEFAULT_STREAM: tuple(declared)}
 
 
 @dataclass(frozen=True)
@@ -101,10 +61,7 @@ class Topology:
 
     def acker_count(self) -> int:
         """Acker tasks: ``topology.acker.executors``, or one per worker when unset."""
-        configured = self.config.get("topology.acker.executors")
-        if configured is None:
-            return int(self.config.get("topology.workers") or 1)
-        return int(configured)
+        return acker_count(self.config)
 
     def task_layout(self) -> dict[str, tuple[int, ...]]:
         """Task ids per component (see :func:`task_layout`)."""

@@ -7,43 +7,62 @@ with the same reason wherever it is checked.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+import re
+from typing import Any, Mapping, Protocol
 
 from streamflow.components import BoltBase, SpoutBase, Stateful
 from streamflow.config import validate_config
 from streamflow.errors import ConfigError, TopologyError
 from streamflow.groupings import GROUPINGS, KEYED_GROUPINGS
+from streamflow.specs import ComponentSpec, acker_count
 
-if TYPE_CHECKING:
-    from streamflow.topology import ComponentSpec, Topology
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+NAME_RULE = "1 to 128 letters, digits, '_', '-' or '.', not starting with '.' or '-'"
+"""Names become znode paths, file names, metric labels and CLI arguments: a name like
+``a/b`` or ``..`` would escape its directory, so only this alphabet is accepted."""
 
 
-def validate(topology: Topology) -> None:
+class TopologyData(Protocol):
+    """What validation reads of a :class:`~streamflow.topology.Topology`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def components(self) -> Mapping[str, ComponentSpec]: ...
+    @property
+    def config(self) -> Mapping[str, Any]: ...
+
+
+def validate(topology: TopologyData) -> None:
     """Raise :class:`TopologyError` or :class:`ConfigError` for the first problem found."""
     name = topology.name
-    if not isinstance(name, str) or not name.strip():
-        raise TopologyError(f"topology name must be a non-empty string, got {name!r}")
+    if not _valid_name(name):
+        raise TopologyError(f"topology name {name!r} is invalid ({NAME_RULE})")
     prefix = f"topology {name!r}: "
     try:
         validate_config(topology.config)
     except ConfigError as exc:
         raise ConfigError(prefix + str(exc)) from None
-    if not topology.spouts:
+    if not any(spec.is_spout for spec in topology.components.values()):
         raise TopologyError(prefix + "it declares no spout")
     outputs = {spec.name: _check_component(spec, prefix) for spec in topology.components.values()}
-    for spec in topology.bolts:
+    for spec in _bolts(topology):
         _check_inputs(spec, outputs, prefix)
     _check_acyclic(topology, prefix)
     _check_state(topology, prefix)
 
 
-def _check_state(topology: Topology, prefix: str) -> None:
+def _bolts(topology: TopologyData) -> list[ComponentSpec]:
+    return [spec for spec in topology.components.values() if not spec.is_spout]
+
+
+def _check_state(topology: TopologyData, prefix: str) -> None:
     """A stateful bolt needs acking, and no more tasks than its key groups."""
-    for spec in topology.bolts:
+    for spec in _bolts(topology):
         if not isinstance(spec.component, Stateful):
             continue
         where = f"{prefix}component {spec.name!r}: "
-        if topology.acker_count() == 0:
+        if acker_count(topology.config) == 0:
             raise TopologyError(where + "a stateful bolt needs acking (topology.acker.executors > 0)")
         groups = {**topology.config, **spec.config}.get("topology.state.key.groups", 128)
         if spec.parallelism > groups:
@@ -56,7 +75,7 @@ def _check_component(spec: ComponentSpec, prefix: str) -> dict[str, tuple[str, .
     where = f"{prefix}component {spec.name!r}: "
     if not _valid_name(spec.name) or spec.name.startswith("__"):
         raise TopologyError(f"{prefix}component name {spec.name!r} is invalid "
-                            "(a non-empty printable string not starting with '__')")
+                            f"({NAME_RULE}, not starting with '__')")
     expected, kind = (SpoutBase, "Spout") if spec.is_spout else (BoltBase, "Bolt")
     if not isinstance(spec.component, expected):
         raise TopologyError(f"{where}expected a {kind} instance, got {type(spec.component).__name__}")
@@ -81,18 +100,17 @@ def _check_outputs(declared: Any, where: str) -> dict[str, tuple[str, ...]]:
     for stream, fields in streams.items():
         if not _valid_name(stream) or stream.startswith("__"):
             raise TopologyError(f"{where}stream name {stream!r} is invalid "
-                                "(a non-empty printable string not starting with '__')")
+                                f"({NAME_RULE}, not starting with '__')")
         if not isinstance(fields, (list, tuple)) or not all(_valid_name(f) for f in fields):
-            raise TopologyError(f"{where}fields of stream {stream!r} must be a list of "
-                                f"non-empty printable strings, got {fields!r}")
+            raise TopologyError(f"{where}fields of stream {stream!r} must be a list of names "
+                                f"({NAME_RULE}), got {fields!r}")
         if len(set(fields)) != len(fields):
             raise TopologyError(f"{where}stream {stream!r} declares a field twice: {list(fields)}")
     return {stream: tuple(fields) for stream, fields in streams.items()}
 
 
 def _valid_name(name: Any) -> bool:
-    """Names appear in one-line errors and status tables: non-empty, printable text."""
-    return isinstance(name, str) and bool(name) and name.isprintable()
+    return isinstance(name, str) and NAME.fullmatch(name) is not None
 
 
 def _check_inputs(
@@ -124,10 +142,10 @@ def _check_inputs(
             raise TopologyError(f"{where}{sub.grouping} grouping on {sub.source!r} takes no fields")
 
 
-def _check_acyclic(topology: Topology, prefix: str) -> None:
+def _check_acyclic(topology: TopologyData, prefix: str) -> None:
     """Depth-first search for a cycle; report it as ``a -> b -> a``."""
     downstream: dict[str, list[str]] = {name: [] for name in topology.components}
-    for spec in topology.bolts:
+    for spec in _bolts(topology):
         for sub in spec.inputs:
             downstream[sub.source].append(spec.name)
     state: dict[str, int] = {}  # 1: on the current path, 2: done

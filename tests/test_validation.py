@@ -350,8 +350,8 @@ def test_component_class_instead_of_instance():
         ("word", ["outputs must be a list", "'word'"]),
         (["word", "word"], ["declares a field twice", "'default'"]),
         ({"s": ["a", "b", "a"]}, ["declares a field twice", "'s'"]),
-        (["word", ""], ["must be a list of non-empty printable strings"]),
-        (["word", 3], ["must be a list of non-empty printable strings"]),
+        (["word", ""], ["must be a list of names"]),
+        (["word", 3], ["must be a list of names"]),
         ({"s": "word"}, ["fields of stream 's'", "must be a list"]),
         (None, ["outputs must be a list"]),
         ({"": ["a"]}, ["stream name '' is invalid"]),
@@ -378,18 +378,38 @@ def test_reserved_component_name(name):
     expect_error(builder.build, TopologyError, repr(name), "invalid", "'__'")
 
 
-@pytest.mark.parametrize("name", ["", 5])
+@pytest.mark.parametrize("name", ["", 5, "a/b", "..", ".hidden", "-x", "a b", "é", "x" * 129])
 def test_invalid_component_name(name):
     builder = TopologyBuilder("t")
     builder.set_spout(name, WordSpout())  # type: ignore[arg-type]
     expect_error(builder.build, TopologyError, repr(name), "invalid")
 
 
-@pytest.mark.parametrize("name", ["", "   ", None])
+@pytest.mark.parametrize("name", ["", "   ", None, "a/b", ".."])
 def test_invalid_topology_name(name):
     builder = TopologyBuilder(name)  # type: ignore[arg-type]
     builder.set_spout("s", WordSpout())
     expect_error(builder.build, TopologyError, "topology name", repr(name))
+
+
+@pytest.mark.parametrize("stream", ["a/b", "..", "a:b"])
+def test_invalid_stream_names_are_refused(stream):
+    builder = TopologyBuilder("t")
+    builder.set_spout("s", make_outputs_spout({stream: ["word"]}))
+    expect_error(builder.build, TopologyError, repr(stream), "stream name", "letters, digits")
+
+
+@pytest.mark.parametrize("field", ["a/b", "..", "a b"])
+def test_invalid_field_names_are_refused(field):
+    builder = TopologyBuilder("t")
+    builder.set_spout("s", make_outputs_spout(["word", field]))
+    expect_error(builder.build, TopologyError, "must be a list of names", repr(field))
+
+
+def test_names_from_the_whole_alphabet_build():
+    builder = TopologyBuilder("Word_Count-2.0")
+    builder.set_spout("src_1-a.b", make_outputs_spout({"out.v-2": ["f_1", "g-2.x"]}))
+    assert "src_1-a.b" in builder.build().components
 
 
 # --------------------------------------------------------------------------- config errors
