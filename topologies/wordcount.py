@@ -133,14 +133,8 @@ def build(config: Mapping[str, Any]) -> Topology:
                             group_id=config.get("kafka.group_id"),
                             record_to_values=_sentence_of, fields=["sentence"],
                             dead_letter_topic=config.get("deadletter.topic"))
-        # A word's highest count written is its count, whatever order the writes land in:
-        # three writers, so the sink never waits for the broker between batches. So the
-        # writes may linger 20 ms rather than the sink's 1: fewer, larger requests cost
-        # the broker less per record (Tansu: 0.83 us with 1 ms, 0.68 with 5, 0.45 with 20),
-        # which leaves more of the machine to the workers. Kafka bench, 2 workers,
-        # interleaved pairs, medians from submission: 21.3k sentences/s with 5 ms against
-        # 18.6k with 1 (4 pairs); 22.0k with 20 against 20.8k with 5 (4 pairs, 20 ahead in
-        # each). A tree waits up to 20 ms more for its writes.
+        # A word's highest count written is its count, so writes may land in any order:
+        # three writers, and batches that linger 20 ms (see README, "Benchmarks").
         sink = KafkaBolt(str(bootstrap), str(config.get("output.topic", "word-counts")),
                          key_field="word", fields=["word", "count"], writers=3, linger_ms=20)
     else:
@@ -148,10 +142,8 @@ def build(config: Mapping[str, Any]) -> Topology:
         if config.get("output.path"):
             sink = JsonLinesSink(str(config["output.path"]), fields=["word", "count"])
 
-    # A sentence's tree completes once the checkpoint covering its counts commits (every
-    # topology.state.checkpoint.interval.ms, 1 s by default), so a spout task needs a
-    # checkpoint interval's worth of sentences in flight, and more: with the engine's 500
-    # it could make at most 500 sentences a checkpoint. -c still wins.
+    # A sentence's tree completes when the checkpoint holding its counts commits (every
+    # second): keep more than a second of sentences in flight per spout task.
     settings["topology.max.spout.pending"] = 50_000
     builder = TopologyBuilder("wordcount")
     builder.set_spout("sentences", source, parallelism("spout", 1))
