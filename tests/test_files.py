@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -234,3 +235,44 @@ def test_the_sink_writes_the_fields_picked_in_their_order_whatever_their_names(t
 def test_the_sink_names_a_field_its_input_lacks(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="input has no field 'count' \\(fields: word, n\\)"):
         write_lines(tmp_path / "out.jsonl", ("word", "count"), ("word", "n"), [("a", 1)])
+
+
+def test_with_fsync_a_batch_is_acked_only_after_the_file_is_flushed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sink = JsonLinesSink(str(tmp_path / "out.jsonl"), fsync=True)
+    sink.ack = lambda tup: events.append("ack")  # type: ignore[method-assign]
+    sink.prepare({}, TaskContext("t", "sink", 0, {"sink": (0,)}))
+    origin = Origin("source", 1, "default", ("n",))
+    for n in range(3):
+        sink.process(Tuple((n,), origin, None))
+    sink.end_batch()
+    sink.cleanup()
+    assert events == ["fsync", "ack", "ack", "ack"]
+
+
+def test_a_failed_fsync_fails_the_batch_instead_of_acking_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sink = JsonLinesSink(str(tmp_path / "out.jsonl"), fsync=True)
+    acked: list[Tuple] = []
+    failed: list[Tuple] = []
+    sink.ack = acked.append  # type: ignore[method-assign]
+    sink.fail = failed.append  # type: ignore[method-assign]
+    sink.prepare({}, TaskContext("t", "sink", 0, {"sink": (0,)}))
+    tup = Tuple((1,), Origin("source", 1, "default", ("n",)), None)
+    sink.process(tup)
+    with pytest.raises(OSError, match="Input/output error"):
+        sink.end_batch()
+    sink.cleanup()
+    assert (acked, failed) == ([], [tup])
