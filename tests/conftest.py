@@ -121,8 +121,8 @@ def cluster(shared_cluster: Cluster) -> Iterator[Cluster]:
 @pytest.fixture
 def own_cluster(zookeeper: Any, zk_root: str, tmp_path: Path) -> Iterator[Cluster]:
     """A cluster of the test's own (2 nimbus, 2 supervisors of 2 slots), for a test that
-    kills part of it."""
-    c = Cluster(zookeeper.hosts, zk_root, tmp_path / "cluster")
+    kills part of it: with the API token and ZooKeeper ACLs on, as production runs."""
+    c = Cluster(zookeeper.hosts, zk_root, tmp_path / "cluster", token=TOKEN, zk_auth=ZK_AUTH)
     c.start()
     yield c
     c.stop()

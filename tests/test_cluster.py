@@ -116,22 +116,51 @@ def test_wordcount_on_four_workers_counts_exactly(cluster: Cluster, tmp_path: Pa
              "every sentence acked at the spout")
 
 
+def workers_holding(c: Cluster, name: str, workers: int, component: str) -> list[dict[str, Any]]:
+    """The workers running a task of the ETL's ``component``, once all ``workers`` run."""
+    description = json.loads(c.cli("describe", ETL, "-c", "output.path=x", "-c", "deadletter.path=x", "-c",
+                                   f"topology.workers={workers}").stdout)
+    tasks = set(description["tasks"][component])
+    running = wait_for(lambda: (lambda w: w if len(w) == workers else None)(c.status(name)["workers"]), 60,
+                       "every worker running")
+    return [w for w in running if tasks & set(w["tasks"])]
+
+
 def test_etl_survives_kill_9_of_a_worker(cluster: Cluster, tmp_path: Path) -> None:
-    out, dlq, valid, malformed = submit_etl(cluster, tmp_path, "etl-kill-worker", workers=4)
+    out, dlq, valid, malformed = submit_etl(cluster, tmp_path, "etl-kill-worker", workers=4, events=100_000,
+                                            pending=1000)
+    # A worker running an enrich task and not the spout: every event crosses to one of the
+    # enrich tasks (fields grouping on user), so this worker has work in flight. Enough
+    # events that the run lasts past the few seconds status takes to show every worker.
+    holder = workers_holding(cluster, "etl-kill-worker", 4, "events")[0]
+    enrich = workers_holding(cluster, "etl-kill-worker", 4, "enrich")
+    victim = next(w for w in enrich if w["slot"] != holder["slot"])
     wait_for(lambda: len(ids_in(out)) > len(valid) // 10, 120, "a tenth of the events in OUT")
-    description = json.loads(cluster.cli("describe", ETL, "-c", "output.path=x", "-c",
-                                         "topology.workers=4").stdout)
-    spout_tasks = set(description["tasks"]["events"])
-    workers = cluster.status("etl-kill-worker")["workers"]
-    victim = next(w for w in workers if not spout_tasks & set(w["tasks"]))
     os.kill(victim["pid"], signal.SIGKILL)
     duplicates = assert_etl_complete(out, dlq, valid, malformed, 180)
-    print(f"\nkill -9 of worker {victim['slot']}: {duplicates} ids written twice or more "
-          f"of {len(valid)}")
+    spout = cluster.status("etl-kill-worker")["components"]["events"]
+    print(f"\nkill -9 of worker {victim['slot']}: {spout['failed']} trees failed, {spout['replayed']} "
+          f"replayed, {duplicates} ids written twice or more of {len(valid)}")
+    assert spout["failed"] > 0 and spout["replayed"] > 0  # the kill hit trees in flight
     restarted = wait_for(lambda: cluster.worker_pids().get(victim["port"]), 30, "worker restarted")
     assert restarted != victim["pid"]
     supervisor = metric_samples(f"http://127.0.0.1:{cluster.health_ports[victim['slot'].split(':')[0]]}")
     assert supervisor[("streamflow_worker_restarts_total", (("topology", "etl-kill-worker"),))] == 1
+
+
+def test_etl_survives_kill_9_of_the_worker_holding_the_spout(cluster: Cluster, tmp_path: Path) -> None:
+    out, dlq, valid, malformed = submit_etl(cluster, tmp_path, "etl-kill-spout", workers=4, events=100_000)
+    victim = workers_holding(cluster, "etl-kill-spout", 4, "events")[0]
+    wait_for(lambda: len(ids_in(out)) > len(valid) // 10, 120, "a tenth of the events in OUT")
+    os.kill(victim["pid"], signal.SIGKILL)
+    duplicates = assert_etl_complete(out, dlq, valid, malformed, 180)
+    print(f"\nkill -9 of the spout's worker {victim['slot']}: {duplicates} ids written twice or more "
+          f"of {len(valid)}")
+    # The spout keeps no position: its new worker reads the file again from the start, so the
+    # events written before the kill are written again (at-least-once), and none is missing.
+    assert duplicates > len(valid) // 10
+    restarted = wait_for(lambda: cluster.worker_pids().get(victim["port"]), 30, "worker restarted")
+    assert restarted != victim["pid"]
 
 
 def test_kill_9_of_a_supervisor_moves_its_tasks(own_cluster: Cluster, tmp_path: Path) -> None:
@@ -145,7 +174,12 @@ def test_kill_9_of_a_supervisor_moves_its_tasks(own_cluster: Cluster, tmp_path: 
         if port in ports:
             os.kill(pid, signal.SIGKILL)
     duplicates = assert_etl_complete(out, dlq, valid, malformed, 180)
-    print(f"\nkill -9 of supervisor {victim} and its workers: {duplicates} ids written twice or more")
+    spout = c.status("etl-kill-sup")["components"]["events"]
+    print(f"\nkill -9 of supervisor {victim} and its workers: {spout['failed']} trees failed, "
+          f"{duplicates} ids written twice or more")
+    # The kill hit work in flight: trees failed at a surviving spout, or a restarted spout
+    # read its events again.
+    assert spout["failed"] > 0 or duplicates > 0
     workers = c.status("etl-kill-sup")["workers"]
     assert workers and all(not w["slot"].startswith(victim + ":") for w in workers)
     leader = metric_samples(c.api("cluster")["leader"])
