@@ -13,6 +13,23 @@ Beside wall-clock time it prints the CPU seconds the run used (user + system, fr
 child's rusage): on a machine busy with other work, wall time moves with the load while
 CPU time barely does, so CPU time is the figure to compare two versions of the hot path
 by (run both, interleaved, with ``--repeat``).
+
+Measurements behind the hot path's design (local wordcount; instructions counted by
+callgrind, or nanoseconds per call on one core):
+
+- ``GC_YOUNG_THRESHOLD`` (streamflow/worker.py): at Python's default of 700 allocations a
+  sentence cost 6.5% more instructions than at 10,000, 50,000 or 200,000, which are alike.
+- Collectors keep columns, not tuples: a tuple built and taken apart cost 190 ns more than
+  two appends.
+- ``BoltOutputCollector.anchored_emitter`` (the common case of one root inline): 4.7% fewer
+  instructions per sentence of the Kafka wordcount with the fields router's memo, against
+  2.2% with the memo alone.
+- ``BoltOutputCollector.ack_all``: 124 ns a tuple, against 190-222 ns for a call of ``ack``
+  per tuple.
+- Routers are closures: calling one costs two thirds of calling an object's ``__call__``
+  (150 against 235 ns for fields grouping); a wordcount sentence calls twenty.
+- ``FIELDS_MEMO``: a dict lookup costs a third of hashing the key again (113 against
+  171 ns a route); 16,384 keys hold at most 0.4 MB, 2 MB with keys of 50 characters.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ tuples, to a receiver's transport, whose inbox a consumer task drains. The proce
 time (user + system) over the run, divided by the tuples, is what a tuple costs to encode,
 write, read, decode and rebuild: the part of cluster mode that local mode does not pay.
 The batches are built before the clock starts. Prints every run and the median.
+
+A marshal frame (what topologies of built-in values send with the pickle serializer)
+was about a third faster to encode and decode than pickle.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from streamflow_connectors.files import LineSpout
 from streamflow import BasicBolt, TopologyBuilder
 from streamflow.acking import new_id
 from streamflow.inbox import ACK_ACK, TUPLES, Inbox
-from streamflow.transport.tcp import Codec, TcpTransport
+from streamflow.transport.frames import Codec
+from streamflow.transport.tcp import TcpTransport
 from streamflow.tuples import Anchors, Origin
 
 WORD = re.compile(r"[\w']+")

@@ -16,13 +16,18 @@ the oldest entries are at the front and expiry stops at the first entry still yo
 from __future__ import annotations
 
 import random
-from typing import Any, Collection, Iterator, Mapping
+from typing import Any, Collection, Iterable, Iterator, Mapping
+
+from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT, Message
 
 new_id = random.Random(random.SystemRandom().getrandbits(64)).getrandbits
 """``new_id(64)``: a random 64-bit root or edge id (a fast PRNG seeded from the OS)."""
 
 PENDING, COMPLETED, FAILED = 0, 1, 2
 """What :meth:`AckerState.init` reports about a tree."""
+
+Outcomes = dict[int, list[int]]
+"""Spout task -> root ids of its trees that completed (or failed)."""
 
 
 class AckerState:
@@ -88,6 +93,31 @@ class AckerState:
         else:
             entry[0] = None
         return None
+
+    def apply(self, messages: Iterable[Message], now: float) -> tuple[Outcomes, Outcomes]:
+        """Take in a batch of the acker's inbox messages (ACK_INIT, ACK_ACK, ACK_FAIL, in
+        order) received at ``now``. Returns the trees they completed and the trees they
+        failed, by spout task: what to tell each spout task, one message each."""
+        done: Outcomes = {}
+        failed: Outcomes = {}
+        for kind, payload in messages:
+            if kind == ACK_ACK:
+                self.ack_all(payload, now, done)
+            elif kind == ACK_INIT:
+                for root, xor, spout in payload:
+                    outcome = self.init(root, xor, spout, now)
+                    if outcome == COMPLETED:
+                        done.setdefault(spout, []).append(root)
+                    elif outcome == FAILED:
+                        failed.setdefault(spout, []).append(root)
+            elif kind == ACK_FAIL:
+                for root in payload:
+                    spout = self.fail(root, now)
+                    if spout is not None:
+                        failed.setdefault(spout, []).append(root)
+            else:
+                raise ValueError(f"an acker cannot take a {kind!r} message")
+        return done, failed
 
     def expire(self, cutoff: float) -> int:
         """Forget trees first seen before ``cutoff`` (the spout has timed them out). Returns how many."""

@@ -38,9 +38,8 @@ GC_YOUNG_THRESHOLD = 50_000
 """Net allocations between two runs of the cyclic garbage collector's youngest generation
 while a worker runs (Python's default is 700). Tuples, their values and anchors are
 short-lived and freed by reference counting, but a batch in flight holds thousands of
-them: at 700, every few hundred tuples the collector walked the batches in flight to
-find no cycle (local wordcount, in instructions counted by callgrind: 6.5% more per
-sentence at 700 than at 10,000, 50,000 or 200,000, which are alike)."""
+them: the threshold must exceed what a few batches allocate, or the collector keeps
+walking the batches in flight to find no cycle (measured in bench/local_wordcount.py)."""
 
 
 @contextmanager

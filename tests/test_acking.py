@@ -9,6 +9,7 @@ from operator import xor
 import pytest
 
 from streamflow.acking import COMPLETED, FAILED, PENDING, AckerState, PendingTrees, new_id
+from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT, TREE_DONE
 
 SPOUT_TASK = 3
 
@@ -242,6 +243,51 @@ def test_second_fail_before_init_still_waits():
     assert state.fail(1, 0.0) is None
     assert len(state) == 1
     assert state.init(1, 0x5, 2, 0.0) == FAILED
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def test_apply_reports_completed_trees_by_spout_task_in_one_batch():
+    # Two trees of two spout tasks, each completing within one batch of inbox messages,
+    # whatever the order: init before acks for one, after them for the other.
+    rng = random.Random(11)
+    first, second = Tree(rng, depth=2, fanout=2), Tree(rng, depth=2, fanout=2)
+    state = AckerState()
+    messages = [
+        (ACK_INIT, [(first.root, first.init_xor, 3)]),
+        (ACK_ACK, {first.root: first.acks[0]}),
+        (ACK_ACK, dict([(second.root, reduce(xor, second.acks))])),
+        (ACK_ACK, {first.root: reduce(xor, first.acks[1:])}),
+        (ACK_INIT, [(second.root, second.init_xor, 5)]),
+    ]
+    assert state.apply(messages, 0.0) == ({3: [first.root], 5: [second.root]}, {})
+    assert len(state) == 0
+
+
+def test_apply_keeps_incomplete_trees_and_reports_nothing():
+    tree = Tree(random.Random(12))
+    state = AckerState()
+    messages = [(ACK_INIT, [(tree.root, tree.init_xor, 3)]), (ACK_ACK, {tree.root: tree.acks[0]})]
+    assert state.apply(messages, 0.0) == ({}, {})
+    assert len(state) == 1
+    assert state.apply([(ACK_ACK, {tree.root: reduce(xor, tree.acks[1:])})], 1.0) == ({3: [tree.root]}, {})
+
+
+def test_apply_reports_failures_whether_the_fail_comes_before_or_after_the_init():
+    state = AckerState()
+    messages = [
+        (ACK_INIT, [(1, 0xAB, 3)]),
+        (ACK_FAIL, [1, 2]),  # root 2: no init yet, so no spout task to tell
+        (ACK_INIT, [(2, 0xCD, 4)]),  # ... which its init names
+    ]
+    assert state.apply(messages, 0.0) == ({}, {3: [1], 4: [2]})
+    assert len(state) == 0
+
+
+def test_apply_refuses_a_message_that_is_not_acker_traffic():
+    with pytest.raises(ValueError, match="cannot take a 'tree_done' message"):
+        AckerState().apply([(TREE_DONE, [1])], 0.0)
 
 
 # --------------------------------------------------------------------------- expiry

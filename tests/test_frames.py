@@ -14,7 +14,7 @@ import pytest
 from streamflow import BasicBolt, TopologyBuilder, Tuple
 from streamflow.inbox import ACK_ACK, ACK_INIT, TUPLES
 from streamflow.testing import Ledger, ListSpout
-from streamflow.transport.tcp import Codec
+from streamflow.transport.frames import Codec
 from streamflow.tuples import Origin
 
 TOP = 2**64 - 1

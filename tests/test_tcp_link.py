@@ -14,7 +14,9 @@ from cluster import free_port_run, wait_for_async
 from streamflow import BasicBolt, TopologyBuilder
 from streamflow.inbox import Inbox
 from streamflow.testing import ListSpout
-from streamflow.transport.tcp import Codec, PeerLink, TcpTransport
+from streamflow.transport.frames import Codec
+from streamflow.transport.link import PeerLink
+from streamflow.transport.tcp import TcpTransport
 from streamflow.tuples import Origin
 
 

@@ -1,0 +1,198 @@
+"""A bolt task's executor: runs ``process`` on each tuple of each inbox batch, then
+``end_batch``, then flushes what the batch produced."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable, Mapping, cast
+
+from streamflow.checkpoint import BoltCheckpoints
+from streamflow.collector import BoltOutputCollector
+from streamflow.components import AsyncBasicBolt, AsyncBolt, BasicBolt, Bolt
+from streamflow.executor.base import ComponentExecutor
+from streamflow.inbox import BARRIER, CHECKPOINT, TICK, TUPLES, Message
+from streamflow.state.store import StateProvider
+from streamflow.tuples import TICK_ORIGIN, Tuple
+
+MAX_TUPLES_PER_TURN = 256
+"""A bolt handles all batches queued in its inbox before it flushes, up to this many
+tuples, then lets the other tasks run."""
+
+
+class BoltExecutor(ComponentExecutor):
+    """Runs ``process`` on each tuple of each inbox batch, then ``end_batch``, then flushes."""
+
+    kind = "bolt"
+
+    def __init__(self, *args: Any, provider: StateProvider | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.collector = BoltOutputCollector(*self._collector_args)
+        bolt: Bolt | AsyncBolt = self.instance
+        self.bolt = bolt
+        basic = isinstance(bolt, (BasicBolt, AsyncBasicBolt))
+        bolt.emit = self.collector.anchored_emitter() if basic else self.collector.emit
+        bolt.emit_direct = self.collector.emit_direct
+        bolt.ack = self.collector.ack
+        bolt.ack_all = self.collector.ack_all
+        bolt.fail = self.collector.fail
+        bolt.flush_acks = self.collector.flush_acks
+        self._process: Callable[[list[Tuple]], Awaitable[None] | None]
+        if isinstance(bolt, AsyncBolt):
+            self._process = self._process_async_basic if basic else self._process_async
+        else:
+            self._process = self._process_basic if basic else self._process_plain
+        self._tick_every: float | None = self.config.get("topology.tick.tuple.freq.secs") or bolt.tick_seconds
+        self.checkpoints: BoltCheckpoints | None = None
+        """This task's part in checkpoints, in a topology with a stateful bolt."""
+        if self.topology.is_stateful:
+            spec = self.topology.components[self.component]
+            store = provider.store(self.component) if spec.is_stateful and provider is not None else None
+            self.checkpoints = BoltCheckpoints(
+                self.topology, self.component, self.task, self.transport, self.inbox, self.collector, self.stats,
+                bolt, store, float(self.config["topology.message.timeout.secs"]))
+
+    def metrics(self) -> Mapping[str, Any]:
+        """The component's metrics, and its state's (keys, bytes, rollbacks) when stateful."""
+        metrics = super().metrics()
+        if self.checkpoints is not None and self.started:
+            return {**metrics, **self.checkpoints.metrics()}
+        return metrics
+
+    async def run(self) -> None:
+        await self._start("prepare")
+        checkpoints = self.checkpoints
+        if checkpoints is not None:
+            checkpoints.started()
+        if self._tick_every:
+            self._schedule_tick(self._tick_every)
+        inbox, collector, stats = self.inbox, self.collector, self.stats
+        take = inbox.get_nowait if checkpoints is None else checkpoints.take
+        process = self._process
+        end_batch: Callable[[], Awaitable[None] | None] = self.bolt.end_batch
+        clock, latency = time.perf_counter, stats.execute_latency
+        while True:
+            message = take()
+            if message is None:
+                self.idle = True
+                await inbox.wait()
+                self.idle = False
+                continue
+            handled = 0
+            control: Message | None = None
+            started = clock()
+            while message is not None:  # drain the inbox: one flush for all queued batches
+                kind, payload = message
+                if kind != TUPLES:
+                    if kind != TICK:  # checkpoint traffic: after this batch is done
+                        control = message
+                        break
+                    if checkpoints is not None and not checkpoints.ticks_due():
+                        message = take()  # no tick on state that is not restored yet
+                        continue
+                    payload = [Tuple((), TICK_ORIGIN, None)]
+                elif checkpoints is not None and not checkpoints.admit(message):
+                    message = take()  # held behind a barrier, or stale
+                    continue
+                handled += len(payload)
+                done = process(payload)
+                if done is not None:  # an async bolt's batch
+                    await done
+                if handled >= MAX_TUPLES_PER_TURN:
+                    break
+                message = take()
+            if handled:
+                stats.executed += handled
+                try:
+                    done = end_batch()
+                    if done is not None:
+                        await done
+                except Exception as exc:
+                    stats.record_error(exc, "end_batch")
+                took = clock() - started
+                stats.busy += took
+                latency.add_many(took / handled, handled)
+                await collector.flush()
+                if checkpoints is not None:
+                    checkpoints.check_failures()
+            if control is not None:
+                await self._checkpoint_message(control)
+                await collector.flush()  # what the bolt emitted at the end of its input
+            await asyncio.sleep(0)
+
+    async def _checkpoint_message(self, message: Message) -> None:
+        """A barrier from an input, or a commit from the coordinator."""
+        assert self.checkpoints is not None
+        if message[0] == BARRIER:
+            await self.checkpoints.barrier(message)
+        elif message[0] == CHECKPOINT:
+            await self.checkpoints.commit(message[1])
+
+    def _schedule_tick(self, every: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            self.inbox.put_control(TICK, None)
+            loop.call_later(every, tick)
+
+        loop.call_later(every, tick)
+
+    def _process_plain(self, tuples: list[Tuple]) -> None:
+        process, fail, record = cast(Bolt, self.bolt).process, self.collector.fail, self.stats.record_error
+        for tup in tuples:
+            try:
+                process(tup)
+            except Exception as exc:
+                fail(tup)
+                record(exc, "process")
+
+    def _process_basic(self, tuples: list[Tuple]) -> None:
+        """A BasicBolt's batch: each tuple that ``process`` took without raising is acked,
+        all in one call at the end (a tuple's acks leave with the batch either way)."""
+        collector = self.collector
+        process, fail = cast(Bolt, self.bolt).process, collector.fail
+        failed: list[Tuple] = []
+        for tup in tuples:
+            collector.current = tup
+            try:
+                process(tup)
+            except Exception as exc:
+                fail(tup)
+                failed.append(tup)
+                self.stats.record_error(exc, "process")
+        collector.current = None
+        collector.ack_all(_without(tuples, failed) if failed else tuples)
+
+    async def _process_async(self, tuples: list[Tuple]) -> None:
+        process = cast(AsyncBolt, self.bolt).process
+        for tup in tuples:
+            try:
+                await process(tup)
+            except Exception as exc:
+                self.collector.fail(tup)
+                self.stats.record_error(exc, "process")
+
+    async def _process_async_basic(self, tuples: list[Tuple]) -> None:
+        collector = self.collector
+        process = cast(AsyncBolt, self.bolt).process
+        failed: list[Tuple] = []
+        for tup in tuples:
+            collector.current = tup
+            try:
+                await process(tup)
+            except Exception as exc:
+                collector.fail(tup)
+                failed.append(tup)
+                self.stats.record_error(exc, "process")
+        collector.current = None
+        collector.ack_all(_without(tuples, failed) if failed else tuples)
+
+    async def close(self) -> None:
+        """Release the bolt's resources once the task has stopped."""
+        await self._close_with("cleanup")
+
+
+def _without(tuples: list[Tuple], failed: list[Tuple]) -> list[Tuple]:
+    """``tuples`` but the ``failed`` ones (by identity: tuples do not compare by value)."""
+    gone = set(map(id, failed))
+    return [t for t in tuples if id(t) not in gone]
