@@ -15,6 +15,7 @@ only, and the shutdown order holds: a supervisor still needs ZooKeeper to deregi
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import signal
@@ -76,6 +77,15 @@ def zookeeper_classpath(zk_jar: str | None, environ: dict[str, str] | os._Enviro
     raise StreamflowError(f"no ZooKeeper found: {INSTALL_HINT}")
 
 
+def zookeeper_command(zk_jar: str | None) -> list[str]:
+    """How to run a ZooKeeper server here (its config file to append), or a
+    :class:`StreamflowError` saying what to install."""
+    java = shutil.which("java")
+    if java is None:
+        raise StreamflowError(f"no java on PATH: {INSTALL_HINT}")
+    return [java, "-Xmx256m", "-cp", zookeeper_classpath(zk_jar, os.environ), ZOOKEEPER_MAIN]
+
+
 def check_ports(options: DevClusterOptions) -> None:
     """Refuse, naming the option to change, a port another process already holds."""
     wanted = [("--zk-port", options.zk_port), ("--port", options.port)]
@@ -135,8 +145,10 @@ class DevCluster:
     """Starts the children in order, each once the one before answers, and stops them in
     the reverse order."""
 
-    def __init__(self, options: DevClusterOptions) -> None:
+    def __init__(self, options: DevClusterOptions, zookeeper: list[str]) -> None:
         self.options = options
+        self.zookeeper = zookeeper
+        """The command line of a ZooKeeper server, without its config file."""
         self.children: list[Child] = []
         self.nimbus_url = f"http://127.0.0.1:{options.port}"
 
@@ -154,14 +166,10 @@ class DevCluster:
                 *streamflow, "supervisor", *zk, "--host", "127.0.0.1", "--slots", str(options.slots),
                 "--base-port", str(options.base_port + n * options.slots), "--health-port", str(health),
                 "--id", f"dev-{n}", "--data-dir", str(options.data_dir / f"supervisor-{n}"),
-            ], lambda health=health: _ready(f"http://127.0.0.1:{health}/readyz"))  # type: ignore[misc]
+            ], functools.partial(_ready, f"http://127.0.0.1:{health}/readyz"))
 
     def _start_zookeeper(self) -> None:
         options = self.options
-        java = shutil.which("java")
-        if java is None:
-            raise StreamflowError(f"no java on PATH: {INSTALL_HINT}")
-        classpath = zookeeper_classpath(options.zk_jar, os.environ)
         data = options.data_dir / "zookeeper"
         data.mkdir(exist_ok=True)
         config = options.data_dir / "zoo.cfg"
@@ -169,8 +177,7 @@ class DevCluster:
                           "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
                           "4lw.commands.whitelist=srvr,ruok\n"
                           "autopurge.snapRetainCount=3\nautopurge.purgeInterval=1\n")
-        self._start("zookeeper", [java, "-Xmx256m", "-cp", classpath, ZOOKEEPER_MAIN, str(config)],
-                    lambda: _zookeeper_serving(options.zk_port))
+        self._start("zookeeper", [*self.zookeeper, str(config)], lambda: _zookeeper_serving(options.zk_port))
 
     def _start(self, name: str, argv: list[str], ready: Callable[[], bool]) -> None:
         child = Child(name, argv, self.options.data_dir / f"{name}.log")
@@ -213,11 +220,12 @@ def _ready(url: str) -> bool:
 def run(options: DevClusterOptions) -> int:
     """Start the cluster, print what to export, and wait for Ctrl-C or a child's exit.
     Returns 0 after Ctrl-C, 1 when a child exited on its own."""
+    zookeeper = zookeeper_command(options.zk_jar)
     check_ports(options)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    cluster = DevCluster(options)
+    cluster = DevCluster(options, zookeeper)
     try:
         cluster.start()
         print(f"dev cluster up: ZooKeeper 127.0.0.1:{options.zk_port}, nimbus {cluster.nimbus_url}, "
