@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import importlib.util
 import json
 import re
 import shutil
@@ -296,6 +297,34 @@ def test_zookeeper_volume_holds_what_prod_writes() -> None:
                               int(env["ZOO_AUTOPURGE_SNAPRETAINCOUNT"]), int(env["ZOO_AUTOPURGE_PURGEINTERVAL"]))
     [claim] = sts["spec"]["volumeClaimTemplates"]
     assert mib(claim["spec"]["resources"]["requests"]["storage"]) >= 1.5 * need
+
+
+def test_write_bench_counts_transactions_and_their_bytes(tmp_path: Path) -> None:
+    """bench/zookeeper_writes.py, whose figure sizes the volume, reads a real server right:
+    one transaction per write, and each write's bytes in the (preallocated) log."""
+    from kazoo.client import KazooClient
+    from zookeeper import ZooKeeperServer
+
+    spec = importlib.util.spec_from_file_location("zookeeper_writes", ROOT / "bench" / "zookeeper_writes.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    with ZooKeeperServer(tmp_path) as server:
+        client = KazooClient(hosts=server.hosts)
+        client.start(timeout=10)
+        try:
+            client.create("/beat", b"")
+            before = bench.read(server)
+            for _ in range(50):
+                client.set("/beat", b"x" * 1000)
+            after = bench.read(server)
+        finally:
+            client.stop()
+            client.close()
+    assert after.zxid - before.zxid == 50
+    assert 50 * 1000 < after.log_bytes - before.log_bytes < 50 * 1200
+    assert (server.data_dir / "version-2").is_dir()
 
 
 class _FakeZooKeeper:
