@@ -421,6 +421,9 @@ def test_supervisor_memory_is_its_workers_caps_and_its_own_share(target: str) ->
     limits = container(find(docs, "StatefulSet", "supervisor"), "supervisor")["resources"]["limits"]
     workers = int(settings["STREAMFLOW_SLOTS"]) * int(settings["STREAMFLOW_WORKER_MEMORY_MB"])
     assert mib(limits["memory"]) == workers + SUPERVISOR_SHARE_MIB
+    # glibc's arenas (64 MiB of address space each, up to 8 per core) would eat the cap unused
+    arenas = env_of(container(find(docs, "StatefulSet", "supervisor"), "supervisor"))["MALLOC_ARENA_MAX"]
+    assert int(arenas["value"]) <= 4
 
 
 def test_supervisor_disk_holds_its_worker_logs() -> None:
