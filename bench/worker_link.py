@@ -1,6 +1,7 @@
 """The cost of one tuple crossing from one worker to another: CPU per tuple, both ends.
 
     python bench/worker_link.py [--batches 8000] [--words 100] [--repeat 5]
+                                [--serializer msgpack|pickle|both]
 
 One process plays both workers on one event loop (uvloop), over real TCP on 127.0.0.1:
 a sender's :class:`~streamflow.transport.tcp.TcpTransport` sends batches of word tuples,
@@ -8,7 +9,9 @@ each anchored in one tree as a split bolt's are, plus one batch of 10 acks per b
 tuples, to a receiver's transport, whose inbox a consumer task drains. The process's CPU
 time (user + system) over the run, divided by the tuples, is what a tuple costs to encode,
 write, read, decode and rebuild: the part of cluster mode that local mode does not pay.
-The batches are built before the clock starts. Prints every run and the median.
+The batches are built before the clock starts. Prints every run and the median; with
+``--serializer both``, runs of the two serializers alternate (so the machine's load
+moves both alike) and each gets its median.
 
 A marshal frame (what topologies of built-in values send with the pickle serializer)
 was about a third faster to encode and decode than pickle.
@@ -32,7 +35,7 @@ from streamflow_connectors.files import LineSpout
 from streamflow import BasicBolt, TopologyBuilder
 from streamflow.acking import new_id
 from streamflow.inbox import ACK_ACK, TUPLES, Inbox
-from streamflow.transport.frames import Codec
+from streamflow.transport.codec import Codec
 from streamflow.transport.tcp import TcpTransport
 from streamflow.tuples import Anchors, Origin
 
@@ -58,13 +61,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def one_run(batches: int, words: int) -> tuple[float, float]:
+async def one_run(batches: int, words: int, serializer: str) -> tuple[float, float]:
     """CPU microseconds per tuple and tuples per second of one run."""
     builder = TopologyBuilder("link")
     builder.set_spout("sentences", LineSpout("/dev/null"))
     builder.set_bolt("split", Split(), 2).shuffle_grouping("sentences")
     builder.set_bolt("count", Count(), 2).fields_grouping("split", ["word"])
-    topology = builder.build()
+    topology = builder.build({"topology.serializer": serializer})
     layout = topology.task_layout()
     source, target = layout["split"][0], layout["count"][0]
     codec = Codec(topology)
@@ -115,13 +118,21 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8000)
     parser.add_argument("--words", type=int, default=100, help="tuples per batch")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--serializer", choices=["msgpack", "pickle", "both"], default="msgpack",
+                        help="topology.serializer of the run (both: alternate the two)")
     args = parser.parse_args()
-    costs = []
+    serializers = ["msgpack", "pickle"] if args.serializer == "both" else [args.serializer]
+    costs: dict[str, list[float]] = {s: [] for s in serializers}
+    rates: dict[str, list[float]] = {s: [] for s in serializers}
     for run in range(1, args.repeat + 1):
-        cost, rate = uvloop.run(one_run(args.batches, args.words))
-        costs.append(cost)
-        print(f"run {run}: {cost:.3f} us CPU per tuple across the link  ({rate:,.0f} tuples/s)")
-    print(f"median: {statistics.median(costs):.3f} us CPU per tuple ({args.batches:,} batches of {args.words})")
+        for serializer in serializers:
+            cost, rate = uvloop.run(one_run(args.batches, args.words, serializer))
+            costs[serializer].append(cost)
+            rates[serializer].append(rate)
+            print(f"run {run} {serializer}: {cost:.3f} us CPU per tuple across the link  ({rate:,.0f} tuples/s)")
+    for serializer in serializers:
+        print(f"median {serializer}: {statistics.median(costs[serializer]):.3f} us CPU per tuple, "
+              f"{statistics.median(rates[serializer]):,.0f} tuples/s ({args.batches:,} batches of {args.words})")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from streamflow.groupings import Router, make_router, union_router
 from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT
 from streamflow.stats import TaskStats
 from streamflow.topology import ACKER_COMPONENT, Topology
-from streamflow.transport.base import Transport
+from streamflow.transport.base import Transport, UnencodableValue
 from streamflow.tuples import DEFAULT_STREAM, Anchors, Origin, Tuple
 
 _first = itemgetter(0)
@@ -126,7 +126,18 @@ class OutputCollector:
             if out.batches:
                 batches, out.batches = out.batches, {}
                 for task, (values, anchors) in batches.items():
-                    await send(task, out.origin, values, anchors)
+                    try:
+                        await send(task, out.origin, values, anchors)
+                    except UnencodableValue as exc:
+                        self._unsent(exc, [anchors[i] for i in exc.rows])
+
+    def _unsent(self, error: UnencodableValue, anchors: list[Anchors]) -> None:
+        """Tuples that could not be encoded for a task in another worker: the error is the
+        component's (in its status), and their trees fail, so their spouts replay them."""
+        self.stats.record_error(error, "emit")
+        roots = [root for anchor in anchors if anchor for root in anchor[0::2]]
+        if roots and self.acking:
+            self._send_per_acker(ACK_FAIL, roots)
 
     def _flush_control(self) -> None:
         """Send buffered acker messages; subclasses add theirs."""

@@ -60,6 +60,23 @@ class Setting:
         return text
 
 
+SERIALIZERS = ("msgpack", "pickle")
+"""How values cross between workers: data only (msgpack), or anything (pickle, which runs
+code when it loads: only for topologies that trust every peer)."""
+
+
+def _registrations(value: Any) -> bool:
+    """Whether ``value`` is a list of ``"module:Class"`` names, or of one-key mappings
+    ``{"module:Class": "module:Serializer"}``."""
+    def name(text: Any) -> bool:
+        return isinstance(text, str) and text.count(":") == 1 and all(text.split(":"))
+
+    return isinstance(value, (list, tuple)) and all(
+        name(item) or (isinstance(item, Mapping) and len(item) == 1
+                       and all(name(k) and name(v) for k, v in item.items()))
+        for item in value)
+
+
 def _quotas(value: Any) -> bool:
     """Whether ``value`` is ``{client id: {"bytes_per_sec": B, "records_per_sec": R}}``
     with each rate a number >= 0 or null (either key may be left out)."""
@@ -109,6 +126,14 @@ SETTINGS: dict[str, Setting] = {
         Setting("topology.multilang.serializer", str, None, nullable=True, accepts=lambda v: isinstance(v, str),
                 expected="json or msgpack",
                 doc="how multilang components talk when their command line does not say: json or msgpack"),
+        Setting("topology.serializer", str, "msgpack", accepts=lambda v: v in SERIALIZERS,
+                expected=f"one of {', '.join(SERIALIZERS)}",
+                doc="how tuple values cross between workers: msgpack (data only, and the types of "
+                    "topology.serializer.register) or pickle (any value; trusts every peer with code)"),
+        Setting("topology.serializer.register", list, (), accepts=_registrations,
+                expected='a list of "module:Class" (with to_data/from_data) or '
+                         '{"module:Class": "module:Serializer"} entries',
+                doc="value types that msgpack carries between workers, as Storm's topology.kryo.register"),
         Setting("kafka.stop_at_end", bool, None, nullable=True,
                 doc="Kafka spouts stop at the end offsets seen at start, so local mode ends; "
                     "null: as each spout was built"),

@@ -2,9 +2,12 @@
 
 A link queues the messages its worker's tasks send to the peer and a writer task sends
 everything queued as one frame per wake-up (in the spirit of Dask's ``BatchedSend``), so
-one ``write`` carries many batches. It reconnects, with :class:`~streamflow.backoff.Backoff`,
-whenever the connection fails or the peer restarts; what a lost connection carried is
-lost, and the tuple trees it held time out and replay.
+one ``write`` carries many batches. Each connection starts with the handshake of
+:mod:`streamflow.transport.handshake` (inside TLS when the worker has a client
+:class:`ssl.SSLContext`): nothing is sent to a listener that did not prove it holds the
+topology's secret. The link reconnects, with :class:`~streamflow.backoff.Backoff`,
+whenever the connection or its handshake fails or the peer restarts; what a lost
+connection carried is lost, and the tuple trees it held time out and replay.
 
 Backpressure: at most :data:`LINK_CAPACITY` tuples wait in a link; past that,
 :meth:`PeerLink.send_tuples` waits. A receiver reads its next frame only once the target
@@ -17,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import struct
 from typing import Callable
 
 from streamflow.backoff import Backoff
-from streamflow.inbox import TUPLES
 from streamflow.load import Address
-from streamflow.transport.frames import Codec, Columns, Message, frame_of, load_of, read_frame
+from streamflow.transport.codec import Codec
+from streamflow.transport.frames import frame_of, load_of, read_frame
+from streamflow.transport.handshake import HANDSHAKE_TIMEOUT, dial
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +47,42 @@ class PeerLink:
     them as one frame per wake-up, reconnecting after the peer restarts. The peer's load
     reports, read from the same connection, go to ``on_load``."""
 
-    def __init__(self, address: Address, secret: bytes,
-                 on_load: Callable[[float], None] | None = None) -> None:
+    def __init__(self, address: Address, secret: bytes, codec: Codec,
+                 on_load: Callable[[float], None] | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.address = address
         self._secret = secret
+        self._codec = codec
         self._on_load = on_load
-        self._queue: list[Message] = []
+        self._tls = tls
+        self._queue: list[tuple[int, bytes]] = []
+        """(task, encoded message) of what waits for the next frame."""
+        self._counts: list[int] = []
+        """The tuples of each queued message."""
         self._queued_tuples = 0
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
         self._task = asyncio.create_task(self._run(), name=f"link-{address[0]}:{address[1]}")
 
-    async def send_tuples(self, task: int, columns: Columns) -> None:
-        """Queue a batch of tuples for ``task``, waiting while the link is full."""
+    async def send_tuples(self, task: int, message: bytes, tuples: int) -> None:
+        """Queue an encoded batch of ``tuples`` tuples for ``task``, waiting while the link is full."""
         while self._queued_tuples >= LINK_CAPACITY:
             self._space.clear()
             await self._space.wait()
-        self._queued_tuples += len(columns[2])
-        self.enqueue((task, TUPLES, columns))
+        self._queued_tuples += tuples
+        self.enqueue(task, message, tuples)
 
-    def enqueue(self, message: Message) -> None:
-        """Queue a message for the next frame; never waits."""
-        self._queue.append(message)
+    def enqueue(self, task: int, message: bytes, tuples: int = 0) -> None:
+        """Queue an encoded message for ``task`` for the next frame; never waits."""
+        self._queue.append((task, message))
+        self._counts.append(tuples)
         self._wake.set()
 
-    def take_queue(self) -> list[Message]:
-        """Remove and return what was not sent yet (to route it elsewhere)."""
-        queue, self._queue = self._queue, []
+    def take_queue(self) -> list[tuple[int, bytes, int]]:
+        """Remove and return what was not sent yet, as (task, message, tuples), to route
+        it elsewhere."""
+        queue = [(task, message, n) for (task, message), n in zip(self._queue, self._counts, strict=True)]
+        self._queue, self._counts = [], []
         self._queued_tuples = 0
         self._space.set()
         return queue
@@ -83,17 +96,18 @@ class PeerLink:
         attempt = 0
         while True:
             try:
-                reader, writer = await _connect(self.address)
-            except OSError as exc:
+                reader, writer = await asyncio.wait_for(
+                    _connect(self.address, self._secret, self._tls), HANDSHAKE_TIMEOUT)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
                 attempt += 1
                 if attempt == WARN_AFTER_ATTEMPTS:
-                    log.warning("cannot connect to worker %s:%d (%s); retrying", *self.address, exc)
+                    log.warning("cannot connect to worker %s:%d (%s); retrying", *self.address,
+                                exc or type(exc).__name__)
                 await asyncio.sleep(RECONNECT.delay(attempt))
                 continue
             attempt = 0
             reports = asyncio.create_task(self._read_reports(reader, writer))
             try:
-                writer.write(frame_of(self._secret))
                 await self._write_loop(writer)
             except Exception as exc:  # uvloop raises RuntimeError on a transport closed under us
                 log.warning("connection to worker %s:%d lost (%r); reconnecting", *self.address, exc)
@@ -125,34 +139,41 @@ class PeerLink:
             await asyncio.sleep(0)
             if writer.is_closing():
                 raise ConnectionResetError("the peer closed the connection")
-            batch = self._queue
-            self._queue = []
-            sent_tuples = sum(len(p[2]) for _, kind, p in batch if kind == TUPLES)
+            batch, counts = self._queue, self._counts
+            self._queue, self._counts = [], []
             try:
-                writer.write(Codec.encode(batch))
+                writer.write(frame_of(self._codec.frame([message for _, message in batch])))
                 await writer.drain()
             except BaseException:
-                self._queue[:0] = batch  # resend after reconnecting
+                self._queue[:0], self._counts[:0] = batch, counts  # resend after reconnecting
                 raise
             if writer.is_closing():
                 # asyncio's drain() does not raise once a write failed (the peer died): the
                 # transport just closes. What this batch carried is lost; trees replay.
                 raise ConnectionResetError("the peer closed the connection")
-            self._queued_tuples = max(self._queued_tuples - sent_tuples, 0)
+            self._queued_tuples = max(self._queued_tuples - sum(counts), 0)
             self._space.set()
 
 
-async def _connect(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to ``address``, never one to itself.
+async def _connect(address: Address, secret: bytes,
+                   tls: ssl.SSLContext | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An authenticated connection to ``address`` (over TLS with ``tls``), never one to itself.
 
     Nobody listens yet on a port in the ephemeral range, and the kernel may pick that very
     port as the source: TCP's simultaneous open then connects the socket to itself,
     holding the port its worker is about to bind. Such a connection is reset (linger 0: a
-    plain close would hold the port in TIME_WAIT) and refused.
+    plain close would hold the port in TIME_WAIT) and refused, before TLS starts.
     """
     reader, writer = await asyncio.open_connection(*address)
     if writer.get_extra_info("sockname") == writer.get_extra_info("peername"):
         writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
         writer.transport.abort()
         raise ConnectionRefusedError("connected to itself: the port is not served yet")
+    try:
+        if tls is not None:
+            await writer.start_tls(tls, server_hostname=address[0] if tls.check_hostname else None)
+        await dial(reader, writer, secret)
+    except BaseException:
+        writer.close()
+        raise
     return reader, writer

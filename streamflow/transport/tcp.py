@@ -1,13 +1,15 @@
 """Tuples between worker processes: a worker's listener and its transport.
 
 Every worker listens on its slot's port and opens one :class:`~streamflow.transport.link.PeerLink`
-to each worker it sends to; frames are :mod:`streamflow.transport.frames`. Messages for
-tasks of this worker never leave the process: :class:`TcpTransport` hands them to an
+to each worker it sends to; frames are :mod:`streamflow.transport.frames`, their messages
+:mod:`streamflow.transport.codec`. Messages for tasks of this worker never leave the
+process: :class:`TcpTransport` hands them to an
 :class:`~streamflow.transport.inproc.InProcessTransport`.
 
-The first frame of each connection must be the topology's secret: a listener drops a
-connection that does not present it, before decoding anything from it. Worker ports
-should be reachable only by workers (the Kubernetes manifests add a NetworkPolicy).
+Every connection starts with the handshake of :mod:`streamflow.transport.handshake`: a
+listener decodes nothing from a peer that did not prove it holds the topology's secret,
+buffers at most a few KiB from it and drops it after a timeout. With TLS contexts
+(:func:`streamflow.transport.tls.contexts`) the links run inside TLS, the handshake too.
 
 The same port answers ``GET /metrics`` (Prometheus text), told apart by its first four
 bytes, which as a frame length would exceed :data:`~streamflow.transport.frames.MAX_FRAME`:
@@ -21,13 +23,15 @@ peers, whose links hand it to the routers of a load-aware shuffle.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import ssl
 from typing import Any, Callable, Mapping, Sequence
 
 from streamflow.inbox import TUPLES, Inbox
 from streamflow.load import LOAD_INTERVAL, Address, CpuMeter, WorkerLoads
-from streamflow.transport.frames import LENGTH, Codec, load_frame, read_frame
+from streamflow.transport.codec import Codec, UnencodableValue
+from streamflow.transport.frames import LENGTH, load_frame, read_frame
+from streamflow.transport.handshake import HANDSHAKE_TIMEOUT, answer
 from streamflow.transport.inproc import InProcessTransport
 from streamflow.transport.link import PeerLink
 from streamflow.tuples import Anchors, Origin
@@ -43,10 +47,18 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 class TcpTransport:
     """Delivers to local inboxes in process and to other workers over :class:`PeerLink`\\ s,
-    and serves the frames peers send to this worker's tasks."""
+    and serves the frames peers send to this worker's tasks.
+
+    ``server_tls`` and ``client_tls``: the contexts of the listener and of the links, for
+    links over TLS (both or neither, from :func:`streamflow.transport.tls.contexts`).
+    """
 
     def __init__(self, inboxes: Mapping[int, Inbox], codec: Codec, secret: bytes,
-                 metrics: Callable[[], bytes] | None = None) -> None:
+                 metrics: Callable[[], bytes] | None = None, *,
+                 server_tls: ssl.SSLContext | None = None, client_tls: ssl.SSLContext | None = None) -> None:
+        if (server_tls is None) != (client_tls is None):
+            raise ValueError("links over TLS need both a server and a client context")
+        self._server_tls, self._client_tls = server_tls, client_tls
         self._inboxes = inboxes
         self._local = InProcessTransport(inboxes)
         self._metrics = metrics
@@ -72,11 +84,17 @@ class TcpTransport:
             link = self._links.pop(address)
             leftover = link.take_queue()
             asyncio.ensure_future(link.close())
-            for task, kind, payload in leftover:
-                self._send_remote(task, kind, payload)
+            for task, message, tuples in leftover:
+                rerouted = self._link(task)
+                if rerouted is None:
+                    self.dropped += 1
+                else:
+                    rerouted.enqueue(task, message, tuples)
 
     async def send_tuples(self, task: int, origin: Origin, values: list[Sequence[Any]],
                           anchors: list[Anchors]) -> None:
+        """See :meth:`Transport.send_tuples`; raises :class:`UnencodableValue` for rows
+        that cannot cross to another worker, once the batch's other rows are sent."""
         if task in self._inboxes:
             await self._local.send_tuples(task, origin, values, anchors)
             return
@@ -84,20 +102,27 @@ class TcpTransport:
         if link is None:
             self.dropped += 1
             return
-        await link.send_tuples(task, (origin.source_task, origin.stream, values, anchors))
+        try:
+            message = self._codec.encode_tuples(task, origin.source_task, origin.stream, values, anchors)
+        except UnencodableValue as exc:
+            if exc.part is not None:
+                await link.send_tuples(task, exc.part, len(values) - len(exc.rows))
+            raise
+        await link.send_tuples(task, message, len(values))
 
     def send_control(self, task: int, kind: str, payload: Any) -> None:
         if task in self._inboxes:
             self._local.send_control(task, kind, payload)
-        else:
-            self._send_remote(task, kind, payload)
-
-    def _send_remote(self, task: int, kind: str, payload: Any) -> None:
+            return
         link = self._link(task)
         if link is None:
             self.dropped += 1
-        else:
-            link.enqueue((task, kind, payload))
+            return
+        try:
+            link.enqueue(task, self._codec.encode_control(task, kind, payload))
+        except UnencodableValue as exc:
+            self.dropped += 1
+            log.error("dropped a message to task %d: %s", task, exc)
 
     def _link(self, task: int) -> PeerLink | None:
         address = self._routes.get(task)
@@ -106,12 +131,15 @@ class TcpTransport:
         link = self._links.get(address)
         if link is None:
             link = self._links[address] = PeerLink(
-                address, self._secret, lambda load: self.loads.peer_reported(address, load))
+                address, self._secret, self._codec, lambda load: self.loads.peer_reported(address, load),
+                self._client_tls)
         return link
 
     async def serve(self, host: str, port: int) -> None:
         """Accept connections from peer workers on ``host:port``."""
-        self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
+        tls_timeout = HANDSHAKE_TIMEOUT if self._server_tls is not None else None
+        self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True,
+                                                  ssl=self._server_tls, ssl_handshake_timeout=tls_timeout)
         self._reporter = asyncio.create_task(self._report_loads(), name="load-reports")
 
     async def _report_loads(self) -> None:
@@ -137,16 +165,22 @@ class TcpTransport:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         try:
-            head = await reader.readexactly(LENGTH.size)
-            if head == HTTP_GET and self._metrics is not None:
-                await answer_http(reader, writer, self._metrics)
-                return
-            if not hmac.compare_digest(await read_frame(reader, head), self._secret):
-                log.warning("refused a connection from %s: wrong topology secret", peer)
+            try:
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                    head = await reader.readexactly(LENGTH.size)
+                    if head == HTTP_GET and self._metrics is not None:
+                        await answer_http(reader, writer, self._metrics)
+                        return
+                    await answer(reader, writer, self._secret, head)
+            except TimeoutError:
+                log.warning("dropped a connection from %s: no handshake within %gs", peer, HANDSHAKE_TIMEOUT)
                 return
             self._peers.add(writer)
             await self._receive(reader)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, OSError):
+        except ConnectionError as exc:  # a handshake refused, a malformed frame, a reset
+            if not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+                log.warning("dropped a connection from %s: %s", peer, exc)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass  # the peer went away; it reconnects if it comes back
         finally:
             self._peers.discard(writer)
@@ -155,14 +189,14 @@ class TcpTransport:
     async def _receive(self, reader: asyncio.StreamReader) -> None:
         """Hand each message of each frame to its task's inbox, until the connection ends;
         the next frame is read only once the inbox took the last batch (backpressure)."""
-        inboxes, codec = self._inboxes, self._codec
+        inboxes, decode = self._inboxes, self._codec.decode
         while True:
-            for task, kind, payload in codec.decode(await read_frame(reader)):
+            for task, kind, payload in decode(await read_frame(reader)):
                 inbox = inboxes.get(task)
                 if inbox is None:
                     self.dropped += 1  # the task moved: its trees time out and replay
                 elif kind == TUPLES:
-                    await inbox.put_tuples(codec.tuples(payload))
+                    await inbox.put_tuples(payload)
                 else:
                     inbox.put_control(kind, payload)
 
