@@ -398,6 +398,7 @@ class Throughput:
     words: float
     valid: bool
     contended: bool
+    serializer: str | None = None
 
 
 def machine_probe() -> float:
@@ -413,11 +414,13 @@ def machine_probe() -> float:
 
 
 def measure_throughput(bench: Bench, workers: int, run: int, input_path: Path, total: int,
-                       words_per_line: float) -> Throughput:
+                       words_per_line: float, serializer: str | None = None) -> Throughput:
     args = bench.args
     speed_ms = machine_probe()
-    name = f"wc-{workers}w-{run}"
+    name = f"wc-{workers}w-{run}" + (f"-{serializer}" if serializer else "")
     config = ["-c", f"input.path={input_path}"]
+    if serializer:
+        config += ["-c", f"topology.serializer={serializer}"]
     if args.scale:
         config += [x for c in ("spout", "split", "count", "sink") for x in ("-c", f"{c}.parallelism={workers}")]
     with bench.topology(name, WORDCOUNT, workers, config, bench.output(name)) as (probe, description):
@@ -435,7 +438,8 @@ def measure_throughput(bench: Bench, workers: int, run: int, input_path: Path, t
     # fraction of a percent, and a task that has emitted all of them idles.
     share = total / len(description["tasks"][SPOUT])
     valid = end.most_emitted < 0.99 * share
-    print(f"[throughput] {workers} worker{'s' if workers > 1 else ' '} (run {run}): "
+    print(f"[throughput] {workers} worker{'s' if workers > 1 else ' '} (run {run}"
+          f"{', ' + serializer if serializer else ''}): "
           f"{sentences:>9,.0f} sentences/s {sentences * words_per_line:>10,.0f} words/s  "
           f"[{config_line(description, workers)}]"
           + ("" if valid else f"  INVALID: the input ({total:,} sentences, ~{share:,.0f} per spout task) "
@@ -450,7 +454,7 @@ def measure_throughput(bench: Bench, workers: int, run: int, input_path: Path, t
     if end.failed > start.failed:
         notes.append(f"{end.failed - start.failed:,} trees FAILED in the window")
     print("             " + "; ".join(notes), flush=True)
-    return Throughput(workers, sentences, sentences * words_per_line, valid, bool(busy.contended))
+    return Throughput(workers, sentences, sentences * words_per_line, valid, bool(busy.contended), serializer)
 
 
 def report_throughput(results: list[Throughput], worker_counts: list[int]) -> dict[int, float]:
@@ -642,6 +646,9 @@ def main() -> int:
     parser.add_argument("--observe", type=float, default=15.0,
                         help="seconds followed after the kill (default 15: past the message "
                              "timeout, when the trees lost with the worker are replayed)")
+    parser.add_argument("--serializer", choices=("msgpack", "pickle", "both"),
+                        help="topology.serializer of the throughput runs (both: alternate the two, "
+                             "and report each); default: the topology's own")
     parser.add_argument("--skip", default="", help="comma-separated: throughput,latency,recovery")
     parser.add_argument("-c", dest="config", action="append", default=[], metavar="KEY=VALUE",
                         help="extra -c passed to every topology")
@@ -685,9 +692,13 @@ def main() -> int:
         with bench.running():
             best: dict[int, float] = {}
             if "throughput" not in skip:
-                results = [measure_throughput(bench, workers, run, input_path, args.lines, words_per_line)
-                           for run in range(1, args.repeat + 1) for workers in worker_counts]
-                best = report_throughput(results, worker_counts)
+                serializers = ["msgpack", "pickle"] if args.serializer == "both" else [args.serializer]
+                results = [measure_throughput(bench, workers, run, input_path, args.lines, words_per_line, s)
+                           for run in range(1, args.repeat + 1) for workers in worker_counts for s in serializers]
+                for serializer in reversed(serializers):  # the first one's best sets the latency run's rate
+                    if serializer:
+                        print(f"[throughput] topology.serializer={serializer}:", flush=True)
+                    best = report_throughput([r for r in results if r.serializer == serializer], worker_counts)
             if "latency" not in skip:
                 if args.latency_rate:
                     measure_latency(bench, args.latency_rate, input_path, "--latency-rate")

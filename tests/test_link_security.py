@@ -29,7 +29,7 @@ from streamflow.topology import Topology
 from streamflow.transport import tcp, tls
 from streamflow.transport.codec import Codec
 from streamflow.transport.frames import LENGTH, frame_of
-from streamflow.transport.handshake import HELLO, NONCE_SIZE, proof
+from streamflow.transport.handshake import HELLO, NONCE_SIZE, dial, proof
 from streamflow.transport.tcp import TcpTransport
 from streamflow.tuples import Origin
 
@@ -234,6 +234,30 @@ def test_workers_with_different_secrets_exchange_nothing(caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger="streamflow.transport"):
         asyncio.run(main())
     assert receiver.received() == []
+
+
+def test_a_garbled_frame_from_an_authenticated_peer_drops_its_connection_with_one_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    receiver = Worker()
+
+    async def main() -> bytes:
+        await receiver.transport.serve("127.0.0.1", receiver.port)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
+            await dial(reader, writer, SECRET)
+            writer.write(receiver.tuples_frame() + frame_of(b"\x91\x93\x01\xa6tuples\xc1"))
+            rest = await read_all(reader)
+            writer.close()
+            return rest
+        finally:
+            await receiver.transport.close()
+
+    with caplog.at_level(logging.WARNING, logger="streamflow.transport.tcp"):
+        assert asyncio.run(main()) == b""
+    [(kind, tuples)] = receiver.received()  # the frame before the garbled one was delivered
+    assert kind == TUPLES and [t.values for t in tuples] == [(WORD,)]
+    [line] = [r.getMessage() for r in caplog.records if "dropped a connection" in r.getMessage()]
+    assert "undecodable frame" in line and "\n" not in line
 
 
 def test_the_worker_port_still_answers_metrics_without_a_handshake() -> None:
