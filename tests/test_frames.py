@@ -231,6 +231,7 @@ def test_a_batch_with_no_encodable_row_leaves_nothing_to_send() -> None:
     (b"\x91\x93\xa1x\xa7ack_ack\x80", "for task 'x'"),
     (b"\x91\x93\x01\xa7ack_ack\x90", "payload is a tuple"),
     (b"\x05", "not a list of messages"),
+    (b"\x91\x93\x01\xa4bomb\xc0", "unknown kind 'bomb'"),
 ])
 def test_a_malformed_frame_raises_frame_error(payload: bytes, message: str) -> None:
     _, receiver, _ = codecs()

@@ -12,7 +12,7 @@ import hmac
 import logging
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import pytest
 from cluster import free_port_run, wait_for_async
@@ -34,6 +34,8 @@ from streamflow.transport.tcp import TcpTransport
 from streamflow.tuples import Origin
 
 SECRET = b"0123456789abcdef-topology-secret"
+Conversation = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+"""What a raw peer says to a worker's listener before it waits for the end."""
 WORD = "w-payload-word"
 
 
@@ -66,6 +68,22 @@ class Worker:
         part = self.codec.encode_tuples(self.task, self.source, "default", [(WORD,)], [None])
         return frame_of(self.codec.frame([part]))
 
+    def converse(self, conversation: Conversation) -> bytes:
+        """Serve, connect as a raw peer, hold ``conversation``, then return everything the
+        worker sends until it closes the connection (failing if it does not within 10 s)."""
+        async def main() -> bytes:
+            await self.transport.serve("127.0.0.1", self.port)
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                await conversation(reader, writer)
+                rest = await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                return rest
+            finally:
+                await self.transport.close()
+
+        return asyncio.run(main())
+
     def received(self) -> list[Any]:
         messages = []
         while (message := self.inbox.get_nowait()) is not None:
@@ -73,33 +91,21 @@ class Worker:
         return messages
 
 
-async def read_all(reader: asyncio.StreamReader, timeout: float = 10) -> bytes:
-    """Everything the other end sends until it closes (failing if it does not in time)."""
-    return await asyncio.wait_for(reader.read(), timeout)
-
-
 def test_a_peer_without_the_secret_gets_a_nonce_and_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
     receiver = Worker()
+    nonces: list[bytes] = []
 
-    async def main() -> tuple[bytes, bytes]:
-        await receiver.transport.serve("127.0.0.1", receiver.port)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
-            client_nonce = b"\x01" * NONCE_SIZE
-            writer.write(frame_of(HELLO + client_nonce))
-            (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
-            server_nonce = await reader.readexactly(length)
-            guess = hmac.new(b"not the secret", b"client" + client_nonce + server_nonce, hashlib.sha256).digest()
-            writer.write(frame_of(guess) + receiver.tuples_frame())
-            rest = await read_all(reader)
-            writer.close()
-            return server_nonce, rest
-        finally:
-            await receiver.transport.close()
+    async def guess(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client_nonce = b"\x01" * NONCE_SIZE
+        writer.write(frame_of(HELLO + client_nonce))
+        (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
+        nonces.append(server_nonce := await reader.readexactly(length))
+        wrong = hmac.new(b"not the secret", b"client" + client_nonce + server_nonce, hashlib.sha256).digest()
+        writer.write(frame_of(wrong) + receiver.tuples_frame())
 
     with caplog.at_level(logging.WARNING, logger="streamflow.transport.tcp"):
-        server_nonce, rest = asyncio.run(main())
-    assert len(server_nonce) == NONCE_SIZE
+        rest = receiver.converse(guess)
+    assert [len(n) for n in nonces] == [NONCE_SIZE]
     assert rest == b""  # no proof, no load report, nothing: the connection is closed
     assert receiver.received() == []
     refusals = [r.getMessage() for r in caplog.records if "dropped a connection" in r.getMessage()]
@@ -110,18 +116,10 @@ def test_a_peer_without_the_secret_gets_a_nonce_and_is_dropped(caplog: pytest.Lo
 def test_the_old_handshake_of_the_secret_in_clear_is_refused() -> None:
     receiver = Worker()
 
-    async def main() -> bytes:
-        await receiver.transport.serve("127.0.0.1", receiver.port)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
-            writer.write(frame_of(SECRET) + receiver.tuples_frame())
-            rest = await read_all(reader)
-            writer.close()
-            return rest
-        finally:
-            await receiver.transport.close()
+    async def in_clear(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(frame_of(SECRET) + receiver.tuples_frame())
 
-    assert asyncio.run(main()) == b""
+    assert receiver.converse(in_clear) == b""
     assert receiver.received() == []
 
 
@@ -131,21 +129,13 @@ def test_a_huge_length_prefix_before_authenticating_is_dropped_unread(where: str
     # for (and buffer) the rest; it must close the connection at once instead.
     receiver = Worker()
 
-    async def main() -> bytes:
-        await receiver.transport.serve("127.0.0.1", receiver.port)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
-            if where == "proof":
-                writer.write(frame_of(HELLO + b"\x02" * NONCE_SIZE))
-                await reader.readexactly(LENGTH.size + NONCE_SIZE)
-            writer.write(LENGTH.pack(100 * 1024 * 1024) + b"x" * 1024)
-            rest = await read_all(reader)
-            writer.close()
-            return rest
-        finally:
-            await receiver.transport.close()
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if where == "proof":
+            writer.write(frame_of(HELLO + b"\x02" * NONCE_SIZE))
+            await reader.readexactly(LENGTH.size + NONCE_SIZE)
+        writer.write(LENGTH.pack(100 * 1024 * 1024) + b"x" * 1024)
 
-    assert asyncio.run(main()) == b""
+    assert receiver.converse(huge) == b""
     assert receiver.received() == []
 
 
@@ -154,18 +144,10 @@ def test_a_peer_that_never_completes_the_handshake_is_dropped_after_the_timeout(
     monkeypatch.setattr(tcp, "HANDSHAKE_TIMEOUT", 0.5)
     receiver = Worker()
 
-    async def main() -> bytes:
-        await receiver.transport.serve("127.0.0.1", receiver.port)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
-            writer.write(LENGTH.pack(100))  # a frame announced, never sent
-            rest = await read_all(reader)
-            writer.close()
-            return rest
-        finally:
-            await receiver.transport.close()
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(LENGTH.pack(100))  # a frame announced, never sent
 
-    assert asyncio.run(main()) == b""
+    assert receiver.converse(stall) == b""
 
 
 def test_a_listener_impostor_does_not_learn_the_secret_nor_get_a_tuple() -> None:
@@ -240,20 +222,12 @@ def test_a_garbled_frame_from_an_authenticated_peer_drops_its_connection_with_on
         caplog: pytest.LogCaptureFixture) -> None:
     receiver = Worker()
 
-    async def main() -> bytes:
-        await receiver.transport.serve("127.0.0.1", receiver.port)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
-            await dial(reader, writer, SECRET)
-            writer.write(receiver.tuples_frame() + frame_of(b"\x91\x93\x01\xa6tuples\xc1"))
-            rest = await read_all(reader)
-            writer.close()
-            return rest
-        finally:
-            await receiver.transport.close()
+    async def garble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await dial(reader, writer, SECRET)
+        writer.write(receiver.tuples_frame() + frame_of(b"\x91\x93\x01\xa6tuples\xc1"))
 
     with caplog.at_level(logging.WARNING, logger="streamflow.transport.tcp"):
-        assert asyncio.run(main()) == b""
+        assert receiver.converse(garble) == b""
     [(kind, tuples)] = receiver.received()  # the frame before the garbled one was delivered
     assert kind == TUPLES and [t.values for t in tuples] == [(WORD,)]
     [line] = [r.getMessage() for r in caplog.records if "dropped a connection" in r.getMessage()]
@@ -263,18 +237,10 @@ def test_a_garbled_frame_from_an_authenticated_peer_drops_its_connection_with_on
 def test_the_worker_port_still_answers_metrics_without_a_handshake() -> None:
     receiver = Worker()
 
-    async def main() -> bytes:
-        await receiver.transport.serve("127.0.0.1", receiver.port)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
-            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = await read_all(reader)
-            writer.close()
-            return answer
-        finally:
-            await receiver.transport.close()
+    async def scrape(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
 
-    answer = asyncio.run(main())
+    answer = receiver.converse(scrape)
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"up 1\n")
 
 
@@ -321,7 +287,7 @@ def test_tuples_travel_between_workers_over_tls(tmp_path: Path) -> None:
             # A peer speaking plain TCP gets no answer but the end of the connection.
             reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
             writer.write(frame_of(HELLO + b"\x05" * NONCE_SIZE))
-            plain = await read_all(reader)
+            plain = await asyncio.wait_for(reader.read(), 10)
             writer.close()
             return receiver.received(), plain
         finally:

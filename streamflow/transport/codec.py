@@ -31,7 +31,19 @@ from typing import Any, Callable, Sequence
 
 import msgpack
 
-from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT, TREE_DONE, TREE_FAILED, TUPLES
+from streamflow.inbox import (
+    ACK_ACK,
+    ACK_FAIL,
+    ACK_INIT,
+    BARRIER,
+    CHECKPOINT,
+    CHECKPOINT_ALERT,
+    CHECKPOINT_DONE,
+    TICK,
+    TREE_DONE,
+    TREE_FAILED,
+    TUPLES,
+)
 from streamflow.topology import Topology
 from streamflow.transport.base import UnencodableValue
 from streamflow.transport.frames import Message
@@ -48,6 +60,8 @@ TUPLES_OF_SCALARS, LISTS_OF_SCALARS, DATA, MARSHAL, PICKLE = range(5)
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 _ENGINE_KINDS = {ACK_INIT: tuple, ACK_ACK: dict, ACK_FAIL: tuple, TREE_DONE: tuple, TREE_FAILED: tuple}
 """Acker traffic, and the container its payload decodes to."""
+_CONTROL_KINDS = frozenset({TICK, CHECKPOINT, BARRIER, CHECKPOINT_DONE, CHECKPOINT_ALERT})
+"""The other kinds of :mod:`streamflow.inbox`: payloads of the topology's serializer."""
 _TUPLE, _BIG_INT, _SET, _FROZENSET = 1, 2, 3, 4
 _FIRST_REGISTERED = 16
 """msgpack extension codes: tuples, ints beyond 64 bits, sets; registered types from 16."""
@@ -158,8 +172,7 @@ class Codec:
 
     def frame(self, parts: list[bytes]) -> bytes:
         """The frame payload of encoded messages: a msgpack array of them."""
-        header = msgpack.Packer().pack_array_header(len(parts))
-        return header + b"".join(parts)
+        return self._envelope.pack_array_header(len(parts)) + b"".join(parts)
 
     def _rows(self, values: list[Sequence[Any]]) -> tuple[int, Any]:
         containers = set(map(type, values))
@@ -221,8 +234,8 @@ class Codec:
             if type(payload) is not container:
                 raise FrameError(f"a {kind} message whose payload is a {type(payload).__name__}")
             return task, kind, payload
-        if not isinstance(kind, str):
-            raise FrameError(f"a message of kind {kind!r}")
+        if kind not in _CONTROL_KINDS:
+            raise FrameError(f"a message of unknown kind {kind!r}")
         return task, kind, self._unblob(payload)
 
     def _tuples(self, payload: Any) -> list[Any]:
