@@ -11,9 +11,9 @@ listener decodes nothing from a peer that did not prove it holds the topology's 
 buffers at most a few KiB from it and drops it after a timeout. With TLS contexts
 (:func:`streamflow.transport.tls.contexts`) the links run inside TLS, the handshake too.
 
-The same port answers ``GET /metrics`` (Prometheus text), told apart by its first four
-bytes, which as a frame length would exceed :data:`~streamflow.transport.frames.MAX_FRAME`:
-a worker needs no second port to be scraped.
+The same port answers ``GET /metrics`` (Prometheus text) without a handshake, told apart
+by its first four bytes, which as a frame length would exceed any handshake frame: a
+worker needs no second port to be scraped (over HTTPS when the links use TLS).
 
 Load reports go back over each connection a peer opened: every
 :data:`~streamflow.load.LOAD_INTERVAL`, a worker measures its load and writes it to its
