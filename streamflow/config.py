@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from streamflow.errors import ConfigError
-from streamflow.state.store import PROVIDERS
+from streamflow.state.providers import PROVIDERS
 
 
 @dataclass(frozen=True)

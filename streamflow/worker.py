@@ -24,7 +24,7 @@ from streamflow.executor import (
 )
 from streamflow.inbox import Inbox
 from streamflow.logs import TASK
-from streamflow.state.store import open_provider
+from streamflow.state.providers import open_provider
 from streamflow.stats import TaskStats
 from streamflow.topology import ACKER_COMPONENT, CHECKPOINT_COMPONENT, Topology
 from streamflow.transport import InProcessTransport, Transport

@@ -40,7 +40,8 @@ from streamflow.components import Outputs
 from streamflow.executor import BoltExecutor
 from streamflow.state.codec import encode_key, encode_value
 from streamflow.state.memory import MemoryProvider
-from streamflow.state.store import PROVIDERS, StateStore
+from streamflow.state.providers import PROVIDERS
+from streamflow.state.store import StateStore
 from streamflow.status_view import format_status
 from streamflow.telemetry import combine
 from streamflow.testing import CollectBolt, Ledger, ListSpout

@@ -3,7 +3,8 @@
 One small interface (Storm's ``StateProvider``), so that a store is one module and the
 executors never know which it is: :mod:`streamflow.state.memory` for local mode and
 tests, :mod:`streamflow.state.redis` for durable state; another (a Kafka changelog topic,
-say) implements these methods and registers its name in :data:`PROVIDERS`.
+say) implements these methods and registers its name in
+:data:`streamflow.state.providers.PROVIDERS`.
 
 Checkpoints are two-phase, as in Storm 2. Every stateful task *prepares* checkpoint
 ``(epoch, txid)``: it writes the changes it made since the last committed checkpoint as
@@ -25,7 +26,7 @@ Calls block (network I/O); executors make them on a thread.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from streamflow.errors import StreamflowError
 
@@ -95,29 +96,3 @@ def fold(data: dict[bytes, bytes], changes: Mapping[bytes, bytes | None]) -> Non
             data.pop(key, None)
         else:
             data[key] = value
-
-
-ProviderFactory = Callable[[str, Mapping[str, Any]], StateProvider]
-
-
-def _memory(topology: str, config: Mapping[str, Any]) -> StateProvider:
-    from streamflow.state.memory import MemoryProvider
-
-    return MemoryProvider()
-
-
-def _redis(topology: str, config: Mapping[str, Any]) -> StateProvider:
-    from streamflow.state.redis import RedisProvider
-
-    return RedisProvider(str(config["topology.state.redis.url"]), topology)
-
-
-PROVIDERS: dict[str, ProviderFactory] = {"memory": _memory, "redis": _redis}
-"""``topology.state.provider`` names and how each opens a topology's provider."""
-
-
-def open_provider(topology: str, config: Mapping[str, Any]) -> StateProvider:
-    """The provider ``config`` names, for ``topology``: its state is kept under
-    ``topology.state.namespace``, or the topology's name."""
-    namespace = config.get("topology.state.namespace") or topology
-    return PROVIDERS[str(config["topology.state.provider"])](namespace, config)
