@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections import Counter
 from typing import Any, Mapping
 
 import pytest
@@ -567,3 +568,39 @@ def test_a_worker_collects_cycles_in_larger_steps_and_restores_the_thresholds_af
     assert run_local(builder.build(), timeout=30).outcome == "finished"
     assert SEEN_THRESHOLDS == [(GC_YOUNG_THRESHOLD, *before[1:])]
     assert gc.get_threshold() == before
+
+
+class FlakyWriteBolt(BasicBolt):
+    """A sink as a BasicBolt: ``process`` buffers, ``end_batch`` writes the batch, and the
+    first write fails. What it wrote is kept per value."""
+
+    written: Counter[int] = Counter()
+    failures = 0
+
+    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        self.batch: list[int] = []
+
+    def process(self, tup: Tuple) -> None:
+        self.batch.append(tup.values[0])
+
+    def end_batch(self) -> None:
+        batch, self.batch = self.batch, []
+        if FlakyWriteBolt.failures == 0:
+            FlakyWriteBolt.failures += 1
+            raise OSError("disk full")
+        FlakyWriteBolt.written.update(batch)
+
+
+def test_a_basic_bolt_whose_end_batch_raises_fails_the_batch_instead_of_acking_it() -> None:
+    FlakyWriteBolt.written.clear()
+    FlakyWriteBolt.failures = 0
+    ledger = Ledger()
+    builder = TopologyBuilder("failed-write")
+    builder.set_spout("source", ListSpout([(i,) for i in range(200)], ["n"], ledger))
+    builder.set_bolt("sink", FlakyWriteBolt()).shuffle_grouping("source")
+    run = run_local(builder.build(), timeout=30)
+    assert run.outcome == "finished"
+    assert sum(ledger.failed.values()) > 0  # the batch whose write failed, failed
+    assert set(FlakyWriteBolt.written) == set(range(200))  # and was written once replayed
+    assert ledger.acked == {n: 1 for n in range(200)}
+    assert run.component("sink").errors == 1

@@ -42,6 +42,9 @@ class BoltExecutor(ComponentExecutor):
             self._process = self._process_async_basic if basic else self._process_async
         else:
             self._process = self._process_basic if basic else self._process_plain
+        self._taken: list[Tuple] = []
+        """A basic bolt's tuples that ``process`` took in this turn: acked once ``end_batch``
+        returns, failed if it raises (a sink's write of the batch failed)."""
         self._tick_every: float | None = self.config.get("topology.tick.tuple.freq.secs") or bolt.tick_seconds
         self.checkpoints: BoltCheckpoints | None = None
         """This task's part in checkpoints, in a topology with a stateful bolt."""
@@ -103,12 +106,18 @@ class BoltExecutor(ComponentExecutor):
                 message = take()
             if handled:
                 stats.executed += handled
+                taken, self._taken = self._taken, []
                 try:
                     done = end_batch()
                     if done is not None:
                         await done
                 except Exception as exc:
                     stats.record_error(exc, "end_batch")
+                    for tup in taken:
+                        collector.fail(tup)
+                else:
+                    if taken:
+                        collector.ack_all(taken)
                 took = clock() - started
                 stats.busy += took
                 latency.add_many(took / handled, handled)
@@ -147,8 +156,8 @@ class BoltExecutor(ComponentExecutor):
                 record(exc, "process")
 
     def _process_basic(self, tuples: list[Tuple]) -> None:
-        """A BasicBolt's batch: each tuple that ``process`` took without raising is acked,
-        all in one call at the end (a tuple's acks leave with the batch either way)."""
+        """A BasicBolt's batch: each tuple that ``process`` took without raising is acked
+        with the turn's others once ``end_batch`` returns (see :attr:`_taken`)."""
         collector = self.collector
         process, fail = cast(Bolt, self.bolt).process, collector.fail
         failed: list[Tuple] = []
@@ -161,7 +170,7 @@ class BoltExecutor(ComponentExecutor):
                 failed.append(tup)
                 self.stats.record_error(exc, "process")
         collector.current = None
-        collector.ack_all(_without(tuples, failed) if failed else tuples)
+        self._taken += _without(tuples, failed) if failed else tuples
 
     async def _process_async(self, tuples: list[Tuple]) -> None:
         process = cast(AsyncBolt, self.bolt).process
@@ -185,7 +194,7 @@ class BoltExecutor(ComponentExecutor):
                 failed.append(tup)
                 self.stats.record_error(exc, "process")
         collector.current = None
-        collector.ack_all(_without(tuples, failed) if failed else tuples)
+        self._taken += _without(tuples, failed) if failed else tuples
 
     async def close(self) -> None:
         """Release the bolt's resources once the task has stopped."""
