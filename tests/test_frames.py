@@ -5,6 +5,7 @@ malformed, makes the decoder raise anything but FrameError."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import threading
 from collections import namedtuple
@@ -283,3 +284,12 @@ def test_random_truncated_and_garbled_frames_raise_only_frame_error(payload: byt
         receiver.decode(payload)
     except FrameError:
         pass
+
+
+@pytest.mark.parametrize("frame", [
+    # Found by atheris (tests/fuzz/fuzz_frames.py): a LISTS_OF_SCALARS batch whose rows hold an int.
+    base64.b64decode("kZMEpnR1cGxlc5UCp2RlZmF1bHQBkpKheMcJAkAAAAAAAAAAAACSgIA="),
+])
+def test_frames_the_fuzzer_found_raise_frame_error(frame: bytes) -> None:
+    with pytest.raises(FrameError):
+        codecs()[1].decode(frame)

@@ -58,6 +58,8 @@ class FrameError(ConnectionError):
 TUPLES_OF_SCALARS, LISTS_OF_SCALARS, DATA, MARSHAL, PICKLE = range(5)
 """Forms of rows (and of control payloads: DATA, MARSHAL or PICKLE)."""
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+_ROW_TYPES = frozenset({tuple, list})
+_ANCHOR_TYPES = frozenset({tuple, type(None)})
 _ENGINE_KINDS = {ACK_INIT: tuple, ACK_ACK: dict, ACK_FAIL: tuple, TREE_DONE: tuple, TREE_FAILED: tuple}
 """Acker traffic, and the container its payload decodes to."""
 _CONTROL_KINDS = frozenset({TICK, CHECKPOINT, BARRIER, CHECKPOINT_DONE, CHECKPOINT_ALERT})
@@ -245,10 +247,16 @@ class Codec:
         except (TypeError, ValueError, KeyError):
             raise FrameError("a batch of tuples of no known origin") from None
         if form == LISTS_OF_SCALARS:
-            rows = list(map(list, rows))
+            try:
+                rows = list(map(list, rows))
+            except TypeError:
+                raise FrameError(f"a malformed batch of tuples on stream {stream!r}") from None
         elif form != TUPLES_OF_SCALARS:
             rows = self._unblob((form, rows))
-        if type(anchors) is not tuple or not isinstance(rows, (list, tuple)) or len(rows) != len(anchors):
+        # Containers only, at C speed: a batch that passes becomes tuples whose values and
+        # anchors are sequences, whatever an authenticated peer sent.
+        if (type(anchors) is not tuple or not isinstance(rows, (list, tuple)) or len(rows) != len(anchors)
+                or not set(map(type, rows)) <= _ROW_TYPES or not set(map(type, anchors)) <= _ANCHOR_TYPES):
             raise FrameError(f"a malformed batch of tuples on stream {stream!r}")
         return batch_of(origin, rows, anchors)  # type: ignore[arg-type]
 
