@@ -1,0 +1,602 @@
+"""Kafka -> split -> count -> Kafka: streamflow against Bytewax 0.21, side by side.
+
+    python bench/bytewax_wordcount.py [--sentences 200000] [--partitions 4] [--repeat 3] [--profile]
+                                      [-c KEY=VALUE ...]
+
+The workload, the broker and three of the runs are bench/kafka_wordcount.py's, through its
+functions: N JSON sentences of 8-12 words over 4 partitions of a fresh Tansu broker per
+run, split into words, counted per word, every running count written to the topic
+``counts``. Each round runs, interleaved: the bare loop, ``streamflow local``, Bytewax with
+1 worker, streamflow on 2 workers of a local cluster (ZooKeeper, nimbus, 2 supervisors),
+Bytewax with 2 processes (``python -m bytewax.run -i/-a``, one worker each). Bytewax runs
+bench/topologies/bytewax_wordcount_flow.py, with its own Kafka source and sink, in a
+virtual environment of its own, build/bytewax-venv, made at the first run and kept: Bytewax
+0.21 with the confluent-kafka (so the same librdkafka) and orjson versions streamflow has.
+
+Each engine is timed as its streamflow counterpart is by kafka_wordcount.py:
+
+- streamflow local and Bytewax with 1 worker: the whole process, launch to exit;
+- streamflow on 2 workers and Bytewax with 2 processes: from submission (launch) to the last
+  count written, by the output records' timestamps (librdkafka's CreateTime, this machine's
+  clock), and, in brackets, from the first count written to the last.
+
+After every run, the bare loop's included, the output topic is read back: the highest count
+written for each word must be its true count, or the bench stops with the first wrong word.
+
+Printed per run: sentences/s and the share of the same round's bare loop; per round: the
+two ratios of the throughput issue, streamflow local / Bytewax 1 worker and streamflow 2
+workers / Bytewax 2 processes; at the end, the medians. For the two 2-process runs also the
+CPU time of every process of the run (workers, broker, nimbus, supervisors, ZooKeeper, this
+script), of the rest of the machine and the idle CPU, over the timed window, from /proc
+sampled every 0.1 s. Idle CPU while the workers use less than a core each says they wait;
+no idle CPU says they share the cores with the rest.
+
+``--profile`` ends with one more streamflow 2-worker run, not part of the comparison, with
+py-spy (installed into the same venv) recording both workers at 100 Hz from a second after
+they start, and prints the 15 functions with the most own time and the most cumulative
+time, and each role's share (Kafka spout, user code, collector, transport, acking, sink,
+event loop...).
+
+kafka_wordcount's run_local and run_cluster start and stop their broker inside. So that
+their output can be read back before the broker stops, :func:`checking` wraps
+kafka_wordcount.fresh_broker while they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import confluent_kafka
+import kafka_wordcount as kw
+import orjson
+from cluster_wordcount import CLOCK_TICKS, CpuMeter
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+ROOT = kw.ROOT
+sys.path.insert(0, str(ROOT / "tests"))  # as kafka_wordcount does
+
+from cluster import Cluster, free_port_run  # noqa: E402  (tests/cluster.py)
+from kafka import KafkaBroker  # noqa: E402  (tests/kafka.py)
+from zookeeper import ZooKeeperServer  # noqa: E402  (tests/zookeeper.py)
+
+VENV = ROOT / "build" / "bytewax-venv"
+FLOW = Path(__file__).resolve().parent / "topologies" / "bytewax_wordcount_flow.py"
+OUTPUT = "counts"
+
+
+# --------------------------------------------------------------------------- Bytewax's venv
+
+INSTALLED = """import importlib.metadata as m, re, sys
+for requirement in sys.argv[1:]:
+    name, _, version = requirement.partition("==")
+    if not m.version(re.sub(r"\\[.*\\]", "", name)).startswith(version.rstrip("*")):
+        sys.exit(1)"""
+"""Exits 0 if every requirement given (``name``, ``name==X.Y`` or ``name==X.*``) is installed."""
+
+
+def bytewax_python(profile: bool) -> Path:
+    """The Python of build/bytewax-venv, made or completed if it lacks a package: Bytewax
+    0.21 with its Kafka extra, and py-spy when ``profile``. confluent-kafka and orjson are
+    pinned to this process's versions, so that both engines use the same librdkafka."""
+    python = VENV / "bin" / "python"
+    wanted = ["bytewax[kafka]==0.21.*", f"confluent-kafka=={metadata.version('confluent-kafka')}",
+              f"orjson=={metadata.version('orjson')}", *(["py-spy"] if profile else [])]
+    if python.exists() and subprocess.run([python, "-c", INSTALLED, *wanted], stderr=subprocess.DEVNULL,
+                                          cwd=VENV).returncode == 0:
+        return python
+    print(f"installing {', '.join(wanted)} into {VENV.relative_to(ROOT)}", flush=True)
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", *wanted], check=True)
+    return python
+
+
+# --------------------------------------------------------------------------- the output
+
+@dataclass
+class Output:
+    """What a run wrote to the output topic."""
+
+    records: int
+    first_written: float
+    """Timestamp of the first record, seconds since the epoch."""
+    last_written: float
+
+
+def true_counts(values: Sequence[bytes]) -> Counter[str]:
+    """Each word's count in the sentences, as topologies/wordcount.py counts them."""
+    counts: Counter[str] = Counter()
+    for value in values:
+        counts.update(kw.WORD.findall(orjson.loads(value)["text"].lower()))
+    return counts
+
+
+def wrong_counts(highest: Mapping[str, int], expected: Mapping[str, int]) -> list[tuple[str, int, int]]:
+    """``(word, highest count written, true count)`` for each word whose highest count
+    written is not its true count (0 where nothing was written), sorted by word."""
+    return [(word, highest.get(word, 0), expected.get(word, 0))
+            for word in sorted(highest.keys() | expected.keys())
+            if highest.get(word, 0) != expected.get(word, 0)]
+
+
+def read_back(broker: KafkaBroker, expected: Mapping[str, int], engine: str) -> Output:
+    """Read the output topic to its end and check each word's highest count written
+    against ``expected``; exit with the first wrong word if one is wrong.
+
+    Tansu's end offset is the base offset of a partition's last record batch + 1, so a
+    partition is read to its end once that offset has come and the consumer has nothing
+    more (the rest of that batch came in the same fetch)."""
+    ends = broker.end_offsets(OUTPUT)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-check",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+    consumer.assign([TopicPartition(OUTPUT, p, OFFSET_BEGINNING) for p, end in ends.items() if end])
+    pending = {p: end - 1 for p, end in ends.items() if end}
+    highest: dict[str, int] = {}
+    records, first, last = 0, float("inf"), 0.0
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.consume(10_000, timeout=0.2)
+            if not batch and not pending:
+                break
+            for message in batch:
+                if message.error() is not None:
+                    continue
+                record = orjson.loads(message.value() or b"")
+                word, count = record["word"], record["count"]
+                if count > highest.get(word, 0):
+                    highest[word] = count
+                stamp = message.timestamp()[1]
+                first, last = min(first, stamp), max(last, stamp)
+                if message.offset() >= pending.get(message.partition(), sys.maxsize):
+                    del pending[message.partition()]
+            records += len(batch)
+    finally:
+        consumer.close()
+    wrong = wrong_counts(highest, expected)
+    if pending or wrong:
+        where = (f"{len(wrong)} words wrong, first {wrong[0][0]!r}: {wrong[0][1]} written, {wrong[0][2]} true"
+                 if wrong else f"partitions {sorted(pending)} not read to their end in 300 s")
+        raise SystemExit(f"{engine}: counts not exact ({where})")
+    return Output(records, first / 1000, last / 1000)
+
+
+@dataclass
+class Checked:
+    """A kafka_wordcount run seen through :func:`checking`."""
+
+    began: float
+    """When its input was in and the run began, seconds since the epoch."""
+    output: Output
+
+
+@contextmanager
+def checking(expected: Mapping[str, int], engine: str) -> Iterator[list[Checked]]:
+    """While open, each broker that kafka_wordcount's run functions start is read back
+    (:func:`read_back`) before it stops, and the run is added to the list yielded."""
+    original = kw.fresh_broker
+    runs: list[Checked] = []
+
+    @contextmanager
+    def fresh_broker(directory: Path, values: list[bytes], partitions: int) -> Iterator[KafkaBroker]:
+        with original(directory, values, partitions) as broker:
+            began = time.time()
+            yield broker
+            runs.append(Checked(began, read_back(broker, expected, engine)))
+
+    kw.fresh_broker = fresh_broker
+    try:
+        yield runs
+    finally:
+        kw.fresh_broker = original
+
+
+# --------------------------------------------------------------------------- CPU per process
+
+BOOTED = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+              if line.startswith("btime "))
+
+
+def role_of(argv: Sequence[str]) -> str:
+    """A process's part in a run, from its command line."""
+    if not argv:
+        return "?"
+    if "tansu" in Path(argv[0]).name:
+        return "Kafka broker (Tansu)"
+    if any("zookeeper" in arg.lower() for arg in argv[1:]):
+        return "ZooKeeper"
+    if "streamflow.cli" in argv:
+        at = argv.index("streamflow.cli") + 1
+        return f"streamflow {argv[at] if at < len(argv) else 'cli'}"
+    if "bytewax.run" in argv:
+        return "Bytewax process"
+    return Path(argv[0]).name
+
+
+@dataclass
+class Process:
+    """CPU seconds of one process, sampled over time."""
+
+    pid: int
+    role: str
+    started: float
+    times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def cpu_at(self, when: float) -> float:
+        """CPU seconds used by ``when``, interpolated between samples (0 at its start, its
+        last sample's value after that)."""
+        times, cpu = [self.started, *self.times], [0.0, *self.cpu]
+        if when <= times[0]:
+            return 0.0
+        at = bisect.bisect_left(times, when)
+        if at == len(times):
+            return cpu[-1]
+        share = (when - times[at - 1]) / max(times[at] - times[at - 1], 1e-9)
+        return cpu[at - 1] + share * (cpu[at] - cpu[at - 1])
+
+
+def _stat(pid: int) -> tuple[int, float, float] | None:
+    """``(parent pid, CPU seconds, start time in seconds since the epoch)``, or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    return int(fields[1]), cpu, BOOTED + int(fields[19]) / CLOCK_TICKS
+
+
+class ProcessCpu:
+    """Samples, every ``every`` seconds while open, the CPU time of this process and of all
+    its descendants (a supervisor's workers included) and the machine's busy time.
+    ``on_start(pid, role)`` is called, in the sampling thread, for each new descendant."""
+
+    def __init__(self, every: float = 0.1, on_start: Callable[[int, str], None] | None = None) -> None:
+        self.every, self.on_start = every, on_start
+        me = os.getpid()
+        self.processes = {me: Process(me, "this script (bench)", time.time())}
+        self.machine = Process(0, "machine (busy CPU seconds since boot)", 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="process-cpu", daemon=True)
+
+    def __enter__(self) -> ProcessCpu:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def _sample(self) -> None:
+        stats = {pid: stat for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                 if (stat := _stat(pid)) is not None}
+        now = time.time()
+        children: dict[int, list[int]] = {}
+        for pid, (parent, _, _) in stats.items():
+            children.setdefault(parent, []).append(pid)
+        family, at = [os.getpid()], 0
+        while at < len(family):
+            family += children.get(family[at], [])
+            at += 1
+        for pid in family:
+            if pid not in self.processes:
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                except OSError:
+                    continue
+                self.processes[pid] = Process(pid, role_of([a for a in argv if a]), stats[pid][2])
+                if self.on_start is not None:
+                    self.on_start(pid, self.processes[pid].role)
+            self.processes[pid].times.append(now)
+            self.processes[pid].cpu.append(stats[pid][1])
+        self.machine.times.append(now)
+        self.machine.cpu.append(CpuMeter.machine())
+
+    def table(self, start: float, end: float, sentences: int) -> str:
+        """CPU seconds, share of the wall time and µs per sentence of each process between
+        ``start`` and ``end`` (seconds since the epoch), then the rest of the machine and its
+        idle CPU, and a line on what the workers did."""
+        wall = end - start
+        used: dict[str, float] = {}
+        for p in self.processes.values():
+            seconds = p.cpu_at(end) - p.cpu_at(start)
+            if seconds > 0 or p.role in ("streamflow worker", "Bytewax process"):
+                key = f"{p.role} (pid {p.pid})" if p.role in ("streamflow worker", "Bytewax process") else p.role
+                used[key] = used.get(key, 0.0) + seconds
+        busy = self.machine.cpu_at(end) - self.machine.cpu_at(start)
+        others = max(0.0, busy - sum(used.values()))
+        cpus = os.cpu_count() or 1
+        idle = max(0.0, cpus * wall - busy)
+        order = ["worker", "Bytewax", "broker"]
+        rows = sorted(used.items(), key=lambda kv: (next((i for i, w in enumerate(order) if w in kv[0]),
+                                                         len(order)), -kv[1]))
+        rows += [("other processes of the machine", others), (f"idle ({cpus} CPUs)", idle)]
+        lines = [f"    {'process':<40} {'CPU s':>7} {'% of wall':>10} {'CPU µs/sentence':>16}"]
+        lines += [f"    {name:<40} {seconds:>7.2f} {seconds / wall:>10.0%} {seconds / sentences * 1e6:>16.1f}"
+                  for name, seconds in rows]
+        workers = [seconds / wall for name, seconds in used.items() if "worker" in name or "Bytewax" in name]
+        reading = ("the cores were busy: the workers share them with the rest"
+                   if idle < 0.1 * cpus * wall else "the cores were idle for a part: the workers waited")
+        lines.append(f"    over {wall:.2f} s; workers {' + '.join(f'{w:.0%}' for w in workers)} of a core; "
+                     f"idle {idle / (cpus * wall):.0%} of the machine: {reading}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- Bytewax runs
+
+@dataclass
+class BytewaxRun:
+    launched: float
+    exited: float
+    output: Output
+
+
+def run_bytewax(python: Path, directory: Path, values: list[bytes], partitions: int, processes: int,
+                expected: Mapping[str, int]) -> BytewaxRun:
+    """The dataflow on a fresh broker, in ``processes`` processes of one worker each, until
+    every process has read its partitions to the end and exited."""
+    engine = f"Bytewax, {processes} process{'es' if processes > 1 else ''}"
+    with kw.fresh_broker(directory, values, partitions) as broker:
+        command = [str(python), "-m", "bytewax.run", f"{FLOW}:build({broker.bootstrap!r})"]
+        if processes > 1:
+            base = free_port_run(processes)
+            addresses = ";".join(f"127.0.0.1:{base + i}" for i in range(processes))
+            commands = [[*command, "-i", str(i), "-a", addresses] for i in range(processes)]
+        else:
+            commands = [command]
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        logs = [directory / f"bytewax-{i}.log" for i in range(processes)]
+        launched = time.time()
+        running = [subprocess.Popen(c, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+                   for c, log in zip(commands, logs, strict=True)]
+        codes = [p.wait(600) for p in running]
+        exited = time.time()
+        if any(codes):
+            tail = next(log.read_text(errors="replace").strip().splitlines()[-1:]
+                        for log, code in zip(logs, codes, strict=True) if code)
+            raise SystemExit(f"{engine} exited with {codes}: {tail}")
+        return BytewaxRun(launched, exited, read_back(broker, expected, engine))
+
+
+# --------------------------------------------------------------------------- the profile
+
+ENTRY = "entry (process, threads)"
+"""The frames every stack of a thread starts with: left out of the cumulative top list."""
+PROFILE_ROLES = [
+    ("topologies/wordcount.py", "split/count user code"),
+    ("connectors/kafka/sink", "sink/produce"),
+    ("connectors/kafka/", "Kafka spout/fetch"),
+    ("streamflow/acking", "acking"),
+    ("streamflow/transport/", "transport/encode/decode"),
+    ("streamflow/collector", "collector/emit"),
+    ("streamflow/groupings", "collector/emit"),
+    ("streamflow/tuples", "collector/emit"),
+    ("streamflow/state/", "state/checkpoint"),
+    ("streamflow/checkpoint", "state/checkpoint"),
+    ("streamflow/executor", "executor/inbox"),
+    ("streamflow/inbox", "executor/inbox"),
+    ("streamflow/components", "executor/inbox"),
+    ("asyncio/runners.py", ENTRY),
+    ("asyncio/", "event loop"),
+    ("selectors.py", "event loop"),
+    ("uvloop", "event loop"),
+    ("importlib", "start-up (imports)"),
+    ("runpy", ENTRY),
+    ("/threading.py", ENTRY),
+    ("streamflow/cli.py", ENTRY),
+    ("streamflow/worker_process.py", ENTRY),
+    ("streamflow/", "engine, other"),
+]
+"""The role of a function by the path of its file: the first pattern in it wins."""
+
+
+def frame_role(frame: str) -> str:
+    """The role of a py-spy frame ``function (path:line)``."""
+    path = frame.rpartition(" (")[2]
+    return next((role for pattern, role in PROFILE_ROLES if pattern in path), "other")
+
+
+def parse_stacks(raw: str) -> Counter[tuple[str, ...]]:
+    """py-spy's raw output (``frame;frame;... count`` per line), as stacks, root first."""
+    stacks: Counter[tuple[str, ...]] = Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stacks[tuple(stack.split(";"))] += int(count)
+    return stacks
+
+
+def short(frame: str) -> str:
+    """``function (file:line)`` with the file's path cut to its last two parts."""
+    function, _, where = frame.rpartition(" (")
+    return f"{function} ({'/'.join(where.split('/')[-2:])}"
+
+
+def profile_report(stacks: Counter[tuple[str, ...]], top: int = 15) -> str:
+    """The ``top`` functions by own and by cumulative samples, and each role's share of the
+    samples by own time (the leaf frame's role) and by cumulative time (a sample counts
+    once for each role on its stack)."""
+    total = sum(stacks.values())
+    own: Counter[str] = Counter()
+    cumulative: Counter[str] = Counter()
+    role_own: Counter[str] = Counter()
+    role_cumulative: Counter[str] = Counter()
+    for stack, count in stacks.items():
+        own[stack[-1]] += count
+        role_own[frame_role(stack[-1])] += count
+        for frame in set(stack):
+            cumulative[frame] += count
+        for role in {frame_role(frame) for frame in stack}:
+            role_cumulative[role] += count
+    for frame in [frame for frame in cumulative if frame_role(frame) == ENTRY]:
+        del cumulative[frame]
+    lines = [f"  {total} samples"]
+    for title, functions in (("own time", own), (f"cumulative time (less '{ENTRY}')", cumulative)):
+        lines.append(f"  top {top} functions by {title}:")
+        lines += [f"    {count / total:>6.1%}  {frame_role(frame):<24} {short(frame)}"
+                  for frame, count in functions.most_common(top)]
+    lines.append(f"  by role:  {'own':>7} {'cumulative':>11}")
+    lines += [f"    {role:<24} {count / total:>6.1%} {role_cumulative[role] / total:>11.1%}"
+              for role, count in role_own.most_common()]
+    return "\n".join(lines)
+
+
+class WorkerProfiles:
+    """py-spy recording, from ``delay`` s after it starts, each streamflow worker that
+    :class:`ProcessCpu` sees start, until the worker exits. Only the thread that holds the
+    GIL is sampled (``--gil``): the profile is the worker's Python CPU time, without the
+    threads that wait (the event loop's select, kazoo's and the executor pool's threads)."""
+
+    def __init__(self, py_spy: Path, directory: Path, delay: float = 1.0) -> None:
+        self.py_spy, self.directory, self.delay = py_spy, directory, delay
+        self.recorders: list[subprocess.Popen[bytes]] = []
+        self.outputs: list[Path] = []
+
+    def on_start(self, pid: int, role: str) -> None:
+        if role == "streamflow worker":
+            threading.Timer(self.delay, self._record, (pid,)).start()
+
+    def _record(self, pid: int) -> None:
+        out = self.directory / f"worker-{pid}.txt"
+        self.outputs.append(out)
+        self.recorders.append(subprocess.Popen(
+            [self.py_spy, "record", "--pid", str(pid), "--rate", "100", "--gil", "--function",
+             "--full-filenames", "--format", "raw", "-o", out],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stacks(self) -> Counter[tuple[str, ...]]:
+        """Every worker's samples, once the recorders have ended with their workers."""
+        for recorder in self.recorders:
+            recorder.wait(60)
+        stacks: Counter[tuple[str, ...]] = Counter()
+        for out in self.outputs:
+            if out.exists():
+                stacks.update(parse_stacks(out.read_text()))
+        return stacks
+
+
+# --------------------------------------------------------------------------- the comparison
+
+ENGINES = ["bare loop", "streamflow local", "Bytewax 1 worker", "streamflow 2 workers", "Bytewax 2 processes"]
+RATIOS = [("streamflow local", "Bytewax 1 worker"), ("streamflow 2 workers", "Bytewax 2 processes")]
+
+
+def run_round(run: int, tmp: Path, cluster: Cluster, python: Path, values: list[bytes], partitions: int,
+              extra: list[str], expected: Mapping[str, int]) -> dict[str, float]:
+    """One round of the five runs, printed as they end; returns sentences/s by engine."""
+    n = len(values)
+    rates: dict[str, float] = {}
+
+    def show(engine: str, note: str = "") -> None:
+        print(f"{engine:<20} (run {run}): {rates[engine]:>9,.0f} sentences/s  "
+              f"{rates[engine] / rates['bare loop']:>4.0%} of the bare loop{note}", flush=True)
+
+    with kw.fresh_broker(tmp / f"bare-{run}", values, partitions) as broker:
+        done, seconds = kw.bare_loop(broker.bootstrap, "sentences", OUTPUT, partitions)
+        read_back(broker, expected, "bare loop")
+    rates["bare loop"] = done / seconds
+    show("bare loop")
+
+    with checking(expected, "streamflow local"):
+        rates["streamflow local"] = kw.run_local(tmp / f"local-{run}", values, partitions, extra)
+    show("streamflow local", " (whole process)")
+
+    one = run_bytewax(python, tmp / f"bytewax1-{run}", values, partitions, 1, expected)
+    rates["Bytewax 1 worker"] = n / (one.exited - one.launched)
+    show("Bytewax 1 worker", " (whole process)")
+
+    with ProcessCpu() as cpu, checking(expected, "streamflow 2 workers") as checked:
+        rate, steady, _, _ = kw.run_cluster(cluster, tmp / f"cluster-{run}", values, partitions, extra)
+    rates["streamflow 2 workers"] = rate
+    show("streamflow 2 workers", f" (from submission; {steady:,.0f} from the first count written)")
+    print(cpu.table(checked[-1].began, checked[-1].output.last_written, n))
+
+    with ProcessCpu() as cpu:
+        two = run_bytewax(python, tmp / f"bytewax2-{run}", values, partitions, 2, expected)
+    rates["Bytewax 2 processes"] = n / (two.output.last_written - two.launched)
+    show("Bytewax 2 processes", f" (from launch; "
+         f"{n / (two.output.last_written - two.output.first_written):,.0f} from the first count written)")
+    print(cpu.table(two.launched, two.output.last_written, n))
+    print(f"round {run}: " + "; ".join(f"{a} / {b} = {rates[a] / rates[b]:.2f}" for a, b in RATIOS)
+          + " (target: 2.00); counts exact in all five runs", flush=True)
+    return rates
+
+
+def profile_run(tmp: Path, cluster: Cluster, python: Path, values: list[bytes], partitions: int,
+                extra: list[str], expected: Mapping[str, int]) -> None:
+    """One more streamflow 2-worker run with py-spy on both workers; prints the profile."""
+    profiles = WorkerProfiles(python.parent / "py-spy", tmp)
+    with ProcessCpu(on_start=profiles.on_start), checking(expected, "streamflow 2 workers, profiled"):
+        rate, _, _, _ = kw.run_cluster(cluster, tmp / "cluster-profiled", values, partitions, extra)
+    print(f"profile of both workers of a 2-worker run under py-spy at 100 Hz ({rate:,.0f} sentences/s "
+          "from submission, not part of the comparison):")
+    print(profile_report(profiles.stacks()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sentences", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the five runs, interleaved")
+    parser.add_argument("--profile", action="store_true",
+                        help="end with a 2-worker run with py-spy on both workers, and print its profile")
+    parser.add_argument("-c", dest="config", action="append", default=[], metavar="KEY=VALUE",
+                        help="topology config for both streamflow runs")
+    args = parser.parse_args()
+    if args.sentences < 1 or args.partitions < 1 or args.repeat < 1:
+        parser.error("--sentences, --partitions and --repeat take a number of at least 1")
+    extra = [arg for pair in args.config for arg in ("-c", pair)]
+    python = bytewax_python(args.profile)
+    versions = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('bytewax'))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    values = kw.sentences(args.sentences)
+    expected = true_counts(values)
+    print(f"{args.sentences:,} sentences on {args.partitions} partitions, {os.cpu_count()} CPUs; Bytewax "
+          f"{versions}; confluent-kafka {metadata.version('confluent-kafka')} (librdkafka "
+          f"{confluent_kafka.libversion()[0]}) on both sides", flush=True)
+    rounds: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as directory:
+        tmp = Path(directory)
+        zk = ZooKeeperServer(tmp / "zk")
+        zk.start()
+        cluster = None
+        try:
+            cluster = Cluster(zk.hosts, "/bench", tmp / "cluster", nimbus_count=1, supervisors=2, slots=1).start()
+            for run in range(1, args.repeat + 1):
+                rounds.append(run_round(run, tmp, cluster, python, values, args.partitions, extra, expected))
+            if args.profile:
+                profile_run(tmp, cluster, python, values, args.partitions, extra, expected)
+        finally:
+            if cluster is not None:
+                cluster.stop()
+            zk.stop()
+    print(f"medians of {len(rounds)} rounds:")
+    for engine in ENGINES:
+        rate = statistics.median(r[engine] for r in rounds)
+        share = statistics.median(r[engine] / r["bare loop"] for r in rounds)
+        print(f"  {engine:<20}: {rate:>9,.0f} sentences/s  {share:>4.0%} of the bare loop")
+    for a, b in RATIOS:
+        print(f"  {a} / {b}: {statistics.median(r[a] / r[b] for r in rounds):.2f} (target: 2.00)")
+
+
+if __name__ == "__main__":
+    main()
