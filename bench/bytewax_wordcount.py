@@ -27,15 +27,18 @@ Printed per run: sentences/s and the share of the same round's bare loop; per ro
 two ratios of the throughput issue, streamflow local / Bytewax 1 worker and streamflow 2
 workers / Bytewax 2 processes; at the end, the medians. For the two 2-process runs also the
 CPU time of every process of the run (workers, broker, nimbus, supervisors, ZooKeeper, this
-script), of the rest of the machine and the idle CPU, over the timed window, from /proc
-sampled every 0.1 s. Idle CPU while the workers use less than a core each says they wait;
-no idle CPU says they share the cores with the rest.
+script), of the rest of the machine (other users) and the idle CPU, over the timed window,
+from /proc sampled every 0.1 s; and how the busiest thread of each worker spent that
+window, from the scheduler's counters (/proc/PID/task/TID/schedstat): on a CPU, runnable
+but queued for one (it shares the cores: more CPU would make it faster), or asleep (it
+waits: for input, for an answer, on a timer or a lock). That holds on a busy machine too,
+where the idle share alone says nothing.
 
 ``--profile`` ends with one more streamflow 2-worker run, not part of the comparison, with
-py-spy (installed into the same venv) recording both workers at 100 Hz from a second after
-they start, and prints the 15 functions with the most own time and the most cumulative
-time, and each role's share (Kafka spout, user code, collector, transport, acking, sink,
-event loop...).
+py-spy (installed into the same venv) recording the GIL-holding thread of both workers at
+100 Hz from a second after they start, and prints the 15 functions with the most own time
+and the most cumulative time, and each role's share (Kafka spout, user code, collector,
+transport, acking, sink, event loop...); py-spy's raw stacks stay in bench/out/.
 
 kafka_wordcount's run_local and run_cluster start and stop their broker inside. So that
 their output can be read back before the broker stops, :func:`checking` wraps
@@ -227,27 +230,49 @@ def role_of(argv: Sequence[str]) -> str:
     return Path(argv[0]).name
 
 
+ENGINE_PROCESSES = ("streamflow worker", "Bytewax process")
+"""The roles whose threads are sampled too, and that get a row each in the table."""
+
+
+def interpolate(times: Sequence[float], values: Sequence[float], when: float) -> float:
+    """The value at ``when`` of a series sampled at ``times`` (ascending), linear between
+    samples and held at the first and last value outside them."""
+    at = bisect.bisect_left(times, when)
+    if at == 0:
+        return values[0]
+    if at == len(times):
+        return values[-1]
+    share = (when - times[at - 1]) / max(times[at] - times[at - 1], 1e-9)
+    return values[at - 1] + share * (values[at] - values[at - 1])
+
+
+@dataclass
+class Series:
+    """Samples of a process's or a thread's counters: CPU seconds, and for a thread the
+    seconds it was runnable but queued for a CPU (the scheduler's run delay)."""
+
+    times: list[float]
+    cpu: list[float]
+    queued: list[float]
+
+    def add(self, when: float, cpu: float, queued: float = 0.0) -> None:
+        self.times.append(when)
+        self.cpu.append(cpu)
+        self.queued.append(queued)
+
+    def between(self, start: float, end: float) -> tuple[float, float]:
+        """CPU seconds and queued seconds from ``start`` to ``end``."""
+        return (interpolate(self.times, self.cpu, end) - interpolate(self.times, self.cpu, start),
+                interpolate(self.times, self.queued, end) - interpolate(self.times, self.queued, start))
+
+
 @dataclass
 class Process:
-    """CPU seconds of one process, sampled over time."""
-
     pid: int
     role: str
-    started: float
-    times: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-
-    def cpu_at(self, when: float) -> float:
-        """CPU seconds used by ``when``, interpolated between samples (0 at its start, its
-        last sample's value after that)."""
-        times, cpu = [self.started, *self.times], [0.0, *self.cpu]
-        if when <= times[0]:
-            return 0.0
-        at = bisect.bisect_left(times, when)
-        if at == len(times):
-            return cpu[-1]
-        share = (when - times[at - 1]) / max(times[at] - times[at - 1], 1e-9)
-        return cpu[at - 1] + share * (cpu[at] - cpu[at - 1])
+    counters: Series
+    threads: dict[int, Series] = field(default_factory=dict)
+    """Of an engine's process: each thread's counters, by thread id."""
 
 
 def _stat(pid: int) -> tuple[int, float, float] | None:
@@ -260,16 +285,34 @@ def _stat(pid: int) -> tuple[int, float, float] | None:
     return int(fields[1]), cpu, BOOTED + int(fields[19]) / CLOCK_TICKS
 
 
+def _threads(pid: int) -> dict[int, tuple[float, float]]:
+    """``{thread id: (seconds on a CPU, seconds runnable but queued for one)}`` of a
+    process's threads, from /proc/PID/task/TID/schedstat."""
+    found = {}
+    try:
+        tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            on_cpu, queued = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[:2]
+        except (OSError, ValueError):
+            continue
+        found[tid] = (int(on_cpu) / 1e9, int(queued) / 1e9)
+    return found
+
+
 class ProcessCpu:
     """Samples, every ``every`` seconds while open, the CPU time of this process and of all
-    its descendants (a supervisor's workers included) and the machine's busy time.
-    ``on_start(pid, role)`` is called, in the sampling thread, for each new descendant."""
+    its descendants (a supervisor's workers included), the scheduler's counters of each
+    thread of an engine's process, and the machine's busy time. ``on_start(pid, role)`` is
+    called, in the sampling thread, for each new descendant."""
 
     def __init__(self, every: float = 0.1, on_start: Callable[[int, str], None] | None = None) -> None:
         self.every, self.on_start = every, on_start
-        me = os.getpid()
-        self.processes = {me: Process(me, "this script (bench)", time.time())}
-        self.machine = Process(0, "machine (busy CPU seconds since boot)", 0.0)
+        self.processes: dict[int, Process] = {}
+        self.machine = Series([float(BOOTED)], [0.0], [0.0])
+        """The machine's busy CPU seconds since it booted."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="process-cpu", daemon=True)
 
@@ -298,46 +341,61 @@ class ProcessCpu:
             family += children.get(family[at], [])
             at += 1
         for pid in family:
-            if pid not in self.processes:
-                try:
-                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-                except OSError:
-                    continue
-                self.processes[pid] = Process(pid, role_of([a for a in argv if a]), stats[pid][2])
-                if self.on_start is not None:
-                    self.on_start(pid, self.processes[pid].role)
-            self.processes[pid].times.append(now)
-            self.processes[pid].cpu.append(stats[pid][1])
-        self.machine.times.append(now)
-        self.machine.cpu.append(CpuMeter.machine())
+            if pid not in self.processes and not self._found(pid, stats[pid][2]):
+                continue
+            process = self.processes[pid]
+            process.counters.add(now, stats[pid][1])
+            if process.role in ENGINE_PROCESSES:
+                for tid, (on_cpu, queued) in _threads(pid).items():
+                    started = process.counters.times[0]
+                    process.threads.setdefault(tid, Series([started], [0.0], [0.0])).add(now, on_cpu, queued)
+        self.machine.add(now, CpuMeter.machine())
+
+    def _found(self, pid: int, started: float) -> bool:
+        """Start following a new descendant; False if it is already gone."""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return False
+        role = "this script (bench)" if pid == os.getpid() else role_of([a for a in argv if a])
+        self.processes[pid] = Process(pid, role, Series([started], [0.0], [0.0]))
+        if self.on_start is not None:
+            self.on_start(pid, role)
+        return True
 
     def table(self, start: float, end: float, sentences: int) -> str:
-        """CPU seconds, share of the wall time and µs per sentence of each process between
-        ``start`` and ``end`` (seconds since the epoch), then the rest of the machine and its
-        idle CPU, and a line on what the workers did."""
+        """Between ``start`` and ``end`` (seconds since the epoch): the CPU seconds, share of
+        the wall time and µs per sentence of each process, of the rest of the machine and
+        of its idle CPU; then, for each engine process, how its busiest thread spent the
+        time: on a CPU, runnable but queued for a CPU (the cores were taken), or asleep
+        (waiting for input, an answer, a timer or a lock)."""
         wall = end - start
         used: dict[str, float] = {}
+        busiest: dict[str, tuple[float, float]] = {}
         for p in self.processes.values():
-            seconds = p.cpu_at(end) - p.cpu_at(start)
-            if seconds > 0 or p.role in ("streamflow worker", "Bytewax process"):
-                key = f"{p.role} (pid {p.pid})" if p.role in ("streamflow worker", "Bytewax process") else p.role
-                used[key] = used.get(key, 0.0) + seconds
-        busy = self.machine.cpu_at(end) - self.machine.cpu_at(start)
-        others = max(0.0, busy - sum(used.values()))
+            seconds = p.counters.between(start, end)[0]
+            if p.role in ENGINE_PROCESSES:
+                name = f"{p.role} (pid {p.pid})"
+                busiest[name] = max((t.between(start, end) for t in p.threads.values()), default=(0.0, 0.0))
+            elif seconds > 0:
+                name = p.role
+            else:
+                continue
+            used[name] = used.get(name, 0.0) + seconds
+        busy = self.machine.between(start, end)[0]
         cpus = os.cpu_count() or 1
-        idle = max(0.0, cpus * wall - busy)
-        order = ["worker", "Bytewax", "broker"]
+        order = [*ENGINE_PROCESSES, "Kafka broker"]
         rows = sorted(used.items(), key=lambda kv: (next((i for i, w in enumerate(order) if w in kv[0]),
                                                          len(order)), -kv[1]))
-        rows += [("other processes of the machine", others), (f"idle ({cpus} CPUs)", idle)]
-        lines = [f"    {'process':<40} {'CPU s':>7} {'% of wall':>10} {'CPU µs/sentence':>16}"]
+        rows += [("other processes of the machine", max(0.0, busy - sum(used.values()))),
+                 (f"idle ({cpus} CPUs)", max(0.0, cpus * wall - busy))]
+        lines = [f"    {f'CPU over {wall:.2f} s':<40} {'CPU s':>7} {'% of wall':>10} {'CPU µs/sentence':>16}"]
         lines += [f"    {name:<40} {seconds:>7.2f} {seconds / wall:>10.0%} {seconds / sentences * 1e6:>16.1f}"
                   for name, seconds in rows]
-        workers = [seconds / wall for name, seconds in used.items() if "worker" in name or "Bytewax" in name]
-        reading = ("the cores were busy: the workers share them with the rest"
-                   if idle < 0.1 * cpus * wall else "the cores were idle for a part: the workers waited")
-        lines.append(f"    over {wall:.2f} s; workers {' + '.join(f'{w:.0%}' for w in workers)} of a core; "
-                     f"idle {idle / (cpus * wall):.0%} of the machine: {reading}")
+        heading = "busiest thread of each engine process"
+        lines.append(f"    {heading:<40} {'on a CPU':>10} {'queued for a CPU':>17} {'asleep':>7}")
+        lines += [f"    {name:<40} {cpu / wall:>10.0%} {queued / wall:>17.0%} "
+                  f"{max(0.0, wall - cpu - queued) / wall:>7.0%}" for name, (cpu, queued) in busiest.items()]
         return "\n".join(lines)
 
 
@@ -382,7 +440,7 @@ def run_bytewax(python: Path, directory: Path, values: list[bytes], partitions: 
 ENTRY = "entry (process, threads)"
 """The frames every stack of a thread starts with: left out of the cumulative top list."""
 PROFILE_ROLES = [
-    ("topologies/wordcount.py", "split/count user code"),
+    ("/wordcount.py", "split/count user code"),  # from topologies/, or a worker's code directory
     ("connectors/kafka/sink", "sink/produce"),
     ("connectors/kafka/", "Kafka spout/fetch"),
     ("streamflow/acking", "acking"),
@@ -425,10 +483,17 @@ def parse_stacks(raw: str) -> Counter[tuple[str, ...]]:
     return stacks
 
 
-def short(frame: str) -> str:
-    """``function (file:line)`` with the file's path cut to its last two parts."""
-    function, _, where = frame.rpartition(" (")
-    return f"{function} ({'/'.join(where.split('/')[-2:])}"
+def labelled(stack: Sequence[str]) -> list[tuple[str, str]]:
+    """``(label, role)`` of each frame: the label is ``function (file:line)`` with the path
+    cut to its last two parts (so one function of the two workers' code directories is one
+    label); generated code (``<string>``: a namedtuple's or dataclass's methods) takes its
+    caller's role."""
+    frames: list[tuple[str, str]] = []
+    for frame in stack:
+        function, _, where = frame.rpartition(" (")
+        role = frames[-1][1] if where.startswith("<string>") and frames else frame_role(frame)
+        frames.append((f"{function} ({'/'.join(where.split('/')[-2:])}", role))
+    return frames
 
 
 def profile_report(stacks: Counter[tuple[str, ...]], top: int = 15) -> str:
@@ -436,24 +501,27 @@ def profile_report(stacks: Counter[tuple[str, ...]], top: int = 15) -> str:
     samples by own time (the leaf frame's role) and by cumulative time (a sample counts
     once for each role on its stack)."""
     total = sum(stacks.values())
+    if not total:
+        return "  no samples (could py-spy attach to the workers?)"
+    roles: dict[str, str] = {}
     own: Counter[str] = Counter()
     cumulative: Counter[str] = Counter()
     role_own: Counter[str] = Counter()
     role_cumulative: Counter[str] = Counter()
     for stack, count in stacks.items():
-        own[stack[-1]] += count
-        role_own[frame_role(stack[-1])] += count
-        for frame in set(stack):
-            cumulative[frame] += count
-        for role in {frame_role(frame) for frame in stack}:
+        frames = labelled(stack)
+        roles.update(frames)
+        own[frames[-1][0]] += count
+        role_own[frames[-1][1]] += count
+        for label in {label for label, role in frames if role != ENTRY}:
+            cumulative[label] += count
+        for role in {role for _, role in frames}:
             role_cumulative[role] += count
-    for frame in [frame for frame in cumulative if frame_role(frame) == ENTRY]:
-        del cumulative[frame]
     lines = [f"  {total} samples"]
     for title, functions in (("own time", own), (f"cumulative time (less '{ENTRY}')", cumulative)):
         lines.append(f"  top {top} functions by {title}:")
-        lines += [f"    {count / total:>6.1%}  {frame_role(frame):<24} {short(frame)}"
-                  for frame, count in functions.most_common(top)]
+        lines += [f"    {count / total:>6.1%}  {roles[label]:<24} {label}"
+                  for label, count in functions.most_common(top)]
     lines.append(f"  by role:  {'own':>7} {'cumulative':>11}")
     lines += [f"    {role:<24} {count / total:>6.1%} {role_cumulative[role] / total:>11.1%}"
               for role, count in role_own.most_common()]
@@ -543,13 +611,17 @@ def run_round(run: int, tmp: Path, cluster: Cluster, python: Path, values: list[
 
 def profile_run(tmp: Path, cluster: Cluster, python: Path, values: list[bytes], partitions: int,
                 extra: list[str], expected: Mapping[str, int]) -> None:
-    """One more streamflow 2-worker run with py-spy on both workers; prints the profile."""
-    profiles = WorkerProfiles(python.parent / "py-spy", tmp)
+    """One more streamflow 2-worker run with py-spy on both workers; prints the profile and
+    keeps py-spy's raw stacks in bench/out/ (flamegraph.pl and speedscope read them)."""
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    profiles = WorkerProfiles(python.parent / "py-spy", out)
     with ProcessCpu(on_start=profiles.on_start), checking(expected, "streamflow 2 workers, profiled"):
         rate, _, _, _ = kw.run_cluster(cluster, tmp / "cluster-profiled", values, partitions, extra)
     print(f"profile of both workers of a 2-worker run under py-spy at 100 Hz ({rate:,.0f} sentences/s "
           "from submission, not part of the comparison):")
     print(profile_report(profiles.stacks()))
+    print(f"  py-spy's raw stacks: {', '.join(str(o.relative_to(ROOT)) for o in profiles.outputs)}")
 
 
 def main() -> None:
