@@ -230,6 +230,7 @@ def role_of(argv: Sequence[str]) -> str:
     return Path(argv[0]).name
 
 
+BENCH = "this script (bench)"
 ENGINE_PROCESSES = ("streamflow worker", "Bytewax process")
 """The roles whose threads are sampled too, and that get a row each in the table."""
 
@@ -357,7 +358,7 @@ class ProcessCpu:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             return False
-        role = "this script (bench)" if pid == os.getpid() else role_of([a for a in argv if a])
+        role = BENCH if pid == os.getpid() else role_of([a for a in argv if a])
         self.processes[pid] = Process(pid, role, Series([started], [0.0], [0.0]))
         if self.on_start is not None:
             self.on_start(pid, role)
@@ -366,9 +367,10 @@ class ProcessCpu:
     def table(self, start: float, end: float, sentences: int) -> str:
         """Between ``start`` and ``end`` (seconds since the epoch): the CPU seconds, share of
         the wall time and µs per sentence of each process, of the rest of the machine and
-        of its idle CPU; then, for each engine process, how its busiest thread spent the
-        time: on a CPU, runnable but queued for a CPU (the cores were taken), or asleep
-        (waiting for input, an answer, a timer or a lock)."""
+        of its idle CPU; the rate the run's processes would make if the machine were theirs
+        and their CPU per sentence stayed; then, for each engine process, how its busiest
+        thread spent the time: on a CPU, runnable but queued for a CPU (the cores were
+        taken), or asleep (waiting for input, an answer, a timer or a lock)."""
         wall = end - start
         used: dict[str, float] = {}
         busiest: dict[str, tuple[float, float]] = {}
@@ -392,6 +394,9 @@ class ProcessCpu:
         lines = [f"    {f'CPU over {wall:.2f} s':<40} {'CPU s':>7} {'% of wall':>10} {'CPU µs/sentence':>16}"]
         lines += [f"    {name:<40} {seconds:>7.2f} {seconds / wall:>10.0%} {seconds / sentences * 1e6:>16.1f}"
                   for name, seconds in rows]
+        mine = sum(seconds for name, seconds in used.items() if name != BENCH) / sentences
+        lines.append(f"    the run's processes less this script: {mine * 1e6:.0f} µs CPU per sentence, so at most "
+                     f"{cpus / mine:,.0f} sentences/s on {cpus} CPUs of their own")
         heading = "busiest thread of each engine process"
         lines.append(f"    {heading:<40} {'on a CPU':>10} {'queued for a CPU':>17} {'asleep':>7}")
         lines += [f"    {name:<40} {cpu / wall:>10.0%} {queued / wall:>17.0%} "
