@@ -28,7 +28,9 @@ two ratios of the throughput issue, streamflow local / Bytewax 1 worker and stre
 workers / Bytewax 2 processes; at the end, the medians. For the two 2-process runs also the
 CPU time of every process of the run (workers, broker, nimbus, supervisors, ZooKeeper, this
 script), of the rest of the machine (other users) and the idle CPU, over the timed window,
-from /proc sampled every 0.1 s; and how the busiest thread of each worker spent that
+from /proc sampled every 0.1 s; the rate the run's processes would make on the machine's
+CPUs alone at the CPU per sentence they used (other users of the machine move it little);
+and how the busiest thread of each worker spent that
 window, from the scheduler's counters (/proc/PID/task/TID/schedstat): on a CPU, runnable
 but queued for one (it shares the cores: more CPU would make it faster), or asleep (it
 waits: for input, for an answer, on a timer or a lock). That holds on a busy machine too,
