@@ -289,6 +289,8 @@ def test_random_truncated_and_garbled_frames_raise_only_frame_error(payload: byt
 @pytest.mark.parametrize("frame", [
     # Found by atheris (tests/fuzz/fuzz_frames.py): a LISTS_OF_SCALARS batch whose rows hold an int.
     base64.b64decode("kZMEpnR1cGxlc5UCp2RlZmF1bHQBkpKheMcJAkAAAAAAAAAAAACSgIA="),
+    # ... and a message whose kind is a map.
+    base64.b64decode("kZMDg3R1cGxlc5UBp2RlZmF1bHQAkpKhYQGSoWICkoELDIENDg=="),
 ])
 def test_frames_the_fuzzer_found_raise_frame_error(frame: bytes) -> None:
     with pytest.raises(FrameError):

@@ -227,8 +227,8 @@ class Codec:
         if type(message) is not tuple or len(message) != 3:
             raise FrameError("a message that is not (task, kind, payload)")
         task, kind, payload = message
-        if type(task) is not int:
-            raise FrameError(f"a message for task {task!r}")
+        if type(task) is not int or type(kind) is not str:
+            raise FrameError(f"a message for task {task!r} of kind {kind!r}")
         if kind == TUPLES:
             return task, kind, self._tuples(payload)
         container = _ENGINE_KINDS.get(kind)
