@@ -17,11 +17,11 @@ from typing import Any, cast
 import pytest
 from kafka import KafkaBroker
 from streamflow_connectors.kafka import Backoff, KafkaSpout
+from streamflow_connectors.kafka.assignment import owner
 from streamflow_connectors.kafka.client import KafkaClientError
 from streamflow_connectors.kafka.deadletters import DeadLetters
 from streamflow_connectors.kafka.offsets import PartitionOffsets
 from streamflow_connectors.kafka.retry import RetrySchedule
-from streamflow_connectors.kafka.spout import owner
 from topics import header, produce
 
 from streamflow import TaskContext
@@ -59,8 +59,8 @@ class Driven:
 
     def read_to(self, key: tuple[str, int], end: int) -> None:
         """Drive until the partition is taken up to ``end`` and nothing waits to be emitted."""
-        self.until(lambda: (p := self.spout._partitions.get(key)) is not None and p.fetched_to >= end
-                   and not self.spout._buffer, f"{key} read up to {end}")
+        self.until(lambda: (p := self.spout._assignment.partitions.get(key)) is not None and p.fetched_to >= end
+                   and not self.spout._fetcher.buffer, f"{key} read up to {end}")
 
     def since(self, mark: int, key: tuple[str, int]) -> list[int]:
         """The offsets of ``key`` emitted since ``len(emitted)`` was ``mark``."""
@@ -96,15 +96,15 @@ def test_the_position_is_the_next_offset_to_emit_not_past_buffered_records(kafka
     driven = drive(KafkaSpout(kafka.bootstrap, [topic], backoff=NO_RETRY_DUE, fetch_records=7), "positions")
     spout = driven.spout
     driven.until(lambda: len(driven.emitted) >= 20 and all(driven.since(0, (topic, p)) for p in (0, 1))
-                 and spout._buffer, "20 records emitted, of both partitions, more buffered")
+                 and spout._fetcher.buffer, "20 records emitted, of both partitions, more buffered")
     emitted = {p: len(driven.since(0, (topic, p))) for p in (0, 1)}
     assert spout.position() == {f"{topic}/0": emitted[0], f"{topic}/1": emitted[1]}
     # Taken from the consumer, not emitted: not counted.
-    assert any(spout._partitions[topic, p].fetched_to > emitted[p] for p in (0, 1))
+    assert any(spout._assignment.partitions[topic, p].fetched_to > emitted[p] for p in (0, 1))
     # A record waiting for its retry is emitted again from the position.
     [first_of_0, *_] = driven.since(0, (topic, 0))
     spout.fail((topic, 0, first_of_0))
-    assert len(spout._retries) == 1
+    assert len(spout._redelivery.retries) == 1
     assert spout.position() == {f"{topic}/0": first_of_0, f"{topic}/1": emitted[1]}
 
 
@@ -132,12 +132,13 @@ def test_seeking_back_emits_again_the_records_from_there_in_order(kafka: KafkaBr
     spout = driven.spout
     driven.until(lambda: len(driven.emitted) >= 15, "15 records emitted")
     checkpoint = spout.position()
-    driven.until(lambda: len(driven.emitted) >= 40 and spout._buffer, "40 records emitted, more buffered")
+    driven.until(lambda: len(driven.emitted) >= 40 and spout._fetcher.buffer, "40 records emitted, more buffered")
     last = driven.emitted[-1]
     spout.fail(last)  # fails at the rollback: scheduled for a retry, which the seek drops
     mark = len(driven.emitted)
     spout.seek(checkpoint)
-    assert not spout._buffer and len(spout._retries) == 0 and spout._retries.failures == {last: 1}
+    retries = spout._redelivery.retries
+    assert not spout._fetcher.buffer and len(retries) == 0 and retries.failures == {last: 1}
     assert spout.position() == checkpoint
     for p in (0, 1):
         driven.read_to((topic, p), 30)
@@ -156,12 +157,12 @@ def test_a_partition_missing_from_the_positions_goes_back_to_where_the_task_star
     assert driven.since(0, key)[:5] == [5, 6, 7, 8, 9]
     for msg_id in driven.emitted[:5]:
         spout.ack(msg_id)
-    driven.until(lambda: spout._partitions[key].committed == 10, "the commit of offset 10 confirmed")
+    driven.until(lambda: spout._assignment.partitions[key].committed == 10, "the commit of offset 10 confirmed")
     mark = len(driven.emitted)
     spout.seek({f"{topic}-other/0": 3})  # another topic's partition: not this task's
     driven.read_to(key, 20)
     assert driven.since(mark, key) == list(range(5, 20))
-    assert spout._partitions[key].commit_sent == 10  # the Kafka commit does not go back
+    assert spout._assignment.partitions[key].commit_sent == 10  # the Kafka commit does not go back
 
 
 def test_positions_given_before_the_assignment_apply_when_the_partitions_are_assigned(
@@ -173,7 +174,7 @@ def test_positions_given_before_the_assignment_apply_when_the_partitions_are_ass
         driven = drive(KafkaSpout(kafka.bootstrap, [topic]), "early", index, tasks)
         mine = [p for p in range(4) if owner(topic, p, tasks) == index]
         driven.spout.seek({**checkpoint, "elsewhere/0": 1})  # at open: nothing is assigned yet
-        assert driven.spout._assigned is None
+        assert driven.spout._assignment.assigned is None
         # A checkpoint taken before the assignment keeps the positions sought.
         assert driven.spout.position() == {f"{topic}/{p}": 3 + p for p in mine}
         for p in mine:
@@ -199,13 +200,13 @@ def test_a_record_failed_past_its_retries_across_seeks_is_dead_lettered_and_the_
         assert driven.since(mark, key) == list(range(10)), attempt
         spout.fail((topic, 0, poison))  # the rollback: its tree failed; the other records are forgotten
         spout.seek(checkpoint)
-        assert not spout._dead, attempt  # the last failure's dead letter is taken back: it is read again
+        assert not spout._redelivery.dead, attempt  # the last failure's dead letter is taken back: read again
     mark = len(driven.emitted)
     driven.read_to(key, 10)
     assert driven.since(mark, key) == [0, 1, 2, 3, 5, 6, 7, 8, 9]
     for msg_id in driven.emitted[mark:]:
         spout.ack(msg_id)  # the next checkpoint commits
-    driven.until(lambda: spout._partitions[key].committed == 10, "the commit past the dead letter")
+    driven.until(lambda: spout._assignment.partitions[key].committed == 10, "the commit past the dead letter")
     assert spout.metrics()["kafka.dead_letters"] == {f"partition={topic}/0": 1}
     [dead] = kafka.consume_all(dlq)
     assert header(dead, "origin.offset") == str(poison).encode()
@@ -224,7 +225,7 @@ def test_acks_after_a_seek_advance_the_kafka_commit(kafka: KafkaBroker, topic_pr
     assert checkpoint == {f"{topic}/0": 10}
     for msg_id in driven.emitted[:10]:
         spout.ack(msg_id)  # the checkpoint commits
-    driven.until(lambda: len(driven.emitted) >= 20 and spout._partitions[key].committed == 10,
+    driven.until(lambda: len(driven.emitted) >= 20 and spout._assignment.partitions[key].committed == 10,
                  "10 more records emitted, the commit of offset 10 confirmed")
     mark = len(driven.emitted)
     spout.seek(checkpoint)  # a rollback: records 10-19 are forgotten, never acked
@@ -232,7 +233,7 @@ def test_acks_after_a_seek_advance_the_kafka_commit(kafka: KafkaBroker, topic_pr
     assert driven.since(mark, key) == list(range(10, 30))
     for msg_id in driven.emitted[mark:]:
         spout.ack(msg_id)
-    driven.until(lambda: spout._partitions[key].committed == 30, "the commit of offset 30 confirmed")
+    driven.until(lambda: spout._assignment.partitions[key].committed == 30, "the commit of offset 30 confirmed")
     assert kafka.committed("acks-source", topic) == {0: 30}
 
 
@@ -243,13 +244,14 @@ def test_a_dead_letter_confirmed_after_a_seek_does_not_finish_the_record_read_ag
     driven = drive(KafkaSpout(kafka.bootstrap, [topic]), "late-letter")
     spout, key = driven.spout, (topic, 0)
     driven.read_to(key, 10)
-    before = spout._partitions[key].record(3)  # as the dead-letter path would hold it
+    before = spout._assignment.partitions[key].record(3)  # as the dead-letter path would hold it
     spout.seek({f"{topic}/0": 0})
     driven.read_to(key, 10)
-    again = spout._partitions[key].record(3)
+    again = spout._assignment.partitions[key].record(3)
     assert again is not None and again is not before
-    spout._dead_lettered(before)  # the delivery report of a dead letter written before the seek
-    assert spout._partitions[key].record(3) is again and spout._partitions[key].commit_point() == 0
+    spout._redelivery.dead_lettered(before)  # the delivery report of a dead letter written before the seek
+    partition = spout._assignment.partitions[key]
+    assert partition.record(3) is again and partition.commit_point() == 0
 
 
 # -- the bookkeeping under position and seek, no broker ------------------------------------

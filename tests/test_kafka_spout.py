@@ -29,13 +29,12 @@ from confluent_kafka.admin import TopicMetadata
 from kafka import KafkaBroker
 from live import LiveRun, Shared
 from servers import free_port
-from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout
-from streamflow_connectors.kafka import spout as spout_module
+from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout, commits
+from streamflow_connectors.kafka.assignment import Change, owner, topic_problem
 from streamflow_connectors.kafka.client import KafkaClientError
 from streamflow_connectors.kafka.deadletters import DeadLetters
 from streamflow_connectors.kafka.offsets import PartitionOffsets
 from streamflow_connectors.kafka.records import Record
-from streamflow_connectors.kafka.spout import owner, topic_problem
 from topics import header, produce, read_written
 
 from streamflow import BasicBolt, Bolt, TaskContext, Topology, TopologyBuilder, Tuple, run_local
@@ -88,9 +87,9 @@ def test_an_unacked_record_is_never_committed(kafka: KafkaBroker, topic_prefix: 
     assert metrics["kafka.lag"] == {p0: 300 - k, p1: 0}  # what a restart would read again
     # Three more commit checks run (each sets the next one an interval on), and none asks past k.
     spout = run.instance("source")
-    first_check = spout._next_commit
-    wait_for(lambda: spout._next_commit >= first_check + 3 * 0.2, 10, "three more commit checks")
-    assert spout._partitions[topic, 0].commit_sent == k
+    first_check = spout._commits.next_at
+    wait_for(lambda: spout._commits.next_at >= first_check + 3 * 0.2, 10, "three more commit checks")
+    assert spout._assignment.partitions[topic, 0].commit_sent == k
     assert kafka.committed(group, topic) == {0: k, 1: 300}
     shared.release.set()
     wait_for(lambda: kafka.committed(group, topic) == {0: 300, 1: 300}, 10, "the commit past k once it is acked")
@@ -112,7 +111,8 @@ def test_a_stuck_record_pauses_its_partition_at_max_uncommitted(kafka: KafkaBrok
     # The spout holds the partition at its bound and has paused it in librdkafka: nothing
     # more can come while offset k is out.
     spout = run.instance("source")
-    wait_for(lambda: spout._held == {(topic, 0)} and (topic, 0) in spout._paused, 10, "the partition paused")
+    fetcher = spout._fetcher
+    wait_for(lambda: fetcher.held == {(topic, 0)} and (topic, 0) in fetcher.paused, 10, "the partition paused")
     assert run.tasks("source")[0].emitted == k + bound
     assert len(shared.seen) == k + bound - 1  # offsets 0 .. k+bound-1 but k
     metrics = run.metrics("source")
@@ -155,13 +155,14 @@ def test_a_partition_paused_at_its_bound_resumes_after_a_reassignment(kafka: Kaf
     try:
         wait_for(lambda: len(shared.seen) >= k + bound - 1, 20, "the records up to the bound")
         spout = run.instance("source")
-        wait_for(lambda: (first, 0) in spout._held and (first, 0) in spout._paused, 10, "the partition paused")
+        fetcher = spout._fetcher
+        wait_for(lambda: (first, 0) in fetcher.held and (first, 0) in fetcher.paused, 10, "the partition paused")
         produce(kafka, second, [b'{"n": 1000}', b'{"n": 1001}'], partitions=1)
 
         # Between two calls of next_tuple: the refresh finds the new topic and reassigns,
         # then the held record is done before the next fetch.
         refresh(run, spout, then=lambda: spout.ack((first, 0, k)))
-        assert spout._assigned == [(first, 0), (second, 0)]
+        assert spout._assignment.assigned == [(first, 0), (second, 0)]
         wait_for(lambda: len(shared.seen) == 99 + 2, 20, "every record but the held one, of both topics")
     finally:
         shared.release.set()
@@ -447,7 +448,8 @@ def test_a_topic_found_after_the_start_is_read_from_its_earliest_offset(kafka: K
                                    topic_pattern=re.escape(topic_prefix) + "p-.*"), timeout=60)
     try:
         spout = run.instance("source")
-        wait_for(lambda: getattr(spout, "_assigned", None) == [(first, 0)], 20, "the first assignment")
+        wait_for(lambda: (a := getattr(spout, "_assignment", None)) is not None and a.assigned == [(first, 0)], 20,
+                 "the first assignment")
         kafka.produce(first, [b'{"n": 3}'])
         produce(kafka, second, [b'{"n": 4}', b'{"n": 5}', b'{"n": 6}'], partitions=2)
         refresh(run, spout)  # finds the second topic
@@ -464,7 +466,7 @@ def test_committed_offsets_are_committed_again_though_they_did_not_move(kafka: K
     # A broker expires the offsets of a group without members (the spout's, as it assigns
     # its partitions itself) after offsets.retention.minutes: Tansu does not, so another
     # client overwrites the offset, and the spout must commit its point again.
-    monkeypatch.setattr(spout_module, "RECOMMIT_INTERVAL", 0.3, raising=False)
+    monkeypatch.setattr(commits, "RECOMMIT_INTERVAL", 0.3)
     topic, group, ledger = f"{topic_prefix}in", "recommit-source", Ledger()
     produce(kafka, topic, [json.dumps({"n": i}).encode() for i in range(10)], partitions=1)
     run = LiveRun(collect_topology("recommit", kafka.bootstrap, [topic], ledger, commit_interval=0.1), timeout=60)
@@ -655,7 +657,7 @@ class StandInMessage:
 
 
 class StandInConsumer:
-    """Keeps what the spout asked of it: pauses, resumes, seeks, commits. With
+    """Keeps what the spout asked of it: pauses, resumes, seeks, commits, assignments. With
     ``on_commit``, ``consume()`` answers the commits asked for since its last call, with
     ``commit_error`` (None: committed)."""
 
@@ -663,6 +665,7 @@ class StandInConsumer:
         self.paused: set[tuple[str, int]] = set()
         self.seeks: list[tuple[str, int, int]] = []
         self.commits: list[tuple[str, int, int]] = []
+        self.assigned: list[tuple[str, int, int]] = []
         self.on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = None
         self.commit_error: KafkaError | None = None
         self._unanswered: list[TopicPartition] = []
@@ -686,13 +689,16 @@ class StandInConsumer:
     def seek(self, tp: TopicPartition) -> None:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
 
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = [(tp.topic, tp.partition, tp.offset) for tp in partitions]
+
 
 def reading(fetched_to: int, partitions: int = 1, **kwargs: Any) -> tuple[KafkaSpout, StandInConsumer]:
     """An opened spout that has taken partitions t/0.. up to ``fetched_to``, all of it done."""
     spout, consumer = opened({}, **kwargs), StandInConsumer()
-    spout._consumer = cast(Any, consumer)
-    spout._assigned = [("t", p) for p in range(partitions)]
-    spout._partitions = {("t", p): PartitionOffsets(fetched_to) for p in range(partitions)}
+    spout._fetcher.consumer = cast(Any, consumer)
+    spout._assignment.assigned = [("t", p) for p in range(partitions)]
+    spout._assignment.partitions.update({("t", p): PartitionOffsets(fetched_to) for p in range(partitions)})
     return spout, consumer
 
 
@@ -700,37 +706,44 @@ def test_an_idle_partition_reads_on_past_a_gap_wider_than_its_bound() -> None:
     # Committed at 100, and retention has deleted everything up to 5,000,000 since: the
     # bound counted from 100 used to rewind the partition to 100 for ever.
     spout, consumer = reading(100, max_uncommitted=10)
-    spout._take([StandInMessage("t", 0, 5_000_000), StandInMessage("t", 0, 5_000_001)])
-    assert [m.offset() for m in spout._buffer] == [5_000_000, 5_000_001]
+    spout._fetcher.take([StandInMessage("t", 0, 5_000_000), StandInMessage("t", 0, 5_000_001)])
+    assert [m.offset() for m in spout._fetcher.buffer] == [5_000_000, 5_000_001]
     assert consumer.seeks == [] and not consumer.paused
-    assert spout._partitions["t", 0].commit_point() == 5_000_000
+    assert spout._assignment.partitions["t", 0].commit_point() == 5_000_000
 
 
 def test_a_partition_read_again_from_a_lower_offset_says_so(caplog: pytest.LogCaptureFixture) -> None:
     spout, consumer = reading(1000)
-    spout._take([StandInMessage("t", 0, 0)])  # the topic was recreated: its log starts at 0 again
-    assert [m.offset() for m in spout._buffer] == [0] and consumer.seeks == []
+    spout._fetcher.take([StandInMessage("t", 0, 0)])  # the topic was recreated: its log starts at 0 again
+    assert [m.offset() for m in spout._fetcher.buffer] == [0] and consumer.seeks == []
     assert "t/0 goes on at offset 0, below 1000" in caplog.text
     spout.ack(("t", 0, 0))
-    assert spout._partitions["t", 0].to_commit() == 1
+    assert spout._assignment.partitions["t", 0].to_commit() == 1
 
 
-def test_a_partition_that_leaves_is_committed_and_forgotten() -> None:
+def test_a_partition_that_leaves_is_committed_and_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
     spout, consumer = reading(0, partitions=2, backoff=Backoff(initial=0.01))
-    spout._take([StandInMessage("t", p, offset) for p in (0, 1) for offset in range(4)])
-    spout._buffer.clear()  # emitted: offsets 0-3 of both partitions in flight
+    spout._fetcher.take([StandInMessage("t", p, offset) for p in (0, 1) for offset in range(4)])
+    spout._fetcher.buffer.clear()  # emitted: offsets 0-3 of both partitions in flight
     for offset in (0, 1):
         spout.ack(("t", 1, offset))
     spout.fail(("t", 1, 2))  # waits for its retry
-    spout._take([StandInMessage("t", 1, 4)])  # waits to be emitted
-    spout._leave([("t", 1)])  # its topic was deleted, say
+    spout._fetcher.take([StandInMessage("t", 1, 4)])  # waits to be emitted
+
+    async def topic_deleted(_: Any) -> Change:  # the broker's metadata has only t/0 left
+        return Change(mine=[("t", 0)], starts={}, ends={}, left=[("t", 1)])
+
+    monkeypatch.setattr(spout._assignment, "change", topic_deleted)
+    asyncio.run(spout._refresh())
     assert consumer.commits == [("t", 1, 2)]  # what is done of it
-    assert list(spout._partitions) == [("t", 0)] and not spout._buffer and not spout._retries.failures
-    assert len(spout._retries) == 0  # its retry is no longer scheduled
+    assert consumer.assigned == [("t", 0, 4)] and spout._assignment.assigned == [("t", 0)]
+    assert list(spout._assignment.partitions) == [("t", 0)] and not spout._fetcher.buffer
+    assert not spout._redelivery.retries.failures
+    assert len(spout._redelivery.retries) == 0  # its retry is no longer scheduled
     spout.ack(("t", 1, 3))  # records of the partition that left: acked or failed to no effect
     spout.fail(("t", 1, 2))
     assert not spout._emit_retry(time.monotonic() + 1)  # when the retry scheduled before it left is due
-    assert not spout._retries.failures and list(spout._partitions) == [("t", 0)]
+    assert not spout._redelivery.retries.failures and list(spout._assignment.partitions) == [("t", 0)]
 
 
 def test_a_partition_stays_with_its_task_when_partitions_or_topics_are_added() -> None:
@@ -775,15 +788,15 @@ def test_a_partition_whose_end_lies_past_its_last_record_is_read_to_its_end() ->
     # The end offset seen at the start is 100, and 99 is a transaction's commit marker,
     # which librdkafka never serves: its end of partition at 100 says all was served.
     spout, consumer = reading(0, stop_at_end=True)
-    spout._end_offsets[("t", 0)] = 100
-    spout._take([StandInMessage("t", 0, offset) for offset in range(99)])
-    spout._buffer.clear()
+    spout._fetcher.end_offsets[("t", 0)] = 100
+    spout._fetcher.take([StandInMessage("t", 0, offset) for offset in range(99)])
+    spout._fetcher.buffer.clear()
     for offset in range(99):
         spout.ack(("t", 0, offset))
     assert not spout.exhausted()
-    spout._take([StandInMessage("t", 0, 100, KafkaError(KafkaError._PARTITION_EOF))])
+    spout._fetcher.take([StandInMessage("t", 0, 100, KafkaError(KafkaError._PARTITION_EOF))])
     assert spout.exhausted() and spout._errors.last is None
-    assert spout._partitions["t", 0].to_commit() == 100
+    assert spout._assignment.partitions["t", 0].to_commit() == 100
 
 
 def test_ends_of_partitions_are_not_errors(kafka: KafkaBroker, topic_prefix: str) -> None:
@@ -800,8 +813,8 @@ def test_ends_of_partitions_are_not_errors(kafka: KafkaBroker, topic_prefix: str
     wait_for(lambda: len(shared.seen) == 39, 20, "every record but one acked")
     # Five more commit checks, each with a fetch: librdkafka has served both ends by then.
     spout = run.instance("source")
-    first_check = spout._next_commit
-    wait_for(lambda: spout._next_commit >= first_check + 5 * 0.1, 10, "five more commit checks")
+    first_check = spout._commits.next_at
+    wait_for(lambda: spout._commits.next_at >= first_check + 5 * 0.1, 10, "five more commit checks")
     assert run.last_error("source") is None
     shared.release.set()
     assert run.join(30) == "finished"
@@ -817,18 +830,18 @@ def test_ends_of_partitions_are_not_errors(kafka: KafkaBroker, topic_prefix: str
 def test_a_final_commit_that_fails_is_a_warning(answers: bool, error: KafkaError | None, warning: str | None,
                                                 caplog: pytest.LogCaptureFixture,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spout_module, "COMMIT_WAIT", 0.05)
+    monkeypatch.setattr(commits, "COMMIT_WAIT", 0.05)
     spout, consumer = reading(0)
     if answers:
-        consumer.on_commit, consumer.commit_error = spout._committed, error
-    spout._take([StandInMessage("t", 0, offset) for offset in range(3)])
+        consumer.on_commit, consumer.commit_error = spout._commits.committed, error
+    spout._fetcher.take([StandInMessage("t", 0, offset) for offset in range(3)])
     for offset in range(3):
         spout.ack(("t", 0, offset))
-    asyncio.run(spout._final_commit(cast(Any, consumer)))
+    asyncio.run(spout._commits.final(cast(Any, consumer)))
     assert consumer.commits == [("t", 0, 3)]
     warnings = [r.getMessage() for r in caplog.records if "final commit" in r.getMessage()]
     if warning is None:
-        assert warnings == [] and spout._partitions["t", 0].committed == 3
+        assert warnings == [] and spout._assignment.partitions["t", 0].committed == 3
     else:
         assert len(warnings) == 1 and warning in warnings[0], warnings
 

@@ -25,7 +25,7 @@ from commands import ROOT, streamflow, summary_rows
 from kafka import KafkaBroker, moto_available
 from live import LiveRun
 from servers import free_port
-from streamflow_connectors.kafka.spout import owner
+from streamflow_connectors.kafka.assignment import owner
 from topics import header, produce
 
 from streamflow.loader import load_topology

@@ -19,12 +19,14 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 
+from streamflow.backoff import Backoff
 from streamflow.errors import StreamflowError
 
 T = TypeVar("T")
 
-CONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
-"""Seconds between attempts to reach a broker that did not answer (then the last, again)."""
+CONNECT_BACKOFF = Backoff(initial=0.5, multiplier=2.0, maximum=10.0)
+"""Seconds before each attempt to reach a broker that did not answer: soon after a
+blip, and at most every 10 s in an outage."""
 
 BROKER_TIMEOUT = 5.0
 """Seconds a metadata, committed-offset or watermark request may take before it counts as

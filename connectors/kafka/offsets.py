@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+Key = tuple[str, int]
+"""A partition: (topic, partition number)."""
+
 
 class PartitionOffsets:
     """The records of one partition taken from the consumer and not done yet, by offset.

@@ -10,7 +10,12 @@ and drops nothing.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+Rates = tuple[float | None, float | None]
+"""(bytes/s, records/s); None: unlimited."""
 
 
 @dataclass
@@ -73,6 +78,16 @@ class Quota:
         if self.bytes_rate is not None and (self._bytes < 0 or self.bytes_rate <= 0):
             delay = max(delay, _wait(-self._bytes, self.bytes_rate))
         return delay
+
+
+def task_rates(quotas: Mapping[str, Mapping[str, Any]] | None, client_id: str, own: Rates, tasks: int) -> Rates:
+    """One task's share of its client id's rates: the client id's entry in ``quotas`` (a
+    topology's ``kafka.quotas``, ``{client_id: {"bytes_per_sec": B, "records_per_sec": R}}``),
+    else ``own`` (the spout's), divided evenly among the component's ``tasks``."""
+    quota = (quotas or {}).get(client_id)
+    rates = own if quota is None else (quota.get("bytes_per_sec"), quota.get("records_per_sec"))
+    bytes_rate, records_rate = (None if rate is None else float(rate) / tasks for rate in rates)
+    return bytes_rate, records_rate
 
 
 def _records_burst(rate: float) -> float:

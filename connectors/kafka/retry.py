@@ -1,4 +1,4 @@
-"""When to retry a failed record: exponential backoff with a retry limit, no I/O."""
+"""When to retry a failed record: the engine's exponential back-off with a retry limit, no I/O."""
 
 from __future__ import annotations
 
@@ -6,24 +6,25 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Hashable, TypeVar
 
+from streamflow import backoff
+
 K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
-class Backoff:
-    """Delay before retry ``n`` (1-based): ``initial * multiplier**(n-1)``, at most ``maximum``."""
+class Backoff(backoff.Backoff):
+    """How a Kafka spout retries a failed record: retry ``n`` (1-based) waits
+    ``initial * multiplier**(n-1)`` seconds, at most ``maximum`` (the engine's
+    :class:`streamflow.backoff.Backoff`), and after ``max_retries`` retries the record
+    goes to the dead letters."""
 
-    initial: float = 0.5
-    multiplier: float = 2.0
-    maximum: float = 30.0
     max_retries: int | None = 5
     """Retries before the record is dead-lettered; None retries forever."""
 
-    def delay(self, retry: int) -> float:
-        try:
-            return float(min(self.initial * self.multiplier ** (retry - 1), self.maximum))
-        except OverflowError:  # a float power past 1e308, after a thousand retries or so
-            return float(self.maximum)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_retries is not None and self.max_retries < 0:
+            raise ValueError(f"max_retries must be at least 0, or None to retry forever, got {self.max_retries!r}")
 
     def exhausted(self, failures: int) -> bool:
         """True once a record has failed ``failures`` times and may not be retried again."""
