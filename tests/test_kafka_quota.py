@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from streamflow_connectors.kafka.quota import Quota
+from streamflow_connectors.kafka.quota import Quota, task_rates
 
 
 def greedy(quota: Quota, seconds: float, step: float = 0.001, batch: int = 500, size: int = 100,
@@ -127,3 +127,11 @@ def test_consumed_counters_add_up() -> None:
     q.consume(2, 5)
     assert (q.consumed_records, q.consumed_bytes) == (5, 35)
     assert q.throttled_seconds == 0.0
+
+
+def test_each_task_takes_its_share_of_its_client_ids_rates() -> None:
+    quotas = {"wc-sentences": {"records_per_sec": 200, "bytes_per_sec": 1000}, "other": {"records_per_sec": 1}}
+    assert task_rates(quotas, "wc-sentences", (None, 7.0), 2) == (500.0, 100.0)  # the topology's entry wins
+    assert task_rates({"wc-sentences": {"records_per_sec": 50}}, "wc-sentences", (10.0, 20.0), 2) == (None, 25.0)
+    assert task_rates(quotas, "mine", (10.0, None), 4) == (2.5, None)  # no entry: the spout's own rates
+    assert task_rates(None, "mine", (None, None), 3) == (None, None)

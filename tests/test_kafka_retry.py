@@ -5,12 +5,32 @@ from __future__ import annotations
 import pytest
 from streamflow_connectors.kafka.retry import Backoff, RetrySchedule
 
+from streamflow import backoff
+
 
 def test_delays_grow_exponentially_up_to_the_maximum() -> None:
     b = Backoff(initial=0.5, multiplier=2.0, maximum=3.0)
     assert [b.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
     assert Backoff(initial=1, multiplier=1, maximum=10).delay(50) == 1.0
     assert isinstance(Backoff(initial=1, multiplier=2, maximum=10).delay(2), float)
+
+
+def test_the_delays_are_the_engines_backoff() -> None:
+    policy = Backoff(initial=0.2, multiplier=3.0, maximum=5.0, max_retries=1)
+    engine = backoff.Backoff(initial=0.2, multiplier=3.0, maximum=5.0)
+    assert isinstance(policy, backoff.Backoff)
+    assert [policy.delay(n) for n in range(1, 6)] == [engine.delay(n) for n in range(1, 6)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_retries": -1}, "max_retries must be at least 0, or None to retry forever, got -1"),
+    ({"initial": 0.0}, "back-off needs 0 < initial <= maximum and multiplier >= 1"),
+    ({"initial": 5.0, "maximum": 1.0}, "back-off needs 0 < initial <= maximum and multiplier >= 1"),
+])
+def test_a_bad_retry_policy_is_refused_in_one_line(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        Backoff(**kwargs)  # type: ignore[arg-type]
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
 
 
 def test_a_huge_retry_count_gives_the_maximum_not_an_overflow() -> None:

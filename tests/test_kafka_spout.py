@@ -24,17 +24,18 @@ import orjson
 import pytest
 from cluster import wait_for
 from commands import assert_one_line_error, streamflow
-from confluent_kafka import KafkaError, TopicPartition
-from confluent_kafka.admin import TopicMetadata
+from confluent_kafka import KafkaError
 from kafka import KafkaBroker
 from live import LiveRun, Shared
 from servers import free_port
 from streamflow_connectors.kafka import Backoff, KafkaBolt, KafkaSpout, commits
-from streamflow_connectors.kafka.assignment import Change, owner, topic_problem
+from streamflow_connectors.kafka.assignment import Change
 from streamflow_connectors.kafka.client import KafkaClientError
 from streamflow_connectors.kafka.deadletters import DeadLetters
 from streamflow_connectors.kafka.offsets import PartitionOffsets
 from streamflow_connectors.kafka.records import Record
+from test_kafka_fetcher import StandInConsumer
+from test_kafka_intake import StandInMessage
 from topics import header, produce, read_written
 
 from streamflow import BasicBolt, Bolt, TaskContext, Topology, TopologyBuilder, Tuple, run_local
@@ -381,20 +382,6 @@ def test_an_unknown_topic_is_reported_until_it_exists(kafka: KafkaBroker, topic_
     assert sorted(tup["value"]["n"] for _, tup in ledger.received) == list(range(50))
 
 
-def test_a_topic_error_is_quoted_as_the_broker_gives_it() -> None:
-    # Tansu has no ACLs: the broker's answers are made here.
-    def metadata(code: int | None) -> TopicMetadata:
-        found = TopicMetadata()
-        found.error = None if code is None else KafkaError(code)
-        return found
-
-    assert topic_problem("t", metadata(None)) is None
-    assert topic_problem("t", None) == topic_problem("t", metadata(KafkaError.UNKNOWN_TOPIC_OR_PART)) == (
-        "unknown topic 't'")
-    assert topic_problem("t", metadata(KafkaError.TOPIC_AUTHORIZATION_FAILED)) == (
-        "topic 't': Broker: Topic authorization failed")
-
-
 def test_an_unreachable_broker_is_reported_until_it_is_up(tmp_path: Path, topic_prefix: str,
                                                           readers: Any) -> None:
     late = KafkaBroker(tmp_path / "late", port=free_port())
@@ -628,71 +615,6 @@ def test_each_task_takes_its_share_of_the_client_ids_quota() -> None:
 # past its end gets no answer rather than OFFSET_OUT_OF_RANGE).
 
 
-class StandInMessage:
-    """A record, or an event with ``error``, as ``Consumer.consume()`` returns them."""
-
-    def __init__(self, topic: str, partition: int, offset: int, error: KafkaError | None = None) -> None:
-        self._topic, self._partition, self._offset, self._error = topic, partition, offset, error
-
-    def error(self) -> KafkaError | None:
-        return self._error
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return None
-
-    def value(self) -> bytes | None:
-        return b"{}"
-
-    def __len__(self) -> int:
-        return 2
-
-
-class StandInConsumer:
-    """Keeps what the spout asked of it: pauses, resumes, seeks, commits, assignments. With
-    ``on_commit``, ``consume()`` answers the commits asked for since its last call, with
-    ``commit_error`` (None: committed)."""
-
-    def __init__(self) -> None:
-        self.paused: set[tuple[str, int]] = set()
-        self.seeks: list[tuple[str, int, int]] = []
-        self.commits: list[tuple[str, int, int]] = []
-        self.assigned: list[tuple[str, int, int]] = []
-        self.on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = None
-        self.commit_error: KafkaError | None = None
-        self._unanswered: list[TopicPartition] = []
-
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
-        self.commits += [(tp.topic, tp.partition, tp.offset) for tp in offsets]
-        self._unanswered += offsets
-
-    def consume(self, limit: int, timeout: float) -> list[StandInMessage]:
-        if self.on_commit is not None and self._unanswered:
-            answered, self._unanswered = self._unanswered, []
-            self.on_commit(self.commit_error, answered)
-        return []
-
-    def pause(self, partitions: list[TopicPartition]) -> None:
-        self.paused |= {(tp.topic, tp.partition) for tp in partitions}
-
-    def resume(self, partitions: list[TopicPartition]) -> None:
-        self.paused -= {(tp.topic, tp.partition) for tp in partitions}
-
-    def seek(self, tp: TopicPartition) -> None:
-        self.seeks.append((tp.topic, tp.partition, tp.offset))
-
-    def assign(self, partitions: list[TopicPartition]) -> None:
-        self.assigned = [(tp.topic, tp.partition, tp.offset) for tp in partitions]
-
-
 def reading(fetched_to: int, partitions: int = 1, **kwargs: Any) -> tuple[KafkaSpout, StandInConsumer]:
     """An opened spout that has taken partitions t/0.. up to ``fetched_to``, all of it done."""
     spout, consumer = opened({}, **kwargs), StandInConsumer()
@@ -700,25 +622,6 @@ def reading(fetched_to: int, partitions: int = 1, **kwargs: Any) -> tuple[KafkaS
     spout._assignment.assigned = [("t", p) for p in range(partitions)]
     spout._assignment.partitions.update({("t", p): PartitionOffsets(fetched_to) for p in range(partitions)})
     return spout, consumer
-
-
-def test_an_idle_partition_reads_on_past_a_gap_wider_than_its_bound() -> None:
-    # Committed at 100, and retention has deleted everything up to 5,000,000 since: the
-    # bound counted from 100 used to rewind the partition to 100 for ever.
-    spout, consumer = reading(100, max_uncommitted=10)
-    spout._fetcher.take([StandInMessage("t", 0, 5_000_000), StandInMessage("t", 0, 5_000_001)])
-    assert [m.offset() for m in spout._fetcher.buffer] == [5_000_000, 5_000_001]
-    assert consumer.seeks == [] and not consumer.paused
-    assert spout._assignment.partitions["t", 0].commit_point() == 5_000_000
-
-
-def test_a_partition_read_again_from_a_lower_offset_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    spout, consumer = reading(1000)
-    spout._fetcher.take([StandInMessage("t", 0, 0)])  # the topic was recreated: its log starts at 0 again
-    assert [m.offset() for m in spout._fetcher.buffer] == [0] and consumer.seeks == []
-    assert "t/0 goes on at offset 0, below 1000" in caplog.text
-    spout.ack(("t", 0, 0))
-    assert spout._assignment.partitions["t", 0].to_commit() == 1
 
 
 def test_a_partition_that_leaves_is_committed_and_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -744,17 +647,6 @@ def test_a_partition_that_leaves_is_committed_and_forgotten(monkeypatch: pytest.
     spout.fail(("t", 1, 2))
     assert not spout._emit_retry(time.monotonic() + 1)  # when the retry scheduled before it left is due
     assert not spout._redelivery.retries.failures and list(spout._assignment.partitions) == [("t", 0)]
-
-
-def test_a_partition_stays_with_its_task_when_partitions_or_topics_are_added() -> None:
-    topics = [f"topic-{i}" for i in range(20)]
-    for tasks in (1, 2, 3, 8):
-        before = {(t, p): owner(t, p, tasks) for t in topics[:10] for p in range(6)}
-        after = {(t, p): owner(t, p, tasks) for t in topics for p in range(12)}
-        assert all(after[key] == task for key, task in before.items())
-        for t in topics:  # each topic's partitions spread evenly over the tasks
-            counts = Counter(owner(t, p, tasks) for p in range(12))
-            assert len(counts) == min(tasks, 12) and max(counts.values()) - min(counts.values()) <= 1
 
 
 def test_partitions_stay_with_their_task_when_a_topic_is_added(kafka: KafkaBroker, topic_prefix: str) -> None:
@@ -819,31 +711,6 @@ def test_ends_of_partitions_are_not_errors(kafka: KafkaBroker, topic_prefix: str
     shared.release.set()
     assert run.join(30) == "finished"
     assert run.last_error("source") is None and kafka.committed("ends-source", topic) == {0: 20, 1: 20}
-
-
-@pytest.mark.parametrize("answers, error, warning", [
-    (True, None, None),
-    (True, KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE),
-     "final commit of 1 partitions failed (Broker: Coordinator not available)"),
-    (False, None, "final commit of 1 partitions failed (no answer within 0.05 s)"),
-])
-def test_a_final_commit_that_fails_is_a_warning(answers: bool, error: KafkaError | None, warning: str | None,
-                                                caplog: pytest.LogCaptureFixture,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(commits, "COMMIT_WAIT", 0.05)
-    spout, consumer = reading(0)
-    if answers:
-        consumer.on_commit, consumer.commit_error = spout._commits.committed, error
-    spout._fetcher.take([StandInMessage("t", 0, offset) for offset in range(3)])
-    for offset in range(3):
-        spout.ack(("t", 0, offset))
-    asyncio.run(spout._commits.final(cast(Any, consumer)))
-    assert consumer.commits == [("t", 0, 3)]
-    warnings = [r.getMessage() for r in caplog.records if "final commit" in r.getMessage()]
-    if warning is None:
-        assert warnings == [] and spout._assignment.partitions["t", 0].committed == 3
-    else:
-        assert len(warnings) == 1 and warning in warnings[0], warnings
 
 
 def test_dead_letters_queued_at_close_are_written(kafka: KafkaBroker, topic_prefix: str, readers: Any) -> None:

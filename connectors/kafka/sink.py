@@ -57,42 +57,36 @@ class KafkaBolt(Bolt):
     bytes: bytes as they are, text as UTF-8). ``config`` adds librdkafka settings
     (``security.protocol``, ``sasl.*``, ``compression.type``...).
 
-    The writes of a batch share librdkafka's batching. Once the broker has answered every
-    write of a batch, the bolt acks each tuple whose write it acknowledged and fails the
-    others, which their spout replays. Each of ``writers`` producers writes one batch at
-    a time; ``process`` is a plain function (no coroutine per record: with the key
-    encoded inline, writing 200,000 records took 1.5-2.1 us of the event loop's CPU per
-    record, against 2.1-2.5 us as an ``AsyncBolt``, and 0.9-1.2 us for librdkafka's
-    ``produce`` alone). With one writer (the default), ``end_batch`` waits for the
-    broker's answers before the next batch, so a batch's records land after those of the
-    batch before. Within a batch, librdkafka sends a partition several requests at once
-    and retries one that failed (after a leader change, say), which then lands after
-    those sent later. For a partition's records in the order of their tuples even then,
-    add ``"enable.idempotence": True`` to ``config`` (librdkafka then retries in order;
-    against Tansu, the test broker, the sink wrote about a quarter fewer records/s with
-    one writer, and 5-7 times fewer with three at 20 ms) or
-    ``"max.in.flight.requests.per.connection": 1`` (one request at a time per broker: as
-    fast against a broker on the same machine, slower the longer a broker takes to
-    answer). Idempotence is off by default for that cost. No setting orders a replay: a
-    tuple whose write failed is written again when its spout replays it, after the
-    tuples that followed it. With more writers, a batch can overtake the one before it
-    (records of one key from two batches may land out of order), and the sink never
-    waits for the broker: while the other writers await answers, the last one keeps
-    taking batches, up to :data:`OPEN_WRITER_RECORDS`, and goes to the broker as soon as
-    another is free.
-    (Kafka wordcount on 2 workers with 3 writers that each took one batch, so that the
-    sink waited when all three awaited answers: sinks busy 43% of the time with
-    1,100-3,800 tuples queued, and trees took 102 ms to complete at p99.) With one
-    batch per producer, a batch is answered when its producer holds no write, so
-    librdkafka reports only failed writes (a report per write cost 0.5-0.9 us more per
-    record).
+    A tuple is acked only once the broker has acknowledged its write, and failed if the
+    write failed, so that its spout replays it. The writes of a batch share librdkafka's
+    batching, and the batch is answered once the broker has answered all of them. Each of
+    ``writers`` producers writes one batch at a time, so a batch is answered when its
+    producer holds no write, and librdkafka need report only the writes that failed.
+    ``process`` is a plain function, not a coroutine: it runs for every record, and a
+    coroutine per record costs more than the write itself.
+
+    Order: with one writer (the default), ``end_batch`` waits for the broker's answers
+    before the next batch, so a batch's records land after those of the batch before.
+    Within a batch, librdkafka sends a partition several requests at once and retries one
+    that failed (after a leader change, say), which then lands after those sent later.
+    For a partition's records in the order of their tuples even then, add
+    ``"enable.idempotence": True`` to ``config`` (librdkafka then retries in order) or
+    ``"max.in.flight.requests.per.connection": 1`` (one request at a time per broker:
+    slower the longer a broker takes to answer). Idempotence is off by default, as it
+    costs throughput (bench/kafka_wordcount.py gives the figures). No setting orders a
+    replay: a tuple whose write failed is written again when its spout replays it, after
+    the tuples that followed it. With more writers, a batch can overtake the one before it
+    (records of one key from two batches may land out of order), and the sink never waits
+    for the broker: while the other writers await answers, the last one keeps taking
+    batches, up to :data:`OPEN_WRITER_RECORDS`, and goes to the broker as soon as another
+    is free.
+
     ``linger_ms`` is short by default, as with one writer every batch's writes wait for
-    it (wordcount on Tansu ran at 6.7k sentences/s with 5 ms, 10k with 1 ms; with 0, the
-    broker drowned in one-record requests). With several writers nothing waits for it,
-    and a longer one makes fewer, larger requests (the Kafka wordcount's 3 writers use
-    20 ms). A write the broker has not acknowledged within
-    ``delivery_timeout`` seconds fails (an unreachable broker does not stop the task: its
-    tuples fail, the error shows in ``status``, and librdkafka reconnects by itself).
+    it; 0 sends a request per record, which a broker cannot keep up with. With several
+    writers nothing waits for it, and a longer one makes fewer, larger requests. A write
+    the broker has not acknowledged within ``delivery_timeout`` seconds fails (an
+    unreachable broker does not stop the task: its tuples fail, the error shows in
+    ``status``, and librdkafka reconnects by itself).
     """
 
     def __init__(
@@ -165,9 +159,9 @@ class KafkaBolt(Bolt):
 
     def _record_of(self, origin: Origin) -> Callable[[Sequence[Any]], Written]:
         """How tuples of one stream become (topic, key, value), as one small function made
-        for the stream: field positions are looked up once, and the value's dict is a
-        literal with its keys written in (twice as fast as ``dict(zip(names, values))``,
-        and this runs for every record written)."""
+        for the stream: this runs for every record written, so field positions are looked
+        up once, and the value's dict is a literal with its keys written in (no
+        ``dict(zip(names, values))`` per record)."""
         def at(field: str) -> str:
             try:
                 return f"v[{origin.fields.index(field)}]"
@@ -236,10 +230,9 @@ class KafkaBolt(Bolt):
         while the executor awaits). Returns whether a batch was answered.
 
         Only the oldest batch is polled until it is answered: the broker answers batches
-        about in the order they were sent, and a poll costs (with 3 writers, polling each
-        at every look took 2.8% of a Kafka wordcount worker's main thread). Every
-        :data:`POLL_ALL_EVERY` looks, all are: a batch that waits on a broker that is down
-        does not hold back the answers of batches written to the others."""
+        about in the order they were sent, and each poll costs the event loop's time.
+        Every :data:`POLL_ALL_EVERY` looks, all are: a batch that waits on a broker that
+        is down does not hold back the answers of batches written to the others."""
         self._looks += 1
         everyone = self._looks % POLL_ALL_EVERY == 0
         answered = []
@@ -285,8 +278,8 @@ class KafkaBolt(Bolt):
         """Whether the write of each tuple of ``writer``'s batch failed. Reports carry the
         record, not the tuple: the tuples' records are built again and matched by content
         (of two tuples with the same record, failing either one replays the same write).
-        Keeping each record as written, to match on that, made ``process`` a third slower
-        (orjson's buffers, many alive at once, slow malloc down). A record built again
+        The records written are not kept to match on: ``process`` would keep many of
+        orjson's buffers alive at once, which slows malloc down. A record built again
         differs from the one written only if its tuple's values changed since (a component
         mutated what it emitted): then a report matches no tuple, or a record no longer
         encodes, and which writes failed is unknown (None)."""
