@@ -61,7 +61,8 @@ def take(messages: Iterable[Message], partitions: Mapping[Key, PartitionOffsets]
     A partition's limit is fixed at its first record in the batch."""
     intake = Intake()
     limits: dict[Key, int] = {}
-    rewind = intake.rewind
+    records, rewind = intake.records, intake.rewind
+    size = 0
     for message in messages:
         error = message.error()
         if error is not None and error.code() != KafkaError._PARTITION_EOF:
@@ -89,6 +90,7 @@ def take(messages: Iterable[Message], partitions: Mapping[Key, PartitionOffsets]
             rewind.add(key)
             continue
         offsets.fetched(offset, message)
-        intake.records.append(message)
-        intake.size += len(message) + len(message.key() or b"")
+        records.append(message)
+        size += len(message) + len(message.key() or b"")
+    intake.size = size
     return intake
