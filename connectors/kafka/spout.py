@@ -1,20 +1,21 @@
 """KafkaSpout: reads Kafka with commit-after-ack, retries, dead letters and client quotas.
 
-The spout is the Storm-facing façade over three parts, as aiokafka's consumer is:
+The spout is the Storm-facing façade over its parts, as aiokafka's consumer is:
 :mod:`.assignment` (which partitions this task reads, and where each starts),
-:mod:`.fetcher` (what it takes from librdkafka's queue, and which partitions it pauses)
-and :mod:`.commits` (commit points, sent to the broker under the spout's group id). Each
-record's offset is committed only when it and every earlier record of its partition are
-done (see :mod:`.offsets`), so a worker that dies resumes from the committed offsets:
-nothing is lost, and duplicates are bounded by what was uncommitted, itself bounded per
-partition (``max_uncommitted``; at the bound the partition pauses).
+:mod:`.fetcher` (what it takes from librdkafka's queue, and which partitions it pauses),
+:mod:`.commits` (commit points, sent to the broker under the spout's group id) and
+:mod:`.redelivery` (retries and dead letters). Each record's offset is committed only
+when it and every earlier record of its partition are done (see :mod:`.offsets`), so a
+worker that dies resumes from the committed offsets: nothing is lost, and duplicates are
+bounded by what was uncommitted, itself bounded per partition (``max_uncommitted``; at
+the bound the partition pauses).
 
 A failed tuple is retried with exponential backoff (:mod:`.retry`); after its last retry,
 or at once when it cannot be made a tuple (its value does not decode, or ``emit``
 refuses its values), the record goes to the dead-letter topic with its origin and the
 error in headers, or is counted and dropped if no topic is set
 (:mod:`.deadletters`). An unreachable broker or unknown topic is an error in ``status``
-and the logs, retried with backoff until it recovers.
+and the logs, retried with backoff (:data:`~.client.CONNECT_BACKOFF`) until it recovers.
 
 In a topology with checkpointed state, the engine takes each task's position at every
 checkpoint barrier and seeks the last committed checkpoint's positions at the start and at
