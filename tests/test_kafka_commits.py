@@ -43,17 +43,21 @@ def test_a_commit_asks_for_the_points_that_moved() -> None:
     assert consumer.commits == [("t", 0, 1), ("t", 1, 3)]
 
 
-def test_commits_tick_every_interval_and_commit_every_point_again_now_and_then(
+def test_periodic_commits_ask_for_what_moved_and_now_and_then_for_every_point(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(commits, "RECOMMIT_INTERVAL", 100.0)
     c, consumer = committing(1, interval=1.0)
     done(c, 0, 0)
     start = c._next_again - 100.0  # the clock when it was made
-    assert c.tick(consumer, start) and consumer.commits == [("t", 0, 1)]
-    assert not c.tick(consumer, start + 0.5)
-    assert c.tick(consumer, start + 1.0) and consumer.commits == [("t", 0, 1)]  # nothing moved
-    assert c.tick(consumer, start + 100.0) and consumer.commits == [("t", 0, 1), ("t", 0, 1)]  # again
-    assert c.tick(consumer, start + 101.0) and len(consumer.commits) == 2
+    assert c.next_at <= start  # the first is due at once
+    c.periodic(consumer, start)
+    assert consumer.commits == [("t", 0, 1)] and c.next_at == start + 1.0
+    c.periodic(consumer, start + 1.0)
+    assert consumer.commits == [("t", 0, 1)]  # nothing moved
+    c.periodic(consumer, start + 100.0)
+    assert consumer.commits == [("t", 0, 1), ("t", 0, 1)]  # again, though it did not move
+    c.periodic(consumer, start + 101.0)
+    assert len(consumer.commits) == 2 and c.next_at == start + 102.0
 
 
 def answer(partition: int, offset: int, error: KafkaError) -> Any:

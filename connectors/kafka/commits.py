@@ -52,17 +52,15 @@ class Commits:
         their answers to :meth:`committed`."""
         return {"enable.auto.commit": False, "enable.auto.offset.store": False, "on_commit": self.committed}
 
-    def tick(self, consumer: Consumer, now: float) -> bool:
-        """Commit if the interval has passed since the last periodic commit (every point
-        again each :data:`RECOMMIT_INTERVAL`); True if it did."""
-        if now < self.next_at:
-            return False
+    def periodic(self, consumer: Consumer, now: float) -> None:
+        """The periodic commit, due once ``now`` reaches :attr:`next_at` (the caller checks,
+        as it does for every record): every point that moved, or each
+        :data:`RECOMMIT_INTERVAL` every point; the next is due an interval on."""
         self.next_at = now + self.interval
         again = now >= self._next_again
         if again:
             self._next_again = now + RECOMMIT_INTERVAL
         self.commit(consumer, again=again)
-        return True
 
     def commit(self, consumer: Consumer, keys: Iterable[Key] | None = None,
                again: bool = False) -> list[PartitionOffsets]:

@@ -202,10 +202,11 @@ class KafkaSpout(AsyncSpout):
                 self._fetcher.fetch(now)
             while buffer and not self._emit(buffer.popleft()):
                 pass  # dead-lettered: try the next one
-        consumer = self._fetcher.consumer
-        assert consumer is not None
-        if self._commits.tick(consumer, now):  # and fetch, even when the buffer never empties:
-            self._fetcher.fetch(now)  # consume() serves errors and the commits' answers too
+        if now >= self._commits.next_at:
+            consumer = self._fetcher.consumer
+            assert consumer is not None
+            self._commits.periodic(consumer, now)
+            self._fetcher.fetch(now)  # even when the buffer never empties: consume() serves errors and answers
         if now >= self._next_refresh and not self.stop_at_end:
             self._next_refresh = now + self.metadata_refresh
             await self._refresh()
@@ -235,7 +236,7 @@ class KafkaSpout(AsyncSpout):
                 values = self.record_to_values(Record(message))
             else:
                 values = default_values(message, self._decode(message.value()))
-            self.emit(values, msg_id=msg_id(message))
+            self.emit(values, msg_id=(message.topic(), message.partition(), message.offset()))
         except Exception as exc:
             why = str(exc) if isinstance(exc, UndecodableRecord) else f"{type(exc).__name__}: {exc}"
             self._redelivery.dead.add(message, why)
