@@ -23,6 +23,7 @@ MsgId = tuple[str, int, int]
 
 
 def msg_id(message: Message) -> MsgId:
+    """The message id the spout emits a record with, and its retries are kept under."""
     return message.topic(), message.partition(), message.offset()
 
 
