@@ -171,7 +171,7 @@ class JsonLinesSink(Bolt):
     def _record_of(self, fields: tuple[str, ...]) -> Callable[[Sequence[Any]], dict[str, Any]]:
         """How to turn the values of an input stream with ``fields`` into the written record:
         one small function made for the stream, its dict a literal with keys and positions
-        written in (5x faster than ``dict(zip(fields, values))``, and this runs per line)."""
+        written in, because this runs per line and a literal is the cheapest dict to build."""
         names = self.fields if self.fields is not None else fields
         missing = [f for f in names if f not in fields]
         if missing:
