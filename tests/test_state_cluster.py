@@ -221,7 +221,9 @@ def test_redis_restart_mid_run_keeps_counts_exact(
     finally:
         redis_server.start()  # the session's server: it keeps its port and, appendonly, its data
     final = run.assert_exact()
-    assert errors and "cannot save state" in errors[-1]["message"], errors
+    # A tree timing out on a loaded machine may roll back meanwhile, and its "cannot restore
+    # state" can come last: the save failure must be among the errors, not necessarily last.
+    assert any("cannot save state" in error["message"] for error in errors), errors
     # Work is blocked while the store is away: no checkpoint commits, so no sentence is acked.
     assert (later["checkpoint.committed_txid"], later["spout.acked"]) == (down["checkpoint.committed_txid"],
                                                                           down["spout.acked"]), (down, later)
