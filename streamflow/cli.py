@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from streamflow import __version__
+from streamflow.argtypes import positive_float, positive_int
 from streamflow.config import parse_overrides, parse_value
 from streamflow.errors import StreamflowError
 from streamflow.executor import TaskFailed
@@ -26,8 +29,13 @@ from streamflow.loader import load_topology
 from streamflow.local import run_local
 from streamflow.logs import LEVELS, format_line
 from streamflow.status_view import format_status
+from streamflow.worker_command import WorkerCommand
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+COMMAND_MODULES = ("streamflow_connectors.commands",)
+"""Modules that add commands when they are installed: each has ``register(command)``,
+which calls ``command(name, handler, help, description)`` (it returns the command's
+argparse parser) once per command it adds. The engine imports none of them otherwise."""
 
 
 def _env(option: str, default: Any = None) -> Any:
@@ -79,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                     "tree is done, after --timeout, or on Ctrl-C; then prints a summary per "
                     "component on stderr.")
     topology_file(local)
-    local.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+    local.add_argument("--timeout", type=positive_float, metavar="SECONDS",
                        help="stop after this many seconds (default: run until finished)")
 
     describe = command("describe", _describe, "print a topology file's topology as JSON")
@@ -94,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                      "lives in to nimbus, which schedules it onto worker slots.")
     topology_file(submit)
     submit.add_argument("--name", required=True, help="name of the running topology")
-    submit.add_argument("--workers", type=_positive_int, help="worker processes (topology.workers)")
+    submit.add_argument("--workers", type=positive_int, help="worker processes (topology.workers)")
     client(submit)
 
     for name, handler, help in (
@@ -116,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("list", "status", "logs"):
             sub.add_argument("--json", action="store_true", help="print the answer as JSON")
         if name in ("status", "top"):
-            sub.add_argument("--watch", type=_positive_float, nargs="?", const=2.0, default=2.0 if name == "top"
+            sub.add_argument("--watch", type=positive_float, nargs="?", const=2.0, default=2.0 if name == "top"
                              else None, metavar="SECONDS", help="refresh every SECONDS (default 2) until Ctrl-C")
         if name == "logs":
             sub.add_argument("--component", metavar="C", help="only the lines of this component's tasks")
@@ -129,28 +137,13 @@ def _parser() -> argparse.ArgumentParser:
         if name == "set-config":
             sub.add_argument("-c", dest="config", action="append", required=True, metavar="KEY=VALUE")
         if name == "rebalance":
-            sub.add_argument("--workers", type=_positive_int)
+            sub.add_argument("--workers", type=positive_int)
             sub.add_argument("--parallelism", action="append", default=[], metavar="COMPONENT=N")
         client(sub)
 
-    quota = command(
-        "kafka-quota", _kafka_quota, "show or set a Kafka broker's own quotas of a client id",
-        "Show, or set and then show, the quotas that a Kafka broker itself enforces for a client id "
-        "(bytes/s produced and fetched, and a share of request time; the broker throttles every "
-        "connection of that client id). A KafkaSpout's client id is <topology>-<component> unless "
-        "set. These are not streamflow's own records/bytes quotas, which the spout enforces and "
-        "-c kafka.quotas= (or set-config) sets; both may apply. Speaks AlterClientQuotas and "
-        "DescribeClientQuotas v0 over plain TCP to a bootstrap broker (no SASL, no TLS).")
-    quota.add_argument("--bootstrap", required=True, metavar="HOST:PORT",
-                       help="a broker of the cluster (or a comma-separated list: the first that answers)")
-    quota.add_argument("--client-id", required=True, metavar="ID", help="the Kafka client id")
-    quota.add_argument("--producer-byte-rate", type=_positive_int, metavar="B", help="bytes/s it may produce")
-    quota.add_argument("--consumer-byte-rate", type=_positive_int, metavar="B", help="bytes/s it may fetch")
-    quota.add_argument("--request-percentage", type=_percentage, metavar="P",
-                       help="percent of one request handler thread's time its requests may take")
-    quota.add_argument("--remove", nargs="+", action="extend", default=[], metavar="KEY",
-                       choices=("producer_byte_rate", "consumer_byte_rate", "request_percentage"),
-                       help="quotas to remove (producer_byte_rate, consumer_byte_rate, request_percentage)")
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name.rpartition(".")[0]) is not None:
+            importlib.import_module(name).register(command)
 
     def coordinated(sub: argparse.ArgumentParser) -> None:
         _add(sub, "--zk", "ZooKeeper hosts, host:port[,host:port...]", required=True)
@@ -183,41 +176,8 @@ def _parser() -> argparse.ArgumentParser:
              "components from it (env STREAMFLOW_VIRTUALENVS=1; default: off, the file is ignored)")
 
     worker = command("worker", _worker, "run one worker process (started by a supervisor)")
-    coordinated(worker)
-    for option in ("--topology", "--supervisor", "--host", "--code-dir"):
-        worker.add_argument(option, required=True)
-    worker.add_argument("--port", type=int, required=True)
+    WorkerCommand.add_arguments(worker)
     return parser
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _percentage(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive percentage, got {text!r}")
-    return value
 
 
 # -- local mode ---------------------------------------------------------------------------
@@ -359,25 +319,6 @@ def _set_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _kafka_quota(args: argparse.Namespace) -> int:
-    from streamflow_connectors.kafka.admin import QUOTA_KEYS, QuotaAdmin
-
-    values = {key: value for key in QUOTA_KEYS if (value := getattr(args, key)) is not None}
-    both = sorted(set(values) & set(args.remove))
-    if both:
-        raise StreamflowError(f"--remove {both[0]} and a value for it at once")
-    with QuotaAdmin(args.bootstrap) as admin:  # its KafkaClientError is a one-line StreamflowError
-        if values or args.remove:
-            quotas = admin.set(args.client_id, values, args.remove)
-        else:
-            quotas = admin.describe(args.client_id)
-    if not quotas:
-        print(f"client id {args.client_id}: no broker quotas")
-    for key, value in sorted(quotas.items()):
-        print(f"{key}={int(value) if value.is_integer() else value}")
-    return EXIT_OK
-
-
 # -- cluster roles ------------------------------------------------------------------------
 
 
@@ -393,15 +334,18 @@ def _nimbus(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from streamflow.httpapi import serve
     from streamflow.nimbus import Nimbus, read_token
+    from streamflow.nimbus_api import nimbus_api
 
     token = read_token(args.token_file)
     state = _state(args)
-    nimbus = Nimbus(state, args.host, args.port, token, args.worker_timeout, args.launch_timeout)
+    nimbus = Nimbus(state, args.host, args.port, args.worker_timeout, args.launch_timeout)
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopped.set())
-    server = nimbus.serve()
+    server = serve(nimbus_api(nimbus, token, metrics_open=True), "0.0.0.0", args.port, "nimbus")
+    nimbus.start()
     print(f"nimbus serving {nimbus.url}", file=sys.stderr, flush=True)
     stopped.wait()
     nimbus.stop()
@@ -420,11 +364,13 @@ def _supervisor(args: argparse.Namespace) -> int:
     supervisor = Supervisor(state, args.id or f"{args.host}-{args.base_port}", args.host, ports,
                             Path(args.data_dir), args.zk_auth, logs_url, virtualenvs)
     if args.health_port:
-        from streamflow.health import serve_probes
+        from streamflow.httpapi import HttpApi, Route, metrics_route, probe_routes, serve
         from streamflow.metrics import exposition
 
-        serve_probes(args.health_port, supervisor.ready, lambda: exposition(supervisor.metrics.registry),
-                     {"/logs": supervisor.logs})
+        routes = {**probe_routes(supervisor.ready),
+                  **metrics_route(lambda: exposition(supervisor.metrics.registry), auth=False),
+                  ("GET", "/logs"): Route(supervisor.logs, auth=False)}  # behind each topology's secret
+        serve(HttpApi(routes), "0.0.0.0", args.health_port, "supervisor health probes")
     try:
         supervisor.run()
     finally:
@@ -445,11 +391,9 @@ def _switch(name: str, value: bool | str) -> bool:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streamflow.worker_process import WorkerSettings, run_worker
+    from streamflow.worker_process import run_worker
 
-    return run_worker(WorkerSettings(args.zk, args.zk_root, args.zk_auth, args.zk_session_timeout,
-                                     args.topology, args.supervisor, args.host, args.port,
-                                     Path(args.code_dir)))
+    return run_worker(WorkerCommand.from_args(args), _env("zk-auth"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,32 +31,25 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
 
 from kazoo.protocol.states import KazooState
 
+from streamflow.httpapi import Request, Response
 from streamflow.logs import read_new_lines, rotate
 from streamflow.metrics import SupervisorMetrics
 from streamflow.multilang.virtualenvs import TOPOLOGY_VIRTUALENV, VirtualenvError, Virtualenvs, requirements_file
 from streamflow.package import unpack
+from streamflow.worker_command import WorkerCommand
+from streamflow.worker_slot import WorkerSlot, stop_all, stop_pids, workers_of
 from streamflow.zkstate import ClusterState, topology_name
 
 log = logging.getLogger(__name__)
 
 SYNC_SECS = 0.5
-STOP_GRACE_SECS = 5.0
-ORPHAN_POLL_SECS = 0.05
-"""How often a supervisor looks whether workers left by its predecessor are gone."""
-YOUNG_SECS = 10.0
-"""A worker that dies younger than this is restarted only after a back-off."""
-MAX_BACKOFF_SECS = 30.0
 FILES_KEPT_SECS = 600.0
 """How long the code and logs of a topology no longer assigned here stay after their last
 change: long enough to read a moved or killed topology's last lines, short enough that a
@@ -67,19 +60,6 @@ topology the same day finds it built; one per changed requirements file does not
 the disk."""
 LOG_NAME = re.compile(r"(?P<topology>.+)-\d+\.log(\.1)?")
 """A worker's log file (:meth:`Supervisor._log_path`), or the one ``logs.rotate`` moved aside."""
-
-
-@dataclass
-class WorkerSlot:
-    """A worker process this supervisor started, and what it was started for."""
-
-    topology: str
-    tasks: tuple[int, ...]
-    process: subprocess.Popen[bytes] | None = None
-    started: float = 0.0
-    failures: int = 0
-    next_start: float = 0.0
-    virtualenv: Path | None = None
 
 
 class Supervisor:
@@ -107,7 +87,6 @@ class Supervisor:
         self._info = {"host": host, "ports": ports, "started": time.time(), "pid": os.getpid(),
                       "logs_url": logs_url}
         self.metrics = SupervisorMetrics()
-        self._watched: set[str] = set()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self.virtualenvs = Virtualenvs(data_dir / "virtualenvs", self._wake.set) if virtualenvs else None
@@ -123,8 +102,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
         self._stop_orphans()
-        self.state.zk.add_listener(self._connection_changed)
-        self.state.zk.ChildrenWatch(self.state.path("assignments"), self._assignments_changed)
+        self.state.on_connection_change(self._connection_changed)
+        self.state.watch_assignments(self._assignments_changed)
         log.info("supervisor %s on %s offers ports %s", self.id, self.host, self.ports)
         while not self._stopping.is_set():
             for step in (self.keep_registered, self.sync):
@@ -162,47 +141,42 @@ class Supervisor:
         """Ready when its slots are registered and ZooKeeper is connected."""
         if not self.registered or self._stopping.is_set():
             return False, "slots not registered"
-        if self.state.zk.state != KazooState.CONNECTED:
-            return False, f"ZooKeeper connection {self.state.zk.state}"
+        if not self.state.connected:
+            return False, f"ZooKeeper connection {self.state.connection}"
         return True, f"{len(self.ports)} slots registered"
 
-    def logs(self, query: dict[str, str], auth: str | None) -> tuple[HTTPStatus, Any]:
+    def logs(self, request: Request) -> Response:
         """``GET /logs?topology=ID&port=P[&offset=N]``: new lines of a worker's log file,
         for the caller that presents the topology's secret (nimbus)."""
+        query = request.query
         topology, port, offset = query.get("topology", ""), query.get("port", ""), query.get("offset")
         if not port.isdigit() or int(port) not in self.ports or (offset is not None and not offset.isdigit()):
-            return HTTPStatus.BAD_REQUEST, {"error": "expected topology, one of this node's ports, offset"}
+            return Response.error(HTTPStatus.BAD_REQUEST, "expected topology, one of this node's ports, offset")
         record = self.state.read_topology(topology)
         if record is None:
-            return HTTPStatus.NOT_FOUND, {"error": f"no topology {topology!r}"}
-        if not hmac.compare_digest(auth or "", f"Bearer {record['secret']}"):
-            return HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong topology secret"}
+            return Response.error(HTTPStatus.NOT_FOUND, f"no topology {topology!r}")
+        auth = request.headers.get("authorization", "")
+        if not auth.isascii() or not hmac.compare_digest(auth, f"Bearer {record.secret}"):
+            return Response.error(HTTPStatus.UNAUTHORIZED, "missing or wrong topology secret")
         lines, next_offset = read_new_lines(self._log_path(topology, int(port)),
                                             None if offset is None else int(offset))
-        return HTTPStatus.OK, {"lines": lines, "offset": next_offset}
+        return Response.json(HTTPStatus.OK, {"lines": lines, "offset": next_offset})
 
     def _log_path(self, topology: str, port: int) -> Path:
         return self.data_dir / "logs" / f"{topology}-{port}.log"
 
-    def _assignments_changed(self, children: list[str]) -> bool:
-        self._watched.intersection_update(children)  # a gone one's DataWatch ended with it
-        for topology in set(children) - self._watched:  # a DataWatch wakes us on its changes
-            self._watched.add(topology)
-            self.state.zk.DataWatch(self.state.path("assignments", topology), self._assignment_changed)
+    def _assignments_changed(self) -> bool:
+        """Wake the loop (on kazoo's thread, at any change of an assignment)."""
         self._wake.set()
         return not self._stopping.is_set()
-
-    def _assignment_changed(self, data: bytes | None, stat: Any) -> bool:
-        self._wake.set()
-        return data is not None and not self._stopping.is_set()
 
     def desired(self) -> dict[int, tuple[str, tuple[int, ...]]]:
         """Port -> (topology, tasks) for the slots of this supervisor in the assignments."""
         wanted: dict[int, tuple[str, tuple[int, ...]]] = {}
         for topology, assignment in self.state.assignments().items():
-            for worker in assignment.get("workers", {}).values():
-                if worker["supervisor"] == self.id and worker["port"] in self.ports:
-                    wanted[worker["port"]] = (topology, tuple(sorted(worker["tasks"])))
+            for worker in assignment.on_supervisor(self.id):
+                if worker.port in self.ports:
+                    wanted[worker.port] = (topology, worker.tasks)
         return wanted
 
     def sync(self) -> None:
@@ -211,39 +185,19 @@ class Supervisor:
         now = time.monotonic()
         obsolete = {port: slot for port, slot in self.slots.items()
                     if wanted.get(port) != (slot.topology, slot.tasks)}
-        self._stop_workers(obsolete)
+        stop_all(obsolete)
         for port in obsolete:
             del self.slots[port]
         for port, (topology, tasks) in wanted.items():
             slot = self.slots.setdefault(port, WorkerSlot(topology, tasks))
-            if slot.process is not None and slot.process.poll() is not None:
-                self._reap(port, slot, now)
-            if slot.process is None and now >= slot.next_start:
+            if (exited := slot.reap(now)) is not None:
+                code, lived, delay = exited
+                self.metrics.worker_restarts.labels(topology_name(slot.topology)).inc()
+                log.warning("supervisor %s: worker on port %d (%s) exited with %s after %.1f s; "
+                            "restarting in %.1f s", self.id, port, slot.topology, code, lived, delay)
+            if slot.due(now):
                 self._try_start(port, slot, now)
         self._remove_idle_files({slot.topology for slot in self.slots.values()})
-
-    def _reap(self, port: int, slot: WorkerSlot, now: float) -> None:
-        assert slot.process is not None
-        code = slot.process.returncode
-        lived = now - slot.started
-        if lived < YOUNG_SECS:
-            delay = self._back_off(slot, now)
-        else:
-            slot.failures, delay = 0, 0.0
-            slot.next_start = now
-        self.metrics.worker_restarts.labels(topology_name(slot.topology)).inc()
-        log.warning("supervisor %s: worker on port %d (%s) exited with %s after %.1f s; "
-                    "restarting in %.1f s", self.id, port, slot.topology, code, lived, delay)
-        slot.process = None
-
-    @staticmethod
-    def _back_off(slot: WorkerSlot, now: float) -> float:
-        """Count one more failure of the slot and put off its next start: 1, 2, 4 ... s,
-        up to :data:`MAX_BACKOFF_SECS`. Returns the delay."""
-        slot.failures += 1
-        delay = min(2.0 ** (slot.failures - 1), MAX_BACKOFF_SECS)
-        slot.next_start = now + delay
-        return delay
 
     def _try_start(self, port: int, slot: WorkerSlot, now: float) -> None:
         """Start the slot's worker, once its virtualenv (if it needs one) is built. One
@@ -256,7 +210,7 @@ class Supervisor:
             if ready:
                 self._start_worker(port, slot, code_dir, venv)
         except Exception as exc:
-            delay = self._back_off(slot, now)
+            delay = slot.failed(now)
             log.warning("supervisor %s: cannot start the worker on port %d (%s): %s: %s; retrying in %.1f s",
                         self.id, port, slot.topology, type(exc).__name__, exc, delay)
             if isinstance(exc, VirtualenvError):
@@ -271,8 +225,7 @@ class Supervisor:
             record = self.state.read_topology(topology)
             if record is None:  # being removed: the worker says so
                 return True, None
-            found = self._requirements[topology] = requirements_file(code_dir, record["file"],
-                                                                     record.get("config") or {})
+            found = self._requirements[topology] = requirements_file(code_dir, record.file, record.config)
             if found is not None and self.virtualenvs is None:
                 log.info("supervisor %s: %s has %s; it is ignored, as this supervisor builds no virtualenvs "
                          "(--virtualenvs): its components run in streamflow's environment", self.id, topology,
@@ -304,64 +257,30 @@ class Supervisor:
         log_path = self._log_path(slot.topology, port)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         rotate(log_path)
-        cmd = [
-            sys.executable, "-m", "streamflow.cli", "worker",
-            "--zk", self.state.hosts, "--zk-root", self.state.root,
-            "--topology", slot.topology, "--supervisor", self.id,
-            "--host", self.host, "--port", str(port), "--code-dir", str(code_dir),
-        ]
+        command = WorkerCommand(self.state.hosts, self.state.root, self.state.session_timeout, slot.topology,
+                                self.id, self.host, port, code_dir)
         env = dict(os.environ)
         if self.zk_auth:
             env["STREAMFLOW_ZK_AUTH"] = self.zk_auth  # not on the command line, where ps shows it
         env.pop(TOPOLOGY_VIRTUALENV, None)
         if venv is not None:
             env[TOPOLOGY_VIRTUALENV] = str(venv)
-        with open(log_path, "ab") as out:
-            slot.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                            cwd=code_dir)
-        slot.started = time.monotonic()
-        slot.virtualenv = venv
+        pid = slot.start(command, env, log_path, venv)
         self.metrics.worker_starts.labels(topology_name(slot.topology)).inc()
         log.info("supervisor %s: started worker pid %d on port %d for %s tasks %s%s",
-                 self.id, slot.process.pid, port, slot.topology, list(slot.tasks),
-                 f" with virtualenv {venv}" if venv else "")
-
-    def _stop_workers(self, slots: dict[int, WorkerSlot]) -> None:
-        """SIGTERM the running workers of ``slots``, then wait for them together: one that
-        has not exited :data:`STOP_GRACE_SECS` after the signal is killed. (One at a time,
-        a rebalance that moves four slots waited up to four times as long.)"""
-        running = {port: (slot.topology, slot.process) for port, slot in slots.items()
-                   if slot.process is not None and slot.process.poll() is None}
-        for _, process in running.values():
-            process.terminate()
-        deadline = time.monotonic() + STOP_GRACE_SECS
-        for port, (topology, process) in running.items():
-            try:
-                process.wait(max(deadline - time.monotonic(), 0.0))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.info("supervisor %s: stopped worker on port %d (%s)", self.id, port, topology)
+                 self.id, pid, port, slot.topology, list(slot.tasks), f" with virtualenv {venv}" if venv else "")
 
     def _stop_orphans(self) -> None:
         """Stop the workers of this node's slots that the process before this one left
         running (a supervisor killed with -9 leaves its workers behind). This process
         cannot watch them, and they hold the slots' ports, so the workers it starts could
-        not bind them. They get SIGTERM, and SIGKILL if still there after
-        :data:`STOP_GRACE_SECS`; the slots then start afresh (what was in flight in them
-        is replayed), as they would if the node's container had restarted."""
-        orphans = _workers_of(self.id, self.ports)
-        if not orphans:
-            return
-        log.warning("supervisor %s: stopping workers left by an earlier supervisor process: pids %s",
-                    self.id, sorted(orphans))
-        for pid in orphans:
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECS
-        while (left := [pid for pid in orphans if _running(pid)]) and time.monotonic() < deadline:
-            time.sleep(ORPHAN_POLL_SECS)
-        for pid in left:
-            _signal(pid, signal.SIGKILL)
+        not bind them. The slots then start afresh (what was in flight in them is
+        replayed), as they would if the node's container had restarted."""
+        orphans = workers_of(self.id, self.ports)
+        if orphans:
+            log.warning("supervisor %s: stopping workers left by an earlier supervisor process: pids %s",
+                        self.id, sorted(orphans))
+            stop_pids(orphans)
 
     def _remove_idle_files(self, running: set[str]) -> None:
         """Remove the code and logs of each topology not in ``running`` whose files have not
@@ -401,51 +320,11 @@ class Supervisor:
         """Stop the virtualenv builds under way and every worker, then deregister at once."""
         if self.virtualenvs is not None:
             self.virtualenvs.stop()
-        self._stop_workers(self.slots)
+        stop_all(self.slots)
         if self.registered:
             self.state.deregister_supervisor(self.id)
         log.info("supervisor %s stopped", self.id)
 
-
-def _workers_of(supervisor: str, ports: list[int]) -> list[int]:
-    """The pids of the running ``streamflow worker`` processes of ``supervisor``'s slots,
-    by their command lines (:meth:`Supervisor._start_worker`), from /proc: none where
-    there is no /proc."""
-    wanted = {str(port).encode() for port in ports}
-    pids = []
-    for entry in _entries(Path("/proc")):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile
-            continue
-        if (args[2:4] == [b"streamflow.cli", b"worker"] and _option(args, b"--supervisor") == supervisor.encode()
-                and _option(args, b"--port") in wanted):
-            pids.append(int(entry.name))
-    return pids
-
-
-def _option(args: list[bytes], name: bytes) -> bytes | None:
-    """The value after ``name`` in a command line, if it is there."""
-    return args[args.index(name) + 1] if name in args[:-1] else None
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` still runs: not gone, and not a zombie that nobody reaped yet (an
-    orphan's new parent may not reap it at once)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _entries(directory: Path) -> list[Path]:

@@ -20,11 +20,9 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import orjson
 import uvloop
 from prometheus_client import CollectorRegistry
 
@@ -33,11 +31,13 @@ from streamflow.executor import TaskFailed
 from streamflow.loader import load_topology
 from streamflow.logs import log_to_stderr_as_json
 from streamflow.metrics import WorkerCollector, exposition
+from streamflow.records import Assignment, TopologyRecord
 from streamflow.telemetry import Report
 from streamflow.topology import Topology
-from streamflow.transport.tcp import Address, Codec, TcpTransport
+from streamflow.transport.tcp import Codec, TcpTransport
 from streamflow.worker import Worker, worker_gc
-from streamflow.zkstate import ClusterState, slot_key
+from streamflow.worker_command import WorkerCommand
+from streamflow.zkstate import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -45,37 +45,13 @@ EXIT_BAD_CODE = 3
 HEARTBEAT_SECS = 1.0
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """What a supervisor tells a worker on its command line."""
-
-    zk: str
-    zk_root: str
-    zk_auth: str | None
-    zk_session_timeout: float
-    topology_id: str
-    supervisor: str
-    host: str
-    port: int
-    code_dir: Path
-
-
-def load_assigned_topology(record: dict[str, Any], code_dir: Path) -> Topology:
+def load_assigned_topology(record: TopologyRecord, code_dir: Path) -> Topology:
     """The topology as nimbus runs it: the submitted code and config, with the current
     worker count and any parallelism a rebalance set."""
-    topology = load_topology(code_dir / record["file"], record["config"])
-    if record.get("parallelism"):
-        topology = topology.with_parallelism(record["parallelism"])
-    return topology.with_config({"topology.workers": record["workers"]})
-
-
-def routes_of(assignment: dict[str, Any]) -> dict[int, Address]:
-    """Task id -> address of the worker that runs it."""
-    return {
-        task: (w["host"], w["port"])
-        for w in assignment.get("workers", {}).values()
-        for task in w["tasks"]
-    }
+    topology = load_topology(code_dir / record.file, record.config)
+    if record.parallelism:
+        topology = topology.with_parallelism(record.parallelism)
+    return topology.with_config({"topology.workers": record.workers})
 
 
 def dump_tasks() -> None:
@@ -87,11 +63,10 @@ def dump_tasks() -> None:
         log.warning("task %s:\n%s", task.get_name(), stream.getvalue())
 
 
-def run_worker(settings: WorkerSettings) -> int:
+def run_worker(settings: WorkerCommand, zk_auth: str | None) -> int:
     """Run until the slot's assignment changes or SIGTERM; returns the exit code."""
-    log_to_stderr_as_json({"topology": settings.topology_id,
-                           "worker": slot_key(settings.supervisor, settings.port)}, "INFO")
-    state = ClusterState(settings.zk, settings.zk_root, settings.zk_auth, settings.zk_session_timeout)
+    log_to_stderr_as_json({"topology": settings.topology_id, "worker": settings.slot}, "INFO")
+    state = ClusterState(settings.zk, settings.zk_root, zk_auth, settings.zk_session_timeout)
     state.start(timeout=settings.zk_session_timeout)
     try:
         with worker_gc(), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -111,10 +86,10 @@ class _NewError(NamedTuple):
 
 
 class WorkerProcess:
-    def __init__(self, settings: WorkerSettings, state: ClusterState) -> None:
+    def __init__(self, settings: WorkerCommand, state: ClusterState) -> None:
         self.settings = settings
         self.state = state
-        self.slot = slot_key(settings.supervisor, settings.port)
+        self.slot = settings.slot
         self.started = time.time()
         self._stop = asyncio.Event()
         self._exit_code = 0
@@ -128,7 +103,7 @@ class WorkerProcess:
         loop = asyncio.get_running_loop()
         record = self.state.read_topology(s.topology_id)
         assignment = self.state.read_assignment(s.topology_id)
-        if record is None or assignment is None or self.slot not in assignment.get("workers", {}):
+        if record is None or assignment is None or self.slot not in assignment.workers:
             log.warning("worker %s: topology %s is not assigned here; exiting", self.slot, s.topology_id)
             return 0
         try:
@@ -136,14 +111,14 @@ class WorkerProcess:
         except StreamflowError as exc:
             self._report("__worker", f"cannot load the topology: {exc}")
             return EXIT_BAD_CODE
-        self._config = record["config"]
-        logging.getLogger().setLevel(record.get("log_level", "INFO"))
-        tasks = frozenset(assignment["workers"][self.slot]["tasks"])
+        self._config = record.config
+        logging.getLogger().setLevel(record.log_level)
+        tasks = frozenset(assignment.workers[self.slot].tasks)
         self.tasks = tasks
-        secret = bytes.fromhex(record["secret"])
+        secret = bytes.fromhex(record.secret)
         transports: list[TcpTransport] = []
         registry = CollectorRegistry()
-        registry.register(WorkerCollector(record["name"], lambda: self.reports))
+        registry.register(WorkerCollector(record.name, lambda: self.reports))
 
         def make_transport(inboxes: Any) -> TcpTransport:
             transport = TcpTransport(inboxes, Codec(topology), secret, lambda: exposition(registry))
@@ -152,13 +127,13 @@ class WorkerProcess:
 
         worker = Worker(topology, tasks, transport=make_transport)
         transport = self._transport = transports[0]
-        transport.update_routes({t: a for t, a in routes_of(assignment).items() if t not in tasks})
+        transport.update_routes({t: a for t, a in assignment.routes().items() if t not in tasks})
         await transport.serve("0.0.0.0", s.port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         self._watch(loop, worker, transport)
-        if record.get("status") == "inactive":
+        if record.status == "inactive":
             for spout in worker.spouts:
                 spout.deactivate()
         worker.start()
@@ -191,31 +166,29 @@ class WorkerProcess:
         thread; the changes are applied on the event loop)."""
         s = self.settings
 
-        def on_assignment(data: bytes | None, stat: Any) -> None:
-            loop.call_soon_threadsafe(self._assignment_changed, data, transport)
+        def on_assignment(assignment: Assignment | None) -> None:
+            loop.call_soon_threadsafe(self._assignment_changed, assignment, transport)
 
-        def on_topology(data: bytes | None, stat: Any) -> None:
-            loop.call_soon_threadsafe(self._status_changed, data, worker)
+        def on_topology(record: TopologyRecord | None) -> None:
+            loop.call_soon_threadsafe(self._status_changed, record, worker)
 
-        self.state.zk.DataWatch(self.state.path("assignments", s.topology_id), on_assignment)
-        self.state.zk.DataWatch(self.state.path("topologies", s.topology_id), on_topology)
+        self.state.watch_assignment(s.topology_id, on_assignment)
+        self.state.watch_topology(s.topology_id, on_topology)
 
-    def _assignment_changed(self, data: bytes | None, transport: TcpTransport) -> None:
-        assignment = orjson.loads(data) if data else {}
-        mine = assignment.get("workers", {}).get(self.slot)
-        if mine is None or frozenset(mine["tasks"]) != self.tasks:
+    def _assignment_changed(self, assignment: Assignment | None, transport: TcpTransport) -> None:
+        mine = assignment.workers.get(self.slot) if assignment is not None else None
+        if assignment is None or mine is None or frozenset(mine.tasks) != self.tasks:
             log.info("worker %s: tasks changed; exiting for a restart", self.slot)
             self._stop.set()
             return
-        transport.update_routes({t: a for t, a in routes_of(assignment).items() if t not in self.tasks})
+        transport.update_routes({t: a for t, a in assignment.routes().items() if t not in self.tasks})
 
-    def _status_changed(self, data: bytes | None, worker: Worker) -> None:
+    def _status_changed(self, record: TopologyRecord | None, worker: Worker) -> None:
         """Activate or deactivate the spouts, hand them a changed config, follow the
         topology's log level."""
-        record: dict[str, Any] = orjson.loads(data) if data else {"status": "killed"}
-        logging.getLogger().setLevel(record.get("log_level", "INFO"))
-        active = record.get("status") == "active"
-        config: dict[str, Any] | None = record.get("config")
+        logging.getLogger().setLevel(record.log_level if record is not None else "INFO")
+        active = record is not None and record.status == "active"
+        config = record.config if record is not None else None
         for spout in worker.spouts:
             if spout.active != active:
                 (spout.activate if active else spout.deactivate)()

@@ -28,7 +28,8 @@ def post(cluster: Cluster, op: str, body: Any, name: str = "") -> tuple[int, dic
     """POST ``body`` (any JSON) to the API as a client other than the CLI might."""
     request = urllib.request.Request(f"{cluster.url}/api/v1/{op}" + (f"/{name}" if name else ""),
                                      data=json.dumps(body).encode(), method="POST",
-                                     headers={"Authorization": f"Bearer {TOKEN}"})
+                                     headers={"Authorization": f"Bearer {TOKEN}",
+                                              "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())

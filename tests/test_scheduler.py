@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 
-from streamflow.scheduler import deal, pick_slots, schedule
+from streamflow.records import Assignment, WorkerAssignment
+from streamflow.scheduler import (
+    Timeouts,
+    build_assignment,
+    deal,
+    free_slots,
+    live_slots,
+    pick_slots,
+    schedule,
+)
 
 TASKS = list(range(1, 12))
 FREE = {"a": [7000, 7001], "b": [7000, 7001]}
@@ -72,3 +81,55 @@ def test_pick_slots_balances_and_deal_is_round_robin() -> None:
     picked = pick_slots({"a": [1, 2, 3], "b": [1]}, 3, Counter({"b": 0}))
     assert Counter(s for s, _ in picked) == {"a": 2, "b": 1}
     assert deal([1, 2, 3, 4, 5], [("a", 1), ("b", 1)]) == {("a", 1): [1, 3, 5], ("b", 1): [2, 4]}
+
+
+TIMEOUTS = Timeouts(worker=30.0, launch=120.0)
+NOW = 1000.0
+
+
+def assignment_of(*workers: WorkerAssignment) -> Assignment:
+    return Assignment(1, {w.key: w for w in workers})
+
+
+def test_a_worker_with_a_fresh_heartbeat_on_a_registered_supervisor_is_alive() -> None:
+    a = assignment_of(WorkerAssignment("a", "h", 7000, (1,), since=NOW - 500),
+                      WorkerAssignment("b", "h", 7000, (2,), since=NOW - 500))
+    alive, seen = live_slots(a, {"a:7000": NOW - 1, "b:7000": NOW - 31}, {}, {"a", "b"}, NOW, TIMEOUTS)
+    assert alive == {("a", 7000)}
+    assert seen == {("a:7000", NOW - 500): NOW - 1, ("b:7000", NOW - 500): NOW - 31}
+
+
+def test_a_worker_on_a_supervisor_gone_is_dead_however_fresh_its_beat() -> None:
+    a = assignment_of(WorkerAssignment("a", "h", 7000, (1,), since=NOW))
+    assert live_slots(a, {"a:7000": NOW}, {}, set(), NOW, TIMEOUTS)[0] == set()
+
+
+def test_a_worker_without_a_beat_yet_is_launching_until_the_launch_timeout() -> None:
+    launching = assignment_of(WorkerAssignment("a", "h", 7000, (1,), since=NOW - 100))
+    late = assignment_of(WorkerAssignment("a", "h", 7000, (1,), since=NOW - 121))
+    assert live_slots(launching, {}, {}, {"a"}, NOW, TIMEOUTS)[0] == {("a", 7000)}
+    assert live_slots(late, {}, {}, {"a"}, NOW, TIMEOUTS)[0] == set()
+
+
+def test_a_worker_whose_heartbeat_node_went_counts_as_silent_since_its_last_beat() -> None:
+    """Its session ended: no node, but a beat seen before, so it is not launching."""
+    a = assignment_of(WorkerAssignment("a", "h", 7000, (1,), since=NOW - 10))
+    remembered = {("a:7000", NOW - 10): NOW - 40}
+    alive, seen = live_slots(a, {}, remembered, {"a"}, NOW, TIMEOUTS)
+    assert alive == set() and seen == remembered
+    restarted = {("a:7000", NOW - 500): NOW - 40}  # a beat of the slot's earlier tasks does not count
+    assert live_slots(a, {}, restarted, {"a"}, NOW, TIMEOUTS)[0] == {("a", 7000)}
+
+
+def test_free_slots_leaves_out_the_ports_taken() -> None:
+    assert free_slots({"a": [7000, 7001], "b": [7000]}, {"a": {7001}}) == {"a": [7000], "b": [7000]}
+
+
+def test_build_assignment_keeps_since_of_slots_whose_tasks_stay_and_bumps_the_version() -> None:
+    previous = assignment_of(WorkerAssignment("a", "ha", 7000, (1, 3), since=5.0),
+                             WorkerAssignment("b", "hb", 7000, (2,), since=5.0))
+    new = build_assignment({("a", 7000): [3, 1], ("b", 7001): [2]}, previous, {"a": "ha", "b": "hb"}, NOW)
+    assert new.version == 2
+    assert new.workers["a:7000"] == WorkerAssignment("a", "ha", 7000, (1, 3), since=5.0)
+    assert new.workers["b:7001"] == WorkerAssignment("b", "hb", 7001, (2,), since=NOW)
+    assert build_assignment({("a", 7000): [1]}, None, {"a": "ha"}, NOW).version == 1

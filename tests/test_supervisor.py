@@ -22,8 +22,10 @@ from kazoo.security import ACL, ANYONE_ID_UNSAFE, OPEN_ACL_UNSAFE, Permissions
 from zookeeper import ZooKeeperServer
 
 from streamflow.package import pack
-from streamflow.supervisor import FILES_KEPT_SECS, STOP_GRACE_SECS
-from streamflow.zkstate import ClusterState, slot_key
+from streamflow.records import Assignment, TopologyRecord, WorkerAssignment
+from streamflow.supervisor import FILES_KEPT_SECS
+from streamflow.worker_slot import STOP_GRACE_SECS
+from streamflow.zkstate import ClusterState
 
 HANGS = """\
 import sys, threading
@@ -57,11 +59,9 @@ class Node:
     def assign(self, topology: str, package: bytes, ports: list[int]) -> None:
         """Submit ``topology`` and assign it a task on each of ``ports``, as nimbus would."""
         self.state.write_code(topology, package)
-        self.state.write_topology(topology, {"name": topology, "file": "topology.py", "config": {},
-                                             "workers": len(ports), "secret": "00"})
-        self.state.write_assignment(topology, {"version": 1, "workers": {
-            slot_key(self.id, port): {"supervisor": self.id, "host": "127.0.0.1", "port": port, "tasks": [task]}
-            for task, port in enumerate(ports)}})
+        self.state.write_topology(TopologyRecord(topology, topology, "topology.py", "00", workers=len(ports)))
+        workers = [WorkerAssignment(self.id, "127.0.0.1", port, (task,)) for task, port in enumerate(ports)]
+        self.state.write_assignment(topology, Assignment(1, {w.key: w for w in workers}))
 
     def loading(self, topology: str, port: int) -> bool:
         """Whether the worker of ``topology`` on ``port`` got as far as loading its code."""

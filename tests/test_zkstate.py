@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from zookeeper import ZooKeeperServer
 
+from streamflow.records import TopologyRecord
 from streamflow.zkstate import ERROR_MESSAGE_CHARS, ClusterState
 
 TOPOLOGY = "words-1"
@@ -35,7 +36,7 @@ def states(zookeeper: ZooKeeperServer, zk_root: str) -> Iterator[Callable[[], Cl
 def submitted(state: ClusterState) -> ClusterState:
     """``state`` with :data:`TOPOLOGY` submitted as nimbus does: its code, then its record."""
     state.write_code(TOPOLOGY, b"package")
-    state.write_topology(TOPOLOGY, {"name": "words", "status": "active"})
+    state.write_topology(TopologyRecord(TOPOLOGY, "words", "topology.py", "00"))
     return state
 
 

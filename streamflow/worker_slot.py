@@ -1,0 +1,150 @@
+"""One slot's worker process, as its supervisor runs it: start, reap, back off, stop.
+
+As Dask's nanny does for its worker, a :class:`WorkerSlot` owns the OS process of one
+worker and the decisions about it: when it may start again after it died (at once if it
+had run a while; after a growing back-off if it keeps dying young, as when its code
+cannot load), and how it is stopped (SIGTERM, then SIGKILL after a grace period). The
+:func:`stop_all` stops many at once, and :func:`workers_of` finds the worker processes a
+killed supervisor left behind, by their command lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from streamflow.backoff import Backoff
+from streamflow.worker_command import WorkerCommand
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SECS = 5.0
+"""How long a worker has to exit after SIGTERM before it is killed."""
+YOUNG_SECS = 10.0
+"""A worker that dies younger than this is restarted only after a back-off."""
+RESTART_BACKOFF = Backoff(initial=1.0, multiplier=2.0, maximum=30.0)
+"""The delays before starting again a slot whose worker keeps failing: 1, 2, 4 ... 30 s."""
+ORPHAN_POLL_SECS = 0.05
+
+
+class WorkerSlot:
+    """The worker process of one slot, for one topology and one set of its tasks."""
+
+    def __init__(self, topology: str, tasks: tuple[int, ...]) -> None:
+        self.topology = topology
+        self.tasks = tasks
+        self.process: subprocess.Popen[bytes] | None = None
+        self.virtualenv: Path | None = None
+        self.started = 0.0
+        self.failures = 0
+        self.next_start = 0.0
+
+    def due(self, now: float) -> bool:
+        """Whether no worker runs here and its back-off, if any, is over."""
+        return self.process is None and now >= self.next_start
+
+    def reap(self, now: float) -> tuple[int, float, float] | None:
+        """If the worker exited: forget it and return its exit code, how long it lived
+        and the delay before it starts again; else None."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        code, lived = self.process.returncode, now - self.started
+        self.process = None
+        if lived < YOUNG_SECS:
+            return code, lived, self.failed(now)
+        self.failures, self.next_start = 0, now
+        return code, lived, 0.0
+
+    def failed(self, now: float) -> float:
+        """Count one more failure of the slot and put off its next start; returns the delay."""
+        self.failures += 1
+        delay = RESTART_BACKOFF.delay(self.failures)
+        self.next_start = now + delay
+        return delay
+
+    def start(self, command: WorkerCommand, env: Mapping[str, str], log_path: Path,
+              virtualenv: Path | None) -> int:
+        """Start the worker, its output appended to ``log_path``, in its code directory;
+        returns its pid."""
+        with open(log_path, "ab") as out:
+            self.process = subprocess.Popen(command.to_argv(), stdout=out, stderr=subprocess.STDOUT,
+                                            env=dict(env), cwd=command.code_dir)
+        self.started = time.monotonic()
+        self.virtualenv = virtualenv
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def stop_all(slots: Mapping[int, WorkerSlot]) -> None:
+    """SIGTERM the running workers of ``slots``, then wait for them together: one that
+    has not exited :data:`STOP_GRACE_SECS` after the signal is killed (one at a time, a
+    rebalance that moves four slots would wait up to four times as long)."""
+    running = {port: slot for port, slot in slots.items() if slot.running}
+    for slot in running.values():
+        assert slot.process is not None
+        slot.process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECS
+    for port, slot in running.items():
+        assert slot.process is not None
+        try:
+            slot.process.wait(max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            slot.process.kill()
+            slot.process.wait()
+        log.info("stopped the worker on port %d (%s)", port, slot.topology)
+
+
+def workers_of(supervisor: str, ports: Iterable[int]) -> list[int]:
+    """The pids of the running worker processes of ``supervisor``'s slots, by their
+    command lines (:class:`WorkerCommand`), from /proc: none where there is no /proc."""
+    wanted = set(ports)
+    pids = []
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile
+            continue
+        command = WorkerCommand.from_argv(argv)
+        if command is not None and command.supervisor == supervisor and command.port in wanted:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_pids(pids: list[int]) -> None:
+    """SIGTERM the processes ``pids`` (not children of this one), and SIGKILL those still
+    there after :data:`STOP_GRACE_SECS`."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECS
+    while (left := [pid for pid in pids if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(ORPHAN_POLL_SECS)
+    for pid in left:
+        _signal(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs: not gone, and not a zombie that nobody reaped yet (an
+    orphan's new parent may not reap it at once)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
