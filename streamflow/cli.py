@@ -12,9 +12,11 @@ import argparse
 import base64
 import importlib
 import importlib.util
+import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -59,6 +61,14 @@ def _log_level(text: str) -> str:
     if text.upper() not in LEVELS:
         raise argparse.ArgumentTypeError(f"invalid level {text!r} (choose from {', '.join(LEVELS)})")
     return text.upper()
+
+
+def switch(parser: argparse.ArgumentParser, option: str, help: str) -> None:
+    """An on/off option (``--x``/``--no-x``), off unless given or its environment variable
+    says on (1/0, true/false, yes/no, on/off; see :func:`_switch`)."""
+    variable = "STREAMFLOW_" + option.lstrip("-").upper().replace("-", "_")
+    parser.add_argument(option, action=argparse.BooleanOptionalAction, default=os.environ.get(variable, False),
+                        help=f"{help} (env {variable}=1)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,9 +164,13 @@ def _parser() -> argparse.ArgumentParser:
 
     nimbus = command("nimbus", _nimbus, "run a nimbus (master); several may run, one leads")
     coordinated(nimbus)
-    _add(nimbus, "--host", "address other processes reach this nimbus at", "127.0.0.1")
+    _add(nimbus, "--host", "address other processes reach this nimbus at; without a token it must be a "
+         "loopback address (protected mode) unless --insecure", "127.0.0.1")
     _add(nimbus, "--port", "HTTP API port", 8080, int)
     _add(nimbus, "--token-file", "file holding the API token; calls without it get 401")
+    switch(nimbus, "--insecure", "serve the API without a token on a non-loopback --host: anyone who reaches "
+           "it can run code on the cluster")
+    switch(nimbus, "--metrics-open", "serve GET /metrics without the token")
     _add(nimbus, "--worker-timeout", "seconds without heartbeat before a worker's tasks move", 30.0, float)
     _add(nimbus, "--launch-timeout", "seconds a new worker has to send its first heartbeat", 120.0, float)
 
@@ -169,11 +183,11 @@ def _parser() -> argparse.ArgumentParser:
     _add(supervisor, "--data-dir", "directory for code packages, worker logs and virtualenvs",
          "streamflow-data/supervisor")
     _add(supervisor, "--health-port", "port of GET /healthz, /readyz and /metrics (0: none)", 8081, int)
-    supervisor.add_argument(
-        "--virtualenvs", action=argparse.BooleanOptionalAction, default=_env("virtualenvs", False),
-        help="build a virtualenv (pip install -r, from the index pip is configured with) for each topology "
-             "whose streamparse project has virtualenvs/NAME.txt, once per distinct file, and run its "
-             "components from it (env STREAMFLOW_VIRTUALENVS=1; default: off, the file is ignored)")
+    _add(supervisor, "--token-file", "file holding the API token, which GET /metrics then needs")
+    switch(supervisor, "--metrics-open", "serve GET /metrics without the token")
+    switch(supervisor, "--virtualenvs", "build a virtualenv (pip install -r, from the index pip is configured "
+           "with) for each topology whose streamparse project has virtualenvs/NAME.txt, once per distinct "
+           "file, and run its components from it (default: off, the file is ignored)")
 
     worker = command("worker", _worker, "run one worker process (started by a supervisor)")
     WorkerCommand.add_arguments(worker)
@@ -339,12 +353,17 @@ def _nimbus(args: argparse.Namespace) -> int:
     from streamflow.nimbus_api import nimbus_api
 
     token = read_token(args.token_file)
+    insecure = _switch("INSECURE", args.insecure)
+    if token is None and not insecure and not is_loopback(args.host):
+        raise StreamflowError(f"nimbus has no API token and --host {args.host} is not a loopback address: "
+                              "give it --token-file, or --insecure to let anyone who reaches it run code")
     state = _state(args)
     nimbus = Nimbus(state, args.host, args.port, args.worker_timeout, args.launch_timeout)
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopped.set())
-    server = serve(nimbus_api(nimbus, token, metrics_open=True), "0.0.0.0", args.port, "nimbus")
+    api = nimbus_api(nimbus, token, metrics_open=_switch("METRICS_OPEN", args.metrics_open))
+    server = serve(api, "0.0.0.0" if token or insecure else args.host, args.port, "nimbus")
     nimbus.start()
     print(f"nimbus serving {nimbus.url}", file=sys.stderr, flush=True)
     stopped.wait()
@@ -355,6 +374,7 @@ def _nimbus(args: argparse.Namespace) -> int:
 
 
 def _supervisor(args: argparse.Namespace) -> int:
+    from streamflow.nimbus import read_token
     from streamflow.supervisor import Supervisor
 
     virtualenvs = _switch("VIRTUALENVS", args.virtualenvs)
@@ -367,15 +387,26 @@ def _supervisor(args: argparse.Namespace) -> int:
         from streamflow.httpapi import HttpApi, Route, metrics_route, probe_routes, serve
         from streamflow.metrics import exposition
 
+        token = read_token(args.token_file)
+        metrics_open = token is None or _switch("METRICS_OPEN", args.metrics_open)
         routes = {**probe_routes(supervisor.ready),
-                  **metrics_route(lambda: exposition(supervisor.metrics.registry), auth=False),
+                  **metrics_route(lambda: exposition(supervisor.metrics.registry), auth=not metrics_open),
                   ("GET", "/logs"): Route(supervisor.logs, auth=False)}  # behind each topology's secret
-        serve(HttpApi(routes), "0.0.0.0", args.health_port, "supervisor health probes")
+        serve(HttpApi(routes, token), args.host, args.health_port, "supervisor health probes")
     try:
         supervisor.run()
     finally:
         state.stop()
     return EXIT_OK
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (127.0.0.0/8, ::1)."""
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def _switch(name: str, value: bool | str) -> bool:

@@ -9,13 +9,16 @@ The core, :class:`HttpApi`, does no I/O, so a threaded server (:func:`serve`) an
 asyncio listener share it: :meth:`HttpApi.start` takes the request line and headers and
 decides all it can before a byte of body is read (the route, the token, the body's
 length and type), then :meth:`Pending.finish` takes the body and answers.
-:meth:`HttpApi.answer` does both with a blocking body reader.
+:meth:`HttpApi.answer` does both with a blocking body reader. A server that reads and
+writes bytes itself parses the head with :func:`parse_head` and writes
+:meth:`Response.encode`.
 
 What holds for every request, in this order: an unknown path is a 404 and a known path
 with another method a 405; a route that needs the token gets a 401 without it, whatever
 else is wrong with the request; a body needs a Content-Length (411), a non-negative one
 (400), no larger than the route's cap (413); a route that takes a body takes JSON only
-(415), so that a browser's cross-origin ``text/plain`` form post never reaches it.
+(415), an empty one too, so that a browser's cross-origin ``text/plain`` form post never
+reaches it (a browser sends no JSON cross-origin without asking the server first).
 """
 
 from __future__ import annotations
@@ -108,6 +111,11 @@ class Response:
         """Every header of the answer, with its length and the security headers."""
         return [("Content-Type", self.content_type), ("Content-Length", str(len(self.body))),
                 *SECURITY_HEADERS]
+
+    def encode(self) -> bytes:
+        """The whole answer as HTTP/1.0 bytes, for a server that writes them itself."""
+        head = [f"HTTP/1.0 {self.status.value} {self.status.phrase}", *(f"{k}: {v}" for k, v in self.headers())]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + self.body
 
 
 Handler = Callable[[Request], Response]
@@ -208,6 +216,31 @@ class HttpApi:
         return None
 
 
+MAX_HEAD = 16 * 1024
+"""The longest request line and headers :func:`parse_head` takes."""
+
+
+def parse_head(head: bytes) -> tuple[str, str, list[tuple[str, str]]]:
+    """The method, target and headers of a request's head (its bytes up to and with the
+    blank line), for a server that reads them itself (the worker's asyncio listener);
+    raises :class:`ApiError` (400) for one that is not HTTP/1.x, or over :data:`MAX_HEAD`."""
+    if len(head) > MAX_HEAD:
+        raise ApiError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"the request's head is over {MAX_HEAD} bytes")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[0].isalpha():
+        raise ApiError(HTTPStatus.BAD_REQUEST, "not an HTTP/1.x request line")
+    headers = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise ApiError(HTTPStatus.BAD_REQUEST, "malformed header line")
+        headers.append((name, value.strip()))
+    return parts[0], parts[1], headers
+
+
 def _lowered(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Headers by lower-case name; a second Content-Length or Authorization is refused
     (which one would count is what request smuggling plays on)."""
@@ -238,7 +271,7 @@ def _body_length(route: Route, headers: Mapping[str, str]) -> int:
         raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                        f"the body has {length} bytes, over the {route.max_body} this route takes")
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if length and content_type != JSON:
+    if content_type != JSON:
         raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                        f"the body must be {JSON}, not {content_type or 'untyped'}")
     return length
@@ -285,6 +318,9 @@ def metrics_route(exposition: Callable[[], bytes], auth: bool) -> Routes:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128
+    """The listen backlog: a burst of connections is taken, and answered 503 past the
+    limit, rather than left to the kernel to drop and the clients to retry."""
 
     def __init__(self, address: tuple[str, int], api: HttpApi, max_connections: int) -> None:
         self.api = api
@@ -306,10 +342,14 @@ class _Server(ThreadingHTTPServer):
 
 
 def _refuse(connection: socket.socket) -> None:
-    """Answer a connection over the limit with a 503, without waiting on it."""
+    """Answer a connection over the limit with a 503, without waiting on it. What the
+    client sent already is read first: closing a socket with unread data resets the
+    connection, and the client would lose the answer."""
     connection.setblocking(False)
     try:
         connection.send(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n")
+        connection.shutdown(socket.SHUT_WR)
+        connection.recv(65536)
     except OSError:
         pass
 

@@ -128,7 +128,7 @@ class WorkerProcess:
         worker = Worker(topology, tasks, transport=make_transport)
         transport = self._transport = transports[0]
         transport.update_routes({t: a for t, a in assignment.routes().items() if t not in tasks})
-        await transport.serve("0.0.0.0", s.port)
+        await transport.serve(s.host, s.port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)

@@ -48,8 +48,10 @@ def free_port_run(count: int) -> int:
 
 
 def metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the Prometheus text at URL/metrics: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+    """Every sample of the Prometheus text at URL/metrics: (name, sorted labels) -> value.
+    Sends the shared clusters' token (:data:`TOKEN`), which /metrics needs where there is one."""
+    request = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}

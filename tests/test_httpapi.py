@@ -22,6 +22,7 @@ from streamflow.httpapi import (
     Response,
     Route,
     metrics_route,
+    parse_head,
     probe_routes,
     serve,
 )
@@ -138,6 +139,27 @@ def test_every_answer_carries_the_security_headers() -> None:
     assert "frame-ancestors 'none'" in names["Content-Security-Policy"]
 
 
+def test_a_head_read_as_bytes_parses_into_what_start_takes() -> None:
+    head = b"GET /metrics?x=1 HTTP/1.1\r\nHost: w\r\nAuthorization:  Bearer t0ken \r\n\r\n"
+    method, target, headers = parse_head(head)
+    assert (method, target, headers) == ("GET", "/metrics?x=1", [("Host", "w"), ("Authorization", "Bearer t0ken")])
+    assert API.answer(method, target, headers, lambda n: b"").body == b"m 1\n"
+
+
+@pytest.mark.parametrize("head", [b"\x16\x03\x01 hello", b"GET /\r\n\r\n", b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+                                  b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 5000 + b"\r\n"])
+def test_a_head_that_is_not_http_is_refused(head: bytes) -> None:
+    with pytest.raises(ApiError):
+        parse_head(head)
+
+
+def test_an_encoded_answer_carries_its_status_headers_and_body() -> None:
+    data = Response.json(HTTPStatus.NOT_FOUND, {"error": "x"}).encode()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 404 Not Found\r\n") and b"X-Frame-Options: DENY" in head
+    assert body == b'{"error": "x"}' and b"Content-Length: 14" in head
+
+
 def test_the_default_cap_is_one_mib() -> None:
     assert MAX_BODY == 1 << 20
 
@@ -198,3 +220,17 @@ def test_an_authorized_json_post_reaches_its_route_whole(payload: dict[str, Any]
     assume(len(body) <= 100)
     status, reply = post(f"/api/v1/kill/{tail}", body)
     assert status == 200 and reply == {"tail": tail, "query": {}, "body": payload}
+
+
+@settings(max_examples=400, deadline=None)
+@given(head=st.one_of(st.binary(max_size=200), st.builds(
+    lambda line, headers: line + b"\r\n" + b"\r\n".join(headers) + b"\r\n\r\n",
+    st.sampled_from([b"GET / HTTP/1.1", b"POST /api/v1/kill/x HTTP/1.0", b"GET  HTTP/1.1"]),
+    st.lists(st.binary(max_size=30), max_size=5))))
+def test_any_head_parses_or_is_refused_with_an_api_error(head: bytes) -> None:
+    try:
+        method, target, headers = parse_head(head)
+    except ApiError as exc:
+        assert exc.status in (400, 431)
+        return
+    assert API.answer(method, target, headers, lambda n: b"").status in VALID

@@ -23,7 +23,7 @@ function supervisorRow(s) {
     el("td", { class: "num" }, count(s.used)),
     el("td", { class: "num" }, count(s.slots - used)),
     el("td", {}, el("div", { class: "bar", title: `${used} of ${s.slots} slots used` },
-      el("div", { class: share >= 1 ? "fill full" : "fill", style: `width: ${Math.round(share * 100)}%` }))));
+      el("div", { class: share >= 1 ? "fill full" : "fill", style: { width: `${Math.round(share * 100)}%` } }))));
 }
 
 function nimbusRows(cluster) {

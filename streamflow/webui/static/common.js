@@ -18,12 +18,12 @@ export async function api(method, path, body) {
   const headers = {};
   const token = localStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  // Nimbus takes a POST only as JSON (so that no cross-origin form can make one): always send a body.
+  const posted = method === "GET" ? undefined : JSON.stringify(body ?? {});
+  if (posted !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
-    response = await fetch(`/api/v1/${path}`, {
-      method, headers, cache: "no-store", body: body === undefined ? undefined : JSON.stringify(body),
-    });
+    response = await fetch(`/api/v1/${path}`, { method, headers, cache: "no-store", body: posted });
   } catch (error) {
     throw new ApiError(0, `Cannot reach nimbus (${error.message}); retrying.`);
   }
@@ -42,6 +42,8 @@ function build(node, attrs, children) {
   for (const [key, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
     if (typeof value === "function") node.addEventListener(key.replace(/^on/, ""), value);
+    // Styles through the CSSOM: the Content-Security-Policy refuses style attributes.
+    else if (key === "style") Object.assign(node.style, value);
     else node.setAttribute(key, value === true ? "" : String(value));
   }
   for (const child of children.flat(Infinity)) {
