@@ -12,11 +12,9 @@ import argparse
 import base64
 import importlib
 import importlib.util
-import ipaddress
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -63,7 +61,7 @@ def _log_level(text: str) -> str:
     return text.upper()
 
 
-def switch(parser: argparse.ArgumentParser, option: str, help: str) -> None:
+def _add_switch(parser: argparse.ArgumentParser, option: str, help: str) -> None:
     """An on/off option (``--x``/``--no-x``), off unless given or its environment variable
     says on (1/0, true/false, yes/no, on/off; see :func:`_switch`)."""
     variable = "STREAMFLOW_" + option.lstrip("-").upper().replace("-", "_")
@@ -168,26 +166,27 @@ def _parser() -> argparse.ArgumentParser:
          "loopback address (protected mode) unless --insecure", "127.0.0.1")
     _add(nimbus, "--port", "HTTP API port", 8080, int)
     _add(nimbus, "--token-file", "file holding the API token; calls without it get 401")
-    switch(nimbus, "--insecure", "serve the API without a token on a non-loopback --host: anyone who reaches "
-           "it can run code on the cluster")
-    switch(nimbus, "--metrics-open", "serve GET /metrics without the token")
+    _add_switch(nimbus, "--insecure", "serve the API without a token on a non-loopback --host: anyone "
+                "who reaches it can run code on the cluster")
+    _add_switch(nimbus, "--metrics-open", "serve GET /metrics without the token")
     _add(nimbus, "--worker-timeout", "seconds without heartbeat before a worker's tasks move", 30.0, float)
     _add(nimbus, "--launch-timeout", "seconds a new worker has to send its first heartbeat", 120.0, float)
 
     supervisor = command("supervisor", _supervisor, "run a supervisor: starts the workers of this node")
     coordinated(supervisor)
     _add(supervisor, "--slots", "worker slots (ports) this node offers", 4, int)
-    _add(supervisor, "--host", "address workers of other nodes reach this node at", "127.0.0.1")
+    _add(supervisor, "--host", "address workers of other nodes reach this node at; its workers and "
+         "health port listen on it", "127.0.0.1")
     _add(supervisor, "--base-port", "first worker port; slots use consecutive ports", 6700, int)
     _add(supervisor, "--id", "supervisor id (default: HOST-BASE_PORT)")
     _add(supervisor, "--data-dir", "directory for code packages, worker logs and virtualenvs",
          "streamflow-data/supervisor")
     _add(supervisor, "--health-port", "port of GET /healthz, /readyz and /metrics (0: none)", 8081, int)
     _add(supervisor, "--token-file", "file holding the API token, which GET /metrics then needs")
-    switch(supervisor, "--metrics-open", "serve GET /metrics without the token")
-    switch(supervisor, "--virtualenvs", "build a virtualenv (pip install -r, from the index pip is configured "
-           "with) for each topology whose streamparse project has virtualenvs/NAME.txt, once per distinct "
-           "file, and run its components from it (default: off, the file is ignored)")
+    _add_switch(supervisor, "--metrics-open", "serve GET /metrics without the token")
+    _add_switch(supervisor, "--virtualenvs", "build a virtualenv (pip install -r, from the index pip is "
+                "configured with) for each topology whose streamparse project has virtualenvs/NAME.txt, once "
+                "per distinct file, and run its components from it (default: off, the file is ignored)")
 
     worker = command("worker", _worker, "run one worker process (started by a supervisor)")
     WorkerCommand.add_arguments(worker)
@@ -348,8 +347,8 @@ def _nimbus(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from streamflow.httpapi import serve
-    from streamflow.nimbus import Nimbus, read_token
+    from streamflow.httpapi import is_loopback, read_token, serve
+    from streamflow.nimbus import Nimbus
     from streamflow.nimbus_api import nimbus_api
 
     token = read_token(args.token_file)
@@ -374,7 +373,7 @@ def _nimbus(args: argparse.Namespace) -> int:
 
 
 def _supervisor(args: argparse.Namespace) -> int:
-    from streamflow.nimbus import read_token
+    from streamflow.httpapi import read_token
     from streamflow.supervisor import Supervisor
 
     virtualenvs = _switch("VIRTUALENVS", args.virtualenvs)
@@ -398,15 +397,6 @@ def _supervisor(args: argparse.Namespace) -> int:
     finally:
         state.stop()
     return EXIT_OK
-
-
-def is_loopback(host: str) -> bool:
-    """Whether every address ``host`` names is a loopback one (127.0.0.0/8, ::1)."""
-    try:
-        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        return False
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def _switch(name: str, value: bool | str) -> bool:

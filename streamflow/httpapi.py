@@ -24,6 +24,7 @@ reaches it (a browser sends no JSON cross-origin without asking the server first
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import socket
@@ -32,6 +33,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from streamflow.errors import StreamflowError
@@ -311,6 +313,32 @@ def probe_routes(ready: Readiness) -> Routes:
 def metrics_route(exposition: Callable[[], bytes], auth: bool) -> Routes:
     """``GET /metrics``: Prometheus text; behind the token unless ``auth`` is False."""
     return {("GET", "/metrics"): Route(lambda _: Response(HTTPStatus.OK, PROMETHEUS_TEXT, exposition()), auth)}
+
+
+# -- where and with what a server listens --------------------------------------------------
+
+
+def read_token(path: str | None) -> str | None:
+    """The API token from ``--token-file`` (first line, stripped); None without a file."""
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise StreamflowError(f"cannot read token file {path}: {exc.strerror}") from None
+    if not token:
+        raise StreamflowError(f"token file {path} is empty")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (127.0.0.0/8, ::1): what a
+    server without a token may listen on (protected mode)."""
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 # -- the threaded server ------------------------------------------------------------------

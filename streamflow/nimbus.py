@@ -23,7 +23,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from kazoo.protocol.states import KazooState
@@ -331,15 +330,3 @@ def _get_json(url: str, token: str) -> Any:
     except urllib.error.HTTPError as exc:
         raise OSError(f"{url.split('?')[0]} answered {exc.code}: {exc.read()[:200]!r}") from None
 
-
-def read_token(path: str | None) -> str | None:
-    """The API token from ``--token-file`` (first line, stripped)."""
-    if path is None:
-        return None
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise StreamflowError(f"cannot read token file {path}: {exc.strerror}") from None
-    if not token:
-        raise StreamflowError(f"token file {path} is empty")
-    return token

@@ -21,6 +21,7 @@ from streamflow.httpapi import (
     Request,
     Response,
     Route,
+    is_loopback,
     metrics_route,
     parse_head,
     probe_routes,
@@ -158,6 +159,13 @@ def test_an_encoded_answer_carries_its_status_headers_and_body() -> None:
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 404 Not Found\r\n") and b"X-Frame-Options: DENY" in head
     assert body == b'{"error": "x"}' and b"Content-Length: 14" in head
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
+                                                ("localhost", True), ("0.0.0.0", False), ("10.1.2.3", False),
+                                                ("::", False), ("no-such-host.invalid", False)])
+def test_is_loopback_only_for_addresses_that_stay_on_this_machine(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
 
 
 def test_the_default_cap_is_one_mib() -> None:
