@@ -10,7 +10,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"streamflow": ROOT / "streamflow", "streamflow_connectors": ROOT / "connectors"}
 KNOWN = {
-    frozenset({"streamflow.topology", "streamflow.validation"}),
     frozenset({"streamflow.state.store", "streamflow.state.memory"}),
     frozenset({"streamflow.state.store", "streamflow.state.redis"}),
     frozenset({"streamflow.state.memory", "streamflow.state.redis"}),
