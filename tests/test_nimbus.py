@@ -107,7 +107,7 @@ def test_a_nimbus_whose_session_expired_registers_again(own_cluster: Cluster) ->
     c = own_cluster
     leader = c.api("cluster")["leader"]
     standby = next(url for url in c.nimbus if url != leader)
-    registered = functools.partial(NimbusClient(leader, timeout=10).call, "GET", "cluster")
+    registered = functools.partial(NimbusClient(leader, TOKEN, timeout=10).call, "GET", "cluster")
     c.nimbus[standby].send_signal(signal.SIGSTOP)  # its 3 s session expires meanwhile
     try:
         wait_for(lambda: standby not in registered()["nimbus"], 30, "the standby's registration gone")

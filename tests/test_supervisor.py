@@ -188,7 +188,7 @@ def test_a_worker_that_cannot_start_backs_off_and_leaves_the_other_slots_startin
     failure = f"cannot start the worker on port {unreadable}"
     tries = wait_for(lambda: len(t := node.logged(failure)) >= 3 and t, 30, "three tries on the unreadable code")
     assert tries[1] - tries[0] >= 1 and tries[2] - tries[1] >= 2, tries  # backs off: 1, 2, 4 s
-    assert "BadZipFile" in node.log.read_text() and "Traceback" not in node.log.read_text()
+    assert "File is not a zip file" in node.log.read_text() and "Traceback" not in node.log.read_text()
 
 
 def test_workers_no_longer_assigned_are_stopped_together(node: Node) -> None:
