@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from streamflow import __version__
+from streamflow import __version__, devcluster
 from streamflow.argtypes import positive_float, positive_int
 from streamflow.config import parse_overrides, parse_value
 from streamflow.errors import StreamflowError
@@ -190,6 +190,10 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = command("worker", _worker, "run one worker process (started by a supervisor)")
     WorkerCommand.add_arguments(worker)
+
+    dev = command("dev-cluster", _dev_cluster, "run ZooKeeper, a nimbus and supervisors on this machine, "
+                  "for trying topologies as a cluster runs them; Ctrl-C stops them all")
+    devcluster.add_arguments(dev)
     return parser
 
 
@@ -409,6 +413,10 @@ def _switch(name: str, value: bool | str) -> bool:
     if value.strip().lower() in ("", "0", "false", "no", "off"):
         return False
     raise StreamflowError(f"STREAMFLOW_{name}: expected 1 or 0 (true/false, yes/no, on/off), got {value!r}")
+
+
+def _dev_cluster(args: argparse.Namespace) -> int:
+    return devcluster.run(devcluster.options_of(args))
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -103,7 +103,10 @@ def check_ports(options: DevClusterOptions) -> None:
 
 
 def _free(port: int) -> bool:
+    """Whether a server could listen on ``port``: connections of a run just stopped, in
+    TIME_WAIT, do not count (servers bind with SO_REUSEADDR), a listener does."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
