@@ -21,3 +21,14 @@ class TopologyError(StreamflowError):
 
 class LoadError(StreamflowError):
     """A topology file is missing, does not parse, raises at import, or defines no topology."""
+
+
+PLACEHOLDER = "REPLACE-ME"
+"""What the example secrets of the deploy manifests hold: never a real credential."""
+
+
+def refuse_placeholder(secret: str, what: str) -> None:
+    """Refuse a credential still holding the manifests' placeholder: a cluster that
+    started with it would run with a password anyone reading the repository knows."""
+    if PLACEHOLDER in secret:
+        raise StreamflowError(f"{what} still holds the placeholder {PLACEHOLDER}: set a real secret")

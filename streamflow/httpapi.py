@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from streamflow.errors import StreamflowError
+from streamflow.errors import StreamflowError, refuse_placeholder
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +328,7 @@ def read_token(path: str | None) -> str | None:
         raise StreamflowError(f"cannot read token file {path}: {exc.strerror}") from None
     if not token:
         raise StreamflowError(f"token file {path} is empty")
+    refuse_placeholder(token, f"token file {path}")
     return token
 
 

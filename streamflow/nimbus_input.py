@@ -12,10 +12,8 @@ import base64
 import json
 import math
 import re
-import subprocess
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -23,11 +21,15 @@ from typing import Any
 
 from streamflow.errors import StreamflowError
 from streamflow.httpapi import ApiError
-from streamflow.package import unpack
+from streamflow.package import check, unpack
 from streamflow.records import TopologyRecord
+from streamflow.sandbox import Limits, Timeout, run_limited
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DESCRIBE_TIMEOUT_SECS = 60
+DESCRIBE_LIMITS = Limits(memory_mb=2048, cpu_secs=DESCRIBE_TIMEOUT_SECS)
+"""What loading a submitted topology may use: a module that allocates without end or spins
+is stopped by the kernel, not left to slow nimbus's machine."""
 MAX_PARALLELISM = 1024
 """The most tasks a rebalance gives one component."""
 MAX_TASKS = 8192
@@ -71,24 +73,34 @@ def parse_submission(body: dict[str, Any]) -> Submission:
 
 def describe(package: bytes, file: str, config: dict[str, Any]) -> dict[str, Any]:
     """Load the submitted code in a child process (user code never runs in nimbus) and
-    return its description, or refuse it with the same one line as the CLI."""
+    return its description, or refuse it with the same one line as the CLI.
+
+    The child runs under :data:`DESCRIBE_LIMITS`, with a clean environment (nimbus's
+    credentials stay in nimbus) and its own process group, killed whole after
+    :data:`DESCRIBE_TIMEOUT_SECS`."""
+    try:
+        check(package, file)
+    except StreamflowError as exc:
+        raise _refuse(str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="streamflow-submit-") as tmp:
         try:
             unpack(package, Path(tmp))
-        except (zipfile.BadZipFile, StreamflowError, OSError) as exc:
+        except (StreamflowError, OSError) as exc:
             raise _refuse(f"package cannot be unpacked: {exc}") from None
         args = [x for k, v in config.items() for x in ("-c", f"{k}={json.dumps(v)}")]
         try:
-            result = subprocess.run(
-                [sys.executable, "-m", "streamflow.cli", "describe", str(Path(tmp) / file), *args],
-                capture_output=True, text=True, timeout=DESCRIBE_TIMEOUT_SECS, cwd=tmp,
-            )
-        except subprocess.TimeoutExpired:
+            command = [sys.executable, "-m", "streamflow.cli", "describe", str(Path(tmp) / file), *args]
+            result = run_limited(command, DESCRIBE_LIMITS, DESCRIBE_TIMEOUT_SECS, Path(tmp))
+        except Timeout:
             raise _refuse(f"loading {file} took over {DESCRIBE_TIMEOUT_SECS} s") from None
     if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["cannot load the topology"])[-1]
+        lines = result.stderr.strip().splitlines() or [f"cannot load the topology (exit {result.returncode})"]
+        reason = lines[-1]
         raise _refuse(reason.removeprefix("streamflow: error: "))
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    try:
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+    except ValueError:
+        raise _refuse(f"loading {file} printed no description") from None
 
 
 def kill_wait(body: dict[str, Any], record: TopologyRecord) -> float:

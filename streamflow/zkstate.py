@@ -38,7 +38,7 @@ from kazoo.protocol.states import KazooState
 from kazoo.recipe.election import Election
 from kazoo.security import make_digest_acl
 
-from streamflow.errors import StreamflowError
+from streamflow.errors import StreamflowError, refuse_placeholder
 from streamflow.records import Assignment, RecordError, TopologyRecord
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,9 @@ class ClusterState:
         acl, auth_data = None, None
         if auth:
             user, sep, password = auth.partition(":")
-            if not sep or not user:
-                raise StreamflowError(f"malformed ZooKeeper auth {auth!r}: expected user:password")
+            if not sep or not user:  # the value is a password: it is not echoed
+                raise StreamflowError("malformed ZooKeeper auth: expected user:password")
+            refuse_placeholder(auth, "the ZooKeeper auth (--zk-auth)")
             acl = [make_digest_acl(user, password, all=True)]
             auth_data = [("digest", auth)]
         self.zk = KazooClient(

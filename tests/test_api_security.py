@@ -274,3 +274,74 @@ def test_metrics_need_the_token_and_answer_with_it(victim: Cluster) -> None:
     assert http(victim.url, "GET", "/metrics")[0] == 401
     status, body = http(victim.url, "GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert status == 200 and b"streamflow_" in body
+
+
+def submit_raw(victim: Cluster, name: str, file: str, package: bytes) -> tuple[int, dict[str, Any]]:
+    """POST a submission as a hostile client would build it, with the token."""
+    body = json.dumps({"name": name, "file": file, "package": base64.b64encode(package).decode(),
+                       "config": {}}).encode()
+    status, answer = http(victim.url, "POST", "/api/v1/submit", body,
+                          {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+    return status, json.loads(answer or b"{}")
+
+
+def zipped(entries: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+TOPOLOGY = (ROOT / "topologies" / "wordcount.py").read_bytes()
+
+
+@pytest.mark.parametrize("file", ["/etc/passwd", "../../wordcount.py", "missing.py"])
+def test_a_topology_file_outside_the_package_is_refused(victim: Cluster, zk: ClusterState, file: str) -> None:
+    before = snapshot(zk)
+    status, answer = submit_raw(victim, "escape", file, zipped({"wordcount.py": TOPOLOGY}))
+    assert status == 400 and ("inside the package" in answer["error"] or "not in the package" in answer["error"])
+    assert snapshot(zk) == before
+
+
+def test_a_zip_bomb_is_refused_without_nimbus_unpacking_it_all(victim: Cluster, zk: ClusterState) -> None:
+    bomb = zipped({"wordcount.py": TOPOLOGY, "padding.bin": bytes(300 * 1024 * 1024)})
+    before = snapshot(zk)
+    status, answer = submit_raw(victim, "bomb", "wordcount.py", bomb)
+    assert status == 400 and "unpacks to more than its limit" in answer["error"], answer
+    assert snapshot(zk) == before
+
+
+def test_loading_a_submitted_topology_runs_under_limits_without_nimbus_secrets(
+        victim: Cluster, zk: ClusterState, tmp_path: Path) -> None:
+    seen = tmp_path / "environ.json"
+    spy = (f"import json, os\nopen({str(seen)!r}, 'w').write(json.dumps(dict(os.environ)))\n").encode()
+    status, answer = submit_raw(victim, "spy", "wordcount.py", zipped({"wordcount.py": TOPOLOGY + spy}))
+    assert status == 200, answer
+    environment = json.loads(seen.read_text())
+    assert not any(ZK_AUTH in value or TOKEN in value for value in environment.values()), environment
+    victim.cli("kill", "spy", "--wait", "0")
+    wait_for(lambda: all(r.name != "spy" for r in zk.topologies().values()), 60, "spy removed")
+    hog = b"hoard = bytearray(3 * 1024 * 1024 * 1024)\n"
+    before = snapshot(zk)
+    status, answer = submit_raw(victim, "hog", "wordcount.py", zipped({"wordcount.py": TOPOLOGY + hog}))
+    assert status == 400 and "MemoryError" in answer["error"], answer
+    assert snapshot(zk) == before
+
+
+def test_the_deploy_manifests_placeholder_secrets_are_refused_at_start(zookeeper: Any, zk_root: str,
+                                                                       tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("REPLACE-ME-api-token\n")
+    nimbus = subprocess.run(nimbus_command(zookeeper, zk_root, "--token-file", str(token_file), "--port", "0"),
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert_one_line_error(nimbus, "token file", "REPLACE-ME")
+    for role in ("nimbus", "supervisor"):
+        result = subprocess.run([sys.executable, "-m", "streamflow.cli", role, "--zk", zookeeper.hosts,
+                                 "--zk-root", zk_root, "--zk-auth", "streamflow:REPLACE-ME-zk-password"],
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        line = assert_one_line_error(result, "ZooKeeper auth", "REPLACE-ME")
+        assert "zk-password" not in line  # the rest of the secret is not echoed
