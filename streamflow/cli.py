@@ -32,6 +32,10 @@ from streamflow.status_view import format_status
 from streamflow.worker_command import WorkerCommand
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DRAIN_SECS = 30.0
+"""How long nimbus, on SIGTERM, lets the API calls in flight finish (the manifests give
+the pod 60 s between SIGTERM and SIGKILL)."""
+log = logging.getLogger("streamflow.cli")
 COMMAND_MODULES = ("streamflow_connectors.commands",)
 """Modules that add commands when they are installed: each has ``register(command)``,
 which calls ``command(name, handler, help, description)`` (it returns the command's
@@ -370,8 +374,10 @@ def _nimbus(args: argparse.Namespace) -> int:
     nimbus.start()
     print(f"nimbus serving {nimbus.url}", file=sys.stderr, flush=True)
     stopped.wait()
+    nimbus.drain()
+    if not server.drain(DRAIN_SECS):
+        log.warning("nimbus %s: calls still running after %.0f s; stopping anyway", nimbus.url, DRAIN_SECS)
     nimbus.stop()
-    server.shutdown()
     state.stop()
     return EXIT_OK
 

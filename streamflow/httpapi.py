@@ -354,6 +354,8 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], api: HttpApi, max_connections: int) -> None:
         self.api = api
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._active = 0
+        self._idle = threading.Condition()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -361,6 +363,8 @@ class _Server(ThreadingHTTPServer):
             _refuse(request)
             self.shutdown_request(request)
             return
+        with self._idle:
+            self._active += 1
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -368,6 +372,18 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for no request to be in flight, still serving
+        (a probe then learns the process is not ready), then stop; False if requests were
+        still running."""
+        with self._idle:
+            idle = self._idle.wait_for(lambda: self._active == 0, timeout)
+        self.shutdown()
+        return idle
 
 
 def _refuse(connection: socket.socket) -> None:
@@ -403,9 +419,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(api: HttpApi, host: str, port: int, what: str,
-          max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
+          max_connections: int = MAX_CONNECTIONS) -> _Server:
     """Serve ``api`` on ``host:port`` from a daemon thread; ``what`` names the server in
-    the one-line error when the port cannot be bound. ``shutdown()`` stops it."""
+    the one-line error when the port cannot be bound. ``shutdown()`` stops it at once,
+    ``drain(timeout)`` once the requests in flight are answered."""
     try:
         server = _Server((host, port), api, max_connections)
     except OSError as exc:

@@ -62,6 +62,7 @@ class Nimbus:
         self.worker_timeout = worker_timeout
         self.leading = threading.Event()
         self._stopping = threading.Event()
+        self._draining = threading.Event()
         self._session_lost = threading.Event()
         self._lock = threading.RLock()
         self.election = state.election(self.url)
@@ -91,6 +92,11 @@ class Nimbus:
         self.state.register_nimbus(self.url)
         self.state.on_connection_change(self._connection_changed)
         threading.Thread(target=self._campaign, name="nimbus-election", daemon=True).start()
+
+    def drain(self) -> None:
+        """Answer ``/readyz`` with 503 from now on: a load balancer stops sending calls
+        while the ones in flight finish (SIGTERM, before :meth:`stop`)."""
+        self._draining.set()
 
     def stop(self) -> None:
         """Give up leadership at once (a standby takes over) and stop."""
@@ -137,7 +143,10 @@ class Nimbus:
             self.scheduling.run()
 
     def ready(self) -> tuple[bool, str]:
-        """Ready when connected to ZooKeeper and a leader (this nimbus or another) is known."""
+        """Ready when connected to ZooKeeper and a leader (this nimbus or another) is known,
+        and not shutting down."""
+        if self._draining.is_set():
+            return False, "shutting down"
         if not self.state.connected:
             return False, f"ZooKeeper connection {self.state.connection}"
         leader = self.leader_url()
@@ -197,7 +206,10 @@ class Nimbus:
                             self.state.errors(record.id), time.time(), self.worker_timeout)
 
     def _statuses(self) -> Sequence[dict[str, Any]]:
-        """``status`` of every running topology, for /metrics."""
+        """``status`` of every running topology, for /metrics: from the leader only, so
+        that a ``sum()`` over every nimbus's series counts each topology once."""
+        if not self.leading.is_set():
+            return []
         statuses = []
         for record in self.state.topologies().values():
             if record.status != "killed":

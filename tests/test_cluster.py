@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from cluster import TOKEN, Cluster, free_port_run, metric_samples, wait_for
 from kazoo.client import KazooClient
@@ -467,22 +468,50 @@ def test_nimbus_and_supervisors_serve_prometheus_metrics(cluster: Cluster, tmp_p
     assert cluster.cli("submit", WORDCOUNT, "--name", "wc-metrics", "--workers", "2",
                        "-c", f"input.path={source}", "-c", f"output.path={out}").returncode == 0
     wait_for(lambda: final_counts(out) == dict(expected), 120, "exact counts")
+    leader = cluster.api("cluster")["leader"]
 
     def acked() -> float:
         key = ("streamflow_tuples_acked_total", (("component", "sentences"), ("topology", "wc-metrics")))
-        return metric_samples(cluster.url).get(key, 0)
+        return metric_samples(leader).get(key, 0)
 
     wait_for(lambda: acked() == 2000, 30, "the spout's acks in nimbus's /metrics")
-    nimbus = metric_samples(cluster.url)
+    nimbus = metric_samples(leader)
     latency = [k for k in nimbus if k[0] == "streamflow_complete_latency_seconds_count"]
     assert latency and sum(nimbus[k] for k in latency) == 2000
     assert nimbus[("streamflow_workers", (("state", "alive"), ("topology", "wc-metrics")))] == 2
     # The count bolt's state and the checkpoints (the word count keeps its counts in state).
     keys = ("streamflow_state_keys", (("component", "count"), ("topology", "wc-metrics")))
-    wait_for(lambda: metric_samples(cluster.url).get(keys) == len(expected), 30, "every word in the state")
-    nimbus = metric_samples(cluster.url)
+    wait_for(lambda: metric_samples(leader).get(keys) == len(expected), 30, "every word in the state")
+    nimbus = metric_samples(leader)
     assert nimbus[("streamflow_state_bytes", (("component", "count"), ("topology", "wc-metrics")))] > 0
     txid = ("streamflow_checkpoint_committed_txid", (("component", "__checkpoint"), ("topology", "wc-metrics")))
-    wait_for(lambda: metric_samples(cluster.url).get(txid, 0) >= 1, 30, "a committed checkpoint")
+    wait_for(lambda: metric_samples(leader).get(txid, 0) >= 1, 30, "a committed checkpoint")
+    # Only the leader exports topologies: a sum() over both nimbus counts each once.
+    standby = next(url for url in cluster.nimbus if url != leader)
+    exported = metric_samples(standby)
+    assert not any(dict(labels).get("topology") == "wc-metrics" for _, labels in exported)
     supervisor = metric_samples(f"http://127.0.0.1:{next(iter(cluster.health_ports.values()))}")
     assert any(name == "streamflow_worker_starts_total" for name, _ in supervisor)
+
+
+def test_sigterm_on_nimbus_drains_a_call_in_flight_and_says_not_ready(own_cluster: Cluster,
+                                                                      tmp_path: Path) -> None:
+    c = own_cluster
+    leader = c.api("cluster")["leader"]
+    slow = tmp_path / "slow_wordcount.py"
+    slow.write_text(Path(WORDCOUNT).read_text() + "\nimport time\ntime.sleep(4)  # loading takes a while\n")
+    submit = subprocess.Popen([sys.executable, "-m", "streamflow.cli", "submit", str(slow), "--name", "slow",
+                               "-c", "input.path=x", "--nimbus", leader, "--token", TOKEN],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nimbus = psutil.Process(c.nimbus[leader].pid)
+
+    def describing() -> bool:  # nimbus loads the file in a child: the call is in flight
+        return any("describe" in " ".join(child.cmdline()) for child in nimbus.children(recursive=True))
+
+    wait_for(describing, 60, "nimbus loading the submitted topology")
+    c.nimbus[leader].send_signal(signal.SIGTERM)
+    status, answer = probe(leader + "/readyz")
+    assert (status, answer.get("reason")) == (503, "shutting down")
+    out, err = submit.communicate(timeout=60)
+    assert submit.returncode == 0, err  # the call in flight was answered
+    assert c.nimbus[leader].wait(30) == 0
