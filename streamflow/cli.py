@@ -161,8 +161,10 @@ def _parser() -> argparse.ArgumentParser:
         _add(sub, "--zk", "ZooKeeper hosts, host:port[,host:port...]", required=True)
         _add(sub, "--zk-root", "root znode of this streamflow cluster", "/streamflow")
         _add(sub, "--zk-auth", "user:password: streamflow's znodes get a digest ACL for it")
-        _add(sub, "--zk-session-timeout", "ZooKeeper session timeout in seconds (also how long "
-             "to try connecting at start)", 10.0, float)
+        _add(sub, "--zk-session-timeout", "ZooKeeper session timeout in seconds", 10.0, float)
+        _add(sub, "--zk-connect-timeout", "how long to keep trying to reach ZooKeeper at start, in seconds "
+             "(default: the session timeout; a Kubernetes pod starting beside its ensemble wants minutes)",
+             None, float)
 
     nimbus = command("nimbus", _nimbus, "run a nimbus (master); several may run, one leads")
     coordinated(nimbus)
@@ -347,7 +349,7 @@ def _state(args: argparse.Namespace) -> Any:
     from streamflow.zkstate import ClusterState
 
     state = ClusterState(args.zk, args.zk_root, args.zk_auth, args.zk_session_timeout)
-    state.start(timeout=args.zk_session_timeout)
+    state.start(timeout=args.zk_connect_timeout or args.zk_session_timeout)
     return state
 
 

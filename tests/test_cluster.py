@@ -312,6 +312,30 @@ def test_unreachable_zookeeper_is_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_nimbus_started_before_its_zookeeper_waits_for_it_with_a_connect_timeout(tmp_path: Path) -> None:
+    from zookeeper import ZooKeeperServer
+
+    port = free_port_run(1)
+    nimbus_port = free_port_run(1)
+    nimbus = subprocess.Popen([sys.executable, "-m", "streamflow.cli", "nimbus", "--zk", f"127.0.0.1:{port}",
+                               "--zk-session-timeout", "3", "--zk-connect-timeout", "120",
+                               "--port", str(nimbus_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              cwd=tmp_path)
+    try:
+        # Still trying past its session timeout: a pod started beside its forming ensemble.
+        with pytest.raises(subprocess.TimeoutExpired):
+            nimbus.wait(timeout=5)
+        with ZooKeeperServer(tmp_path / "zk", port=port) as server:
+            assert server.port == port
+            wait_for(lambda: probe(f"http://127.0.0.1:{nimbus_port}/readyz")[0] == 200, 60, "nimbus ready")
+            nimbus.send_signal(signal.SIGTERM)
+            assert nimbus.wait(30) == 0
+    finally:
+        if nimbus.poll() is None:
+            nimbus.kill()
+            nimbus.wait()
+
+
 BROKEN_IN_WORKERS = '''
 import sys
 from streamflow import TopologyBuilder
