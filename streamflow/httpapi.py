@@ -170,7 +170,10 @@ class HttpApi:
     def start(self, method: str, target: str, headers: Iterable[tuple[str, str]]) -> Response | Pending:
         """Check a request by its line and headers (name and value pairs, as sent): an
         answer if it ends here, else what body to read for it."""
-        url = urllib.parse.urlsplit(target)
+        try:
+            url = urllib.parse.urlsplit(target)
+        except ValueError:  # "//[", an unclosed IPv6 host
+            return Response.error(HTTPStatus.BAD_REQUEST, "malformed request target")
         found = self._route(url.path)
         if found is None:
             page = self.fallback(url.path) if self.fallback is not None and method == "GET" else None
@@ -230,7 +233,7 @@ def parse_head(head: bytes) -> tuple[str, str, list[tuple[str, str]]]:
         raise ApiError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"the request's head is over {MAX_HEAD} bytes")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[0].isalpha():
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not (parts[0].isascii() and parts[0].isalpha()):
         raise ApiError(HTTPStatus.BAD_REQUEST, "not an HTTP/1.x request line")
     headers = []
     for line in lines[1:]:

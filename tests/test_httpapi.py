@@ -148,10 +148,17 @@ def test_a_head_read_as_bytes_parses_into_what_start_takes() -> None:
 
 
 @pytest.mark.parametrize("head", [b"\x16\x03\x01 hello", b"GET /\r\n\r\n", b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+                                  b"\xff //]/ HTTP/1.1\r\n\r\n",  # found by atheris: a latin-1 letter as method
                                   b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 5000 + b"\r\n"])
 def test_a_head_that_is_not_http_is_refused(head: bytes) -> None:
     with pytest.raises(ApiError):
         parse_head(head)
+
+
+def test_a_target_urllib_cannot_split_is_a_400_not_an_exception() -> None:
+    # Found by atheris (tests/fuzz/fuzz_api.py): "//]" raised ValueError out of start().
+    assert answer("GET", "//]//////&//////", [AUTH]) == (400, {"error": "malformed request target"})
+    assert answer("GET", "http://[::1/x", [AUTH])[0] == 400
 
 
 def test_an_encoded_answer_carries_its_status_headers_and_body() -> None:
