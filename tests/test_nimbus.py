@@ -43,7 +43,7 @@ def post(cluster: Cluster, op: str, body: Any, name: str = "") -> tuple[int, dic
     ({"name": "ok", "file": "t.py", "package": "AAA", "config": []}, "submit needs file"),
     ({"name": "ok", "file": "t.py", "package": "not base64!"}, "package is not base64"),
     ({"name": "ok", "file": "t.py", "package": base64.b64encode(b"not a zip").decode()},
-     "package cannot be unpacked: File is not a zip file"),
+     "code package is not a zip: File is not a zip file"),
 ])
 def test_a_malformed_submission_is_refused_in_one_line(cluster: Cluster, body: Any, reason: str) -> None:
     status, answer = post(cluster, "submit", body)
