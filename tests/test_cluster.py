@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from cluster import TOKEN, Cluster, free_port_run, metric_samples, wait_for
+from cluster import TOKEN, ZK_AUTH, Cluster, free_port_run, metric_samples, wait_for
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
@@ -249,21 +249,51 @@ def test_calls_without_the_token_are_refused_and_change_nothing(cluster: Cluster
     assert cluster.api("list")["topologies"] == []
 
 
-def test_znodes_carry_acls_other_clients_cannot_write(cluster: Cluster, tmp_path: Path,
-                                                      zookeeper: Any) -> None:
+def intrude(client: KazooClient, operation: str, path: str) -> None:
+    """One ZooKeeper operation on ``path`` (create: a child of it)."""
+    if operation == "list":
+        client.get_children(path)
+    elif operation == "get":
+        client.get(path)
+    elif operation == "set":
+        client.set(path, b"{}")
+    elif operation == "create":
+        client.create(f"{path}/intruder", b"")
+    else:
+        client.delete(path)
+
+
+def test_znodes_carry_acls_other_clients_cannot_use(cluster: Cluster, tmp_path: Path, zookeeper: Any) -> None:
     source, _ = words_input(tmp_path, 10)
     assert cluster.cli("submit", WORDCOUNT, "--name", "acl", "-c", f"input.path={source}").returncode == 0
     topology_id = cluster.api("list")["topologies"][0]["id"]
+    wait_for(lambda: cluster.status("acl")["workers"], 60, "a worker heartbeat")
+    owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", ZK_AUTH)])
     intruder = KazooClient(hosts=zookeeper.hosts)
+    owner.start(timeout=10)
     intruder.start(timeout=10)
     try:
-        path = f"{cluster.zk_root}/assignments/{topology_id}"
-        with pytest.raises(NoAuthError):
-            intruder.set(path, b"{}")
-        with pytest.raises(NoAuthError):
-            intruder.get(path)
+        # One znode of every kind in the tree, found by walking it as its owner: the root,
+        # each directory, and a child of each (below the directories, names are ids: "*").
+        kinds: dict[str, str] = {}
+
+        def walk(path: str, kind: str) -> None:
+            kinds.setdefault(kind, path)
+            for child in owner.get_children(path):
+                walk(f"{path}/{child}", f"{kind}/{child if kind == '' else '*'}")
+
+        walk(cluster.zk_root, "")
+        assert {"/topologies/*", "/assignments/*", "/code/*", "/workerbeats/*/*", "/supervisors/*"} <= set(kinds)
+        for kind, path in sorted(kinds.items()):
+            for operation in ("list", "get", "set", "create", "delete"):
+                if operation == "delete" and kind == "":
+                    continue  # the root's parent is not streamflow's: ZooKeeper checks deletes there
+                with pytest.raises(NoAuthError):
+                    intrude(intruder, operation, path)
+        assert owner.exists(f"{cluster.zk_root}/assignments/{topology_id}")
     finally:
         intruder.stop()
+        owner.stop()
 
 
 CYCLIC = ROOT / "tests" / "topologies" / "cyclic" / "cyclic.py"
