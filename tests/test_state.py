@@ -31,7 +31,7 @@ from streamflow import (
     TopologyError,
 )
 from streamflow.groupings import make_router
-from streamflow.state.codec import encode_key, encode_value
+from streamflow.state.codec import decode_value, encode_key, encode_value, encodes_as_is
 from streamflow.state.keygroups import effective_groups, groups_of_task, key_group, task_of_group
 from streamflow.status_view import format_status
 from streamflow.testing import CollectBolt, Ledger, ListSpout
@@ -263,6 +263,26 @@ def test_an_int_value_beyond_64_bits_is_refused_with_a_state_codec_error() -> No
     state = KeyValueState("count", 0, 1, GROUPS)
     with pytest.raises(StateCodecError, match="^state value: an int beyond 64 bits cannot be encoded$"):
         state.put("k", 2**64)
+
+
+@pytest.mark.parametrize("value, as_is", [
+    ("word", True), ("", True), (True, True), (None, True), (0, True), (-(2**63), True), (2**64 - 1, True),
+    (1.5, True), (2**64, False), (-(2**63) - 1, False), (math.inf, False), (math.nan, False),
+    ([1], False), ((1,), False), ({"n": 1}, False), (b"x", False), ({1}, False),
+])
+def test_encodes_as_is_holds_for_the_immutable_scalars_the_codec_takes(value: Any, as_is: bool) -> None:
+    assert encodes_as_is(value) is as_is
+    if as_is:
+        assert decode_value(encode_value(value)) == value
+
+
+def test_a_value_changed_in_place_after_put_is_saved_as_it_was_put() -> None:
+    state = KeyValueState("count", 0, 1, GROUPS)
+    counts, label = [1], "a"
+    state.put("list", counts)
+    state.put("str", label)
+    counts.append(2)
+    assert state.prepare((1, 1)) == changes({"list": [1], "str": "a"}, GROUPS)
 
 
 # ----------------------------------------------------------------------------- key groups

@@ -83,6 +83,22 @@ def encode_value(value: Any) -> bytes:
         ) from None
 
 
+_INT_RANGE = range(-(1 << 63), 1 << 64)
+"""The ints orjson encodes: 64 bits, signed or not."""
+
+
+def encodes_as_is(value: Any) -> bool:
+    """Whether ``value`` is an immutable scalar that :func:`encode_value` takes: a str, a
+    bool, None, an int of 64 bits or a finite float. Its encoding can wait (it cannot change
+    and cannot fail), so a state may encode it once per checkpoint instead of once per put."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return value in _INT_RANGE
+    return kind is float and math.isfinite(value)
+
+
 def decode_value(data: bytes) -> Any:
     return orjson.loads(data)
 

@@ -1,17 +1,18 @@
 """KeyValueState: what a stateful bolt reads and writes, and what checkpoints save.
 
 The state a task holds is a plain dict of live Python objects, so ``get`` and ``put``
-cost a dict lookup and the value's encoding (done at ``put``, so that a value the codec
-cannot hold fails the tuple that put it, with one line naming its type). What changed
-since the last committed checkpoint is kept encoded, per key, and a checkpoint writes
-only that.
+cost a dict lookup. A value the codec cannot hold fails the tuple that put it, with one
+line naming its type: a scalar (a count, a name) is checked by its type at ``put`` and
+encoded once per checkpoint, at ``prepare``, however often it was put; any other value is
+encoded at ``put``, as it is then. What changed since the last committed checkpoint is
+kept encoded, per key, and a checkpoint writes only that.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Hashable, Iterator
 
-from streamflow.state.codec import decode_key, decode_value, encode_key, encode_value
+from streamflow.state.codec import decode_key, decode_value, encode_key, encode_value, encodes_as_is
 from streamflow.state.keygroups import groups_of_task, key_group, task_of_group
 from streamflow.state.store import Changes
 
@@ -56,7 +57,7 @@ class KeyValueState:
         return self._data.get(key, default)
 
     def put(self, key: Hashable, value: Any) -> None:
-        data = encode_value(value)
+        data = _LAZY if encodes_as_is(value) else encode_value(value)
         if key not in self._data:
             self._check_owned(key)
         self._data[key] = value
