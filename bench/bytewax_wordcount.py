@@ -20,8 +20,9 @@ Each engine is timed as its streamflow counterpart is by kafka_wordcount.py:
   count written, by the output records' timestamps (librdkafka's CreateTime, this machine's
   clock), and, in brackets, from the first count written to the last.
 
-After every run, the bare loop's included, the output topic is read back: the highest count
-written for each word must be its true count, or the bench stops with the first wrong word.
+After every run, the bare loop's included, the output topic is read back
+(kafka_wordcount's ``read_back``): the highest count written for each word must be its
+true count, or the bench stops with the first wrong word.
 
 Printed per run: sentences/s and the share of the same round's bare loop; per round: the
 two ratios of the throughput issue, streamflow local / Bytewax 1 worker and streamflow 2
@@ -41,10 +42,6 @@ py-spy (installed into the same venv) recording the GIL-holding thread of both w
 100 Hz from a second after they start, and prints the 15 functions with the most own time
 and the most cumulative time, and each role's share (Kafka spout, user code, collector,
 transport, acking, sink, event loop...); py-spy's raw stacks stay in bench/out/.
-
-kafka_wordcount's run_local and run_cluster start and stop their broker inside. So that
-their output can be read back before the broker stops, :func:`checking` wraps
-kafka_wordcount.fresh_broker while they run.
 """
 
 from __future__ import annotations
@@ -59,28 +56,23 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import confluent_kafka
 import kafka_wordcount as kw
-import orjson
 from cluster_wordcount import CLOCK_TICKS, CpuMeter
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 ROOT = kw.ROOT
 sys.path.insert(0, str(ROOT / "tests"))  # as kafka_wordcount does
 
 from cluster import Cluster, free_port_run  # noqa: E402  (tests/cluster.py)
-from kafka import KafkaBroker  # noqa: E402  (tests/kafka.py)
 from zookeeper import ZooKeeperServer  # noqa: E402  (tests/zookeeper.py)
 
 VENV = ROOT / "build" / "bytewax-venv"
 FLOW = Path(__file__).resolve().parent / "topologies" / "bytewax_wordcount_flow.py"
-OUTPUT = "counts"
 
 
 # --------------------------------------------------------------------------- Bytewax's venv
@@ -108,106 +100,6 @@ def bytewax_python(profile: bool) -> Path:
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
     subprocess.run([python, "-m", "pip", "install", "-q", *wanted], check=True)
     return python
-
-
-# --------------------------------------------------------------------------- the output
-
-@dataclass
-class Output:
-    """What a run wrote to the output topic."""
-
-    records: int
-    first_written: float
-    """Timestamp of the first record, seconds since the epoch."""
-    last_written: float
-
-
-def true_counts(values: Sequence[bytes]) -> Counter[str]:
-    """Each word's count in the sentences, as topologies/wordcount.py counts them."""
-    counts: Counter[str] = Counter()
-    for value in values:
-        counts.update(kw.WORD.findall(orjson.loads(value)["text"].lower()))
-    return counts
-
-
-def wrong_counts(highest: Mapping[str, int], expected: Mapping[str, int]) -> list[tuple[str, int, int]]:
-    """``(word, highest count written, true count)`` for each word whose highest count
-    written is not its true count (0 where nothing was written), sorted by word."""
-    return [(word, highest.get(word, 0), expected.get(word, 0))
-            for word in sorted(highest.keys() | expected.keys())
-            if highest.get(word, 0) != expected.get(word, 0)]
-
-
-def read_back(broker: KafkaBroker, expected: Mapping[str, int], engine: str) -> Output:
-    """Read the output topic to its end and check each word's highest count written
-    against ``expected``; exit with the first wrong word if one is wrong.
-
-    Tansu's end offset is the base offset of a partition's last record batch + 1, so a
-    partition is read to its end once that offset has come and the consumer has nothing
-    more (the rest of that batch came in the same fetch)."""
-    ends = broker.end_offsets(OUTPUT)
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-check",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 50})
-    consumer.assign([TopicPartition(OUTPUT, p, OFFSET_BEGINNING) for p, end in ends.items() if end])
-    pending = {p: end - 1 for p, end in ends.items() if end}
-    highest: dict[str, int] = {}
-    records, first, last = 0, float("inf"), 0.0
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            batch = consumer.consume(10_000, timeout=0.2)
-            if not batch and not pending:
-                break
-            for message in batch:
-                if message.error() is not None:
-                    continue
-                record = orjson.loads(message.value() or b"")
-                word, count = record["word"], record["count"]
-                if count > highest.get(word, 0):
-                    highest[word] = count
-                stamp = message.timestamp()[1]
-                first, last = min(first, stamp), max(last, stamp)
-                if message.offset() >= pending.get(message.partition(), sys.maxsize):
-                    del pending[message.partition()]
-            records += len(batch)
-    finally:
-        consumer.close()
-    wrong = wrong_counts(highest, expected)
-    if pending or wrong:
-        where = (f"{len(wrong)} words wrong, first {wrong[0][0]!r}: {wrong[0][1]} written, {wrong[0][2]} true"
-                 if wrong else f"partitions {sorted(pending)} not read to their end in 300 s")
-        raise SystemExit(f"{engine}: counts not exact ({where})")
-    return Output(records, first / 1000, last / 1000)
-
-
-@dataclass
-class Checked:
-    """A kafka_wordcount run seen through :func:`checking`."""
-
-    began: float
-    """When its input was in and the run began, seconds since the epoch."""
-    output: Output
-
-
-@contextmanager
-def checking(expected: Mapping[str, int], engine: str) -> Iterator[list[Checked]]:
-    """While open, each broker that kafka_wordcount's run functions start is read back
-    (:func:`read_back`) before it stops, and the run is added to the list yielded."""
-    original = kw.fresh_broker
-    runs: list[Checked] = []
-
-    @contextmanager
-    def fresh_broker(directory: Path, values: list[bytes], partitions: int) -> Iterator[KafkaBroker]:
-        with original(directory, values, partitions) as broker:
-            began = time.time()
-            yield broker
-            runs.append(Checked(began, read_back(broker, expected, engine)))
-
-    kw.fresh_broker = fresh_broker
-    try:
-        yield runs
-    finally:
-        kw.fresh_broker = original
 
 
 # --------------------------------------------------------------------------- CPU per process
@@ -412,7 +304,7 @@ class ProcessCpu:
 class BytewaxRun:
     launched: float
     exited: float
-    output: Output
+    output: kw.Output
 
 
 def run_bytewax(python: Path, directory: Path, values: list[bytes], partitions: int, processes: int,
@@ -439,7 +331,7 @@ def run_bytewax(python: Path, directory: Path, values: list[bytes], partitions: 
             tail = next(log.read_text(errors="replace").strip().splitlines()[-1:]
                         for log, code in zip(logs, codes, strict=True) if code)
             raise SystemExit(f"{engine} exited with {codes}: {tail}")
-        return BytewaxRun(launched, exited, read_back(broker, expected, engine))
+        return BytewaxRun(launched, exited, kw.read_back(broker, expected, engine))
 
 
 # --------------------------------------------------------------------------- the profile
@@ -586,24 +478,27 @@ def run_round(run: int, tmp: Path, cluster: Cluster, python: Path, values: list[
               f"{rates[engine] / rates['bare loop']:>4.0%} of the bare loop{note}", flush=True)
 
     with kw.fresh_broker(tmp / f"bare-{run}", values, partitions) as broker:
-        done, seconds = kw.bare_loop(broker.bootstrap, "sentences", OUTPUT, partitions)
-        read_back(broker, expected, "bare loop")
+        done, seconds = kw.bare_loop(broker.bootstrap, kw.INPUT, kw.OUTPUT, partitions)
+        kw.read_back(broker, expected, "bare loop")
     rates["bare loop"] = done / seconds
     show("bare loop")
 
-    with checking(expected, "streamflow local"):
-        rates["streamflow local"] = kw.run_local(tmp / f"local-{run}", values, partitions, extra)
+    with kw.fresh_broker(tmp / f"local-{run}", values, partitions) as broker:
+        rates["streamflow local"] = kw.run_local(broker, n, extra)
+        kw.read_back(broker, expected, "streamflow local")
     show("streamflow local", " (whole process)")
 
     one = run_bytewax(python, tmp / f"bytewax1-{run}", values, partitions, 1, expected)
     rates["Bytewax 1 worker"] = n / (one.exited - one.launched)
     show("Bytewax 1 worker", " (whole process)")
 
-    with ProcessCpu() as cpu, checking(expected, "streamflow 2 workers") as checked:
-        rate, steady, _, _ = kw.run_cluster(cluster, tmp / f"cluster-{run}", values, partitions, extra)
+    with kw.fresh_broker(tmp / f"cluster-{run}", values, partitions) as broker, ProcessCpu() as cpu:
+        began = time.time()
+        rate, steady, _, _ = kw.run_cluster(cluster, broker, n, extra)
+        output = kw.read_back(broker, expected, "streamflow 2 workers")
     rates["streamflow 2 workers"] = rate
     show("streamflow 2 workers", f" (from submission; {steady:,.0f} from the first count written)")
-    print(cpu.table(checked[-1].began, checked[-1].output.last_written, n))
+    print(cpu.table(began, output.last_written, n))
 
     with ProcessCpu() as cpu:
         two = run_bytewax(python, tmp / f"bytewax2-{run}", values, partitions, 2, expected)
@@ -623,8 +518,10 @@ def profile_run(tmp: Path, cluster: Cluster, python: Path, values: list[bytes], 
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     profiles = WorkerProfiles(python.parent / "py-spy", out)
-    with ProcessCpu(on_start=profiles.on_start), checking(expected, "streamflow 2 workers, profiled"):
-        rate, _, _, _ = kw.run_cluster(cluster, tmp / "cluster-profiled", values, partitions, extra)
+    with kw.fresh_broker(tmp / "cluster-profiled", values, partitions) as broker, \
+            ProcessCpu(on_start=profiles.on_start):
+        rate, _, _, _ = kw.run_cluster(cluster, broker, len(values), extra)
+        kw.read_back(broker, expected, "streamflow 2 workers, profiled")
     print(f"profile of both workers of a 2-worker run under py-spy at 100 Hz ({rate:,.0f} sentences/s "
           "from submission, not part of the comparison):")
     print(profile_report(profiles.stacks()))
@@ -648,7 +545,7 @@ def main() -> None:
     versions = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('bytewax'))"],
                               capture_output=True, text=True, check=True).stdout.strip()
     values = kw.sentences(args.sentences)
-    expected = true_counts(values)
+    expected = kw.true_counts(values)
     print(f"{args.sentences:,} sentences on {args.partitions} partitions, {os.cpu_count()} CPUs; Bytewax "
           f"{versions}; confluent-kafka {metadata.version('confluent-kafka')} (librdkafka "
           f"{confluent_kafka.libversion()[0]}) on both sides", flush=True)

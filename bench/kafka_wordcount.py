@@ -22,6 +22,10 @@ vocabulary over 4 partitions. Then, each reading the same topic under its own gr
   ``status``, which sums the workers' heartbeats of once a second, saw each end up to a
   second late: 0.5 s on average, 5% of a 10 s run.)
 
+After every run, the bare loop's included, the output topic is read back
+(:func:`read_back`): the highest count written for each word must be its true count, or
+the bench stops with the first wrong word.
+
 ``-c`` values go to both engine runs. It prints sentences/s for each and each engine
 run's ratio to the bare loop, and for the 2-worker run how many of the machine's CPUs
 were busy (all processes, from /proc/stat) from the first ack seen to the half-way
@@ -35,7 +39,8 @@ the bare loop.
 on one cluster, and ends with the best and the median of each: from run to run, this
 machine's figures move by 20% or more, the bare loop's included.
 
-Each run gets a broker of its own holding only the input. Tansu reports a wrong end
+Each run gets a broker of its own holding only the input (:func:`fresh_broker`, opened by
+the caller, so that the output can be read back before it stops). Tansu reports a wrong end
 offset when a partition's last record batch holds several records, so the producer sends
 each partition's last record in a batch of its own.
 
@@ -84,8 +89,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -108,6 +115,7 @@ from zookeeper import ZooKeeperServer  # noqa: E402
 WORDCOUNT = ROOT / "topologies" / "wordcount.py"
 WORD = re.compile(r"[\w']+")
 """What topologies/wordcount.py counts as a word."""
+INPUT, OUTPUT = "sentences", "counts"
 
 
 def sentences(n: int, seed: int = 11) -> list[bytes]:
@@ -180,23 +188,22 @@ def fresh_broker(directory: Path, values: list[bytes], partitions: int) -> Itera
     broker = KafkaBroker(directory)
     broker.start()
     try:
-        broker.create_topic("sentences", partitions)
-        broker.create_topic("counts", partitions)
-        produce(broker.bootstrap, "sentences", values, partitions)
+        broker.create_topic(INPUT, partitions)
+        broker.create_topic(OUTPUT, partitions)
+        produce(broker.bootstrap, INPUT, values, partitions)
         yield broker
     finally:
         broker.stop()
 
 
-def run_local(directory: Path, values: list[bytes], partitions: int, extra: list[str]) -> float:
-    """``streamflow local`` on a fresh broker; returns sentences/s, start-up included."""
-    with fresh_broker(directory, values, partitions) as broker:
-        bootstrap = broker.bootstrap
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "streamflow.cli", "local", str(WORDCOUNT),
-                        "-c", f"kafka.bootstrap={bootstrap}", "-c", "kafka.stop_at_end=true",
-                        "-c", "output.topic=counts", *extra], check=True, stderr=subprocess.DEVNULL)
-        return len(values) / (time.perf_counter() - started)
+def run_local(broker: KafkaBroker, sentences: int, extra: list[str]) -> float:
+    """``streamflow local`` on ``broker`` (a :func:`fresh_broker` holding ``sentences``);
+    returns sentences/s, start-up included."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "streamflow.cli", "local", str(WORDCOUNT),
+                    "-c", f"kafka.bootstrap={broker.bootstrap}", "-c", "kafka.stop_at_end=true",
+                    "-c", f"output.topic={OUTPUT}", *extra], check=True, stderr=subprocess.DEVNULL)
+    return sentences / (time.perf_counter() - started)
 
 
 def written_between(broker: KafkaBroker, topic: str) -> tuple[float, float]:
@@ -210,43 +217,110 @@ def written_between(broker: KafkaBroker, topic: str) -> tuple[float, float]:
     return min(r.timestamp for r in firsts) / 1000, max(r.timestamp for r in lasts) / 1000
 
 
-def run_cluster(cluster: Cluster, directory: Path, values: list[bytes], partitions: int,
+def run_cluster(cluster: Cluster, broker: KafkaBroker, sentences: int,
                 extra: list[str]) -> tuple[float, float, str, str]:
-    """The topology on 2 workers of ``cluster``, on a fresh broker, until every sentence is
-    acked. Returns sentences/s from submission and from the first count written, both to
-    the last count written; a line on CPU use and ``streamflow status`` halfway through."""
-    n = len(values)
-    with fresh_broker(directory, values, partitions) as broker:
-        bootstrap = broker.bootstrap
-        submitted = time.time()
-        result = cluster.cli("submit", str(WORDCOUNT), "--name", "wc", "--workers", "2",
-                             "-c", "spout.parallelism=2", "-c", f"kafka.bootstrap={bootstrap}",
-                             "-c", "output.topic=counts", *extra)
-        assert result.returncode == 0, result.stderr
-        nimbus = NimbusClient(cluster.url)  # in this process: a CLI per poll would cost a core's third
+    """The topology on 2 workers of ``cluster``, on ``broker`` (a :func:`fresh_broker`
+    holding ``sentences``), until every sentence is acked. Returns sentences/s from
+    submission and from the first count written, both to the last count written; a line on
+    CPU use and ``streamflow status`` halfway through."""
+    n = sentences
+    submitted = time.time()
+    result = cluster.cli("submit", str(WORDCOUNT), "--name", "wc", "--workers", "2",
+                         "-c", "spout.parallelism=2", "-c", f"kafka.bootstrap={broker.bootstrap}",
+                         "-c", f"output.topic={OUTPUT}", *extra)
+    assert result.returncode == 0, result.stderr
+    nimbus = NimbusClient(cluster.url)  # in this process: a CLI per poll would cost a core's third
 
-        def acked() -> int:
-            return int(nimbus.call("GET", "status", "wc")["components"]["sentences"]["acked"])
+    def acked() -> int:
+        return int(nimbus.call("GET", "status", "wc")["components"]["sentences"]["acked"])
 
-        try:
-            wait_for(lambda: acked() or None, 120, "the first sentence acked", every=0.05)
-            first, busy_from = time.perf_counter(), CpuMeter.machine()
-            pids = [w["pid"] for w in nimbus.call("GET", "status", "wc")["workers"] if w["pid"]]
-            workers_from = [CpuMeter.cpu(pid) or 0.0 for pid in pids]
-            wait_for(lambda: acked() >= n // 2, 600, "half the sentences acked", every=0.25)
-            halfway_at, busy = time.perf_counter(), CpuMeter.machine() - busy_from
-            workers = [(CpuMeter.cpu(pid) or 0.0) - cpu for pid, cpu in zip(pids, workers_from, strict=True)]
-            halfway = format_status(nimbus.call("GET", "status", "wc"))
-            wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.25)
-        finally:
-            cluster.cli("kill", "wc", "--wait", "0")
-            wait_for(lambda: not cluster.api("list")["topologies"] and not cluster.worker_pids(), 60,
-                     "the topology and its workers gone", every=0.2)
-        first_written, last_written = written_between(broker, "counts")
+    try:
+        wait_for(lambda: acked() or None, 120, "the first sentence acked", every=0.05)
+        first, busy_from = time.perf_counter(), CpuMeter.machine()
+        pids = [w["pid"] for w in nimbus.call("GET", "status", "wc")["workers"] if w["pid"]]
+        workers_from = [CpuMeter.cpu(pid) or 0.0 for pid in pids]
+        wait_for(lambda: acked() >= n // 2, 600, "half the sentences acked", every=0.25)
+        halfway_at, busy = time.perf_counter(), CpuMeter.machine() - busy_from
+        workers = [(CpuMeter.cpu(pid) or 0.0) - cpu for pid, cpu in zip(pids, workers_from, strict=True)]
+        halfway = format_status(nimbus.call("GET", "status", "wc"))
+        wait_for(lambda: acked() >= n, 600, "every sentence acked", every=0.25)
+    finally:
+        cluster.cli("kill", "wc", "--wait", "0")
+        wait_for(lambda: not cluster.api("list")["topologies"] and not cluster.worker_pids(), 60,
+                 "the topology and its workers gone", every=0.2)
+    first_written, last_written = written_between(broker, OUTPUT)
     seconds = halfway_at - first
     cpu = (f"{busy / seconds:.2f} of {os.cpu_count()} CPUs busy; workers "
            f"{' + '.join(f'{cpu / seconds:.2f}' for cpu in workers)}")
     return n / (last_written - submitted), n / (last_written - first_written), cpu, halfway
+
+
+@dataclass
+class Output:
+    """What a run wrote to the output topic."""
+
+    records: int
+    first_written: float
+    """Timestamp of the first record, seconds since the epoch."""
+    last_written: float
+
+
+def true_counts(values: Sequence[bytes]) -> Counter[str]:
+    """Each word's count in the sentences, as topologies/wordcount.py counts them."""
+    counts: Counter[str] = Counter()
+    for value in values:
+        counts.update(WORD.findall(orjson.loads(value)["text"].lower()))
+    return counts
+
+
+def wrong_counts(highest: Mapping[str, int], expected: Mapping[str, int]) -> list[tuple[str, int, int]]:
+    """``(word, highest count written, true count)`` for each word whose highest count
+    written is not its true count (0 where nothing was written), sorted by word."""
+    return [(word, highest.get(word, 0), expected.get(word, 0))
+            for word in sorted(highest.keys() | expected.keys())
+            if highest.get(word, 0) != expected.get(word, 0)]
+
+
+def read_back(broker: KafkaBroker, expected: Mapping[str, int], engine: str) -> Output:
+    """Read the output topic to its end and check each word's highest count written
+    against ``expected``; exit with the first wrong word if one is wrong.
+
+    Tansu's end offset is the base offset of a partition's last record batch + 1, so a
+    partition is read to its end once that offset has come and the consumer has nothing
+    more (the rest of that batch came in the same fetch)."""
+    ends = broker.end_offsets(OUTPUT)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-check",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+    consumer.assign([TopicPartition(OUTPUT, p, OFFSET_BEGINNING) for p, end in ends.items() if end])
+    pending = {p: end - 1 for p, end in ends.items() if end}
+    highest: dict[str, int] = {}
+    records, first, last = 0, float("inf"), 0.0
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            batch = cast(list[Message], consumer.consume(10_000, timeout=0.2))
+            if not batch and not pending:
+                break
+            for message in batch:
+                if message.error() is not None:
+                    continue
+                record = orjson.loads(message.value() or b"")
+                word, count = record["word"], record["count"]
+                if count > highest.get(word, 0):
+                    highest[word] = count
+                stamp = message.timestamp()[1]
+                first, last = min(first, stamp), max(last, stamp)
+                if message.offset() >= pending.get(message.partition(), sys.maxsize):
+                    del pending[message.partition()]
+            records += len(batch)
+    finally:
+        consumer.close()
+    wrong = wrong_counts(highest, expected)
+    if pending or wrong:
+        where = (f"{len(wrong)} words wrong, first {wrong[0][0]!r}: {wrong[0][1]} written, {wrong[0][2]} true"
+                 if wrong else f"partitions {sorted(pending)} not read to their end in 300 s")
+        raise SystemExit(f"{engine}: counts not exact ({where})")
+    return Output(records, first / 1000, last / 1000)
 
 
 def summary(name: str, rates: list[float], bare: list[float]) -> str:
@@ -267,6 +341,7 @@ def main() -> None:
     n, parts = args.sentences, args.partitions
     extra = [arg for pair in args.config for arg in ("-c", pair)]
     values = sentences(n)
+    expected = true_counts(values)
     print(f"{n:,} sentences on {parts} partitions; client: confluent-kafka {confluent_kafka.version()[0]} "
           f"(librdkafka {confluent_kafka.libversion()[0]})")
     bare: list[float] = []
@@ -282,17 +357,21 @@ def main() -> None:
                               slots=1).start()
             for run in range(1, args.repeat + 1):
                 with fresh_broker(Path(tmp) / f"kafka-bare-{run}", values, parts) as broker:
-                    done, seconds = bare_loop(broker.bootstrap, "sentences", "counts", parts)
+                    done, seconds = bare_loop(broker.bootstrap, INPUT, OUTPUT, parts)
+                    read_back(broker, expected, "bare loop")
                 assert done == n, f"the bare loop consumed {done} of {n} sentences"
                 bare.append(done / seconds)
                 print(f"bare loop            (run {run}): {bare[-1]:>9,.0f} sentences/s")
 
-                local.append(run_local(Path(tmp) / f"kafka-local-{run}", values, parts, extra))
+                with fresh_broker(Path(tmp) / f"kafka-local-{run}", values, parts) as broker:
+                    local.append(run_local(broker, n, extra))
+                    read_back(broker, expected, "streamflow local")
                 print(f"streamflow local     (run {run}): {local[-1]:>9,.0f} sentences/s  "
                       f"{local[-1] / bare[-1]:.0%} of the bare loop (start-up included)")
 
-                rate, steady, cpu, halfway = run_cluster(cluster, Path(tmp) / f"kafka-cluster-{run}", values,
-                                                         parts, extra)
+                with fresh_broker(Path(tmp) / f"kafka-cluster-{run}", values, parts) as broker:
+                    rate, steady, cpu, halfway = run_cluster(cluster, broker, n, extra)
+                    read_back(broker, expected, "streamflow 2 workers")
                 cluster_rates.append(rate)
                 cluster_steady.append(steady)
                 print(f"streamflow 2 workers (run {run}): {rate:>9,.0f} sentences/s  {rate / bare[-1]:.0%} of the "
