@@ -18,6 +18,7 @@ do not keep their order relative to each other.
 from __future__ import annotations
 
 import asyncio
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Callable, Collection, Iterable, Sequence
 
@@ -27,9 +28,13 @@ from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT
 from streamflow.stats import TaskStats
 from streamflow.topology import ACKER_COMPONENT, Topology
 from streamflow.transport.base import Transport, UnencodableValue
-from streamflow.tuples import DEFAULT_STREAM, Anchors, Origin, Tuple
+from streamflow.tuples import DEFAULT_STREAM, SYSTEM_COMPONENT, Anchors, Origin, Tuple
 
 _first = itemgetter(0)
+_chain = chain.from_iterable
+
+FOLDED_ACKS = Origin(SYSTEM_COMPONENT, 0, "__acks", ())
+"""The origin of a tuple that stands for the acks of a batch (see ``ack_all``)."""
 
 Batch = tuple[list[Sequence[Any]], list[Anchors]]
 """The tuples emitted to one task on one stream since the last flush: values and anchors."""
@@ -254,8 +259,9 @@ class BoltOutputCollector(OutputCollector):
         self._acks: dict[int, int] = {}
         self._fails: list[int] = []
         self.deferred: list[Tuple] | None = None
-        """A stateful bolt's acked tuples, held until the checkpoint covering them commits
-        (:mod:`streamflow.checkpoint`); None in other bolts, whose acks leave at once."""
+        """A stateful bolt's acks, held until the checkpoint covering them commits
+        (:mod:`streamflow.checkpoint`), which passes them to :meth:`ack_now`; None in other
+        bolts, whose acks leave at once. See :meth:`ack_all` for what it holds."""
         self.failed_roots: list[int] | None = None
         """Root ids of the tuples failed since the checkpoint coordinator last heard of them
         (a checkpointed topology's bolts: the coordinator hands them to the spouts)."""
@@ -340,29 +346,27 @@ class BoltOutputCollector(OutputCollector):
 
     def ack_all(self, tuples: Sequence[Tuple]) -> None:
         """:meth:`ack` of each tuple, in one call (cheaper than a call of ``ack`` per
-        tuple). A stateful bolt's acks wait for their checkpoint."""
+        tuple).
+
+        A stateful bolt's acks wait for their checkpoint: the acks of the call are folded
+        into one tuple of origin :data:`FOLDED_ACKS`, anchored in each root acked with the
+        XOR of its acks, which acks them all at once when :meth:`ack_now` gets it. So the
+        acked tuples are freed at once rather than held until the commit, and the acks of
+        one root (the words of a sentence) reach its acker as one.
+        """
         if self.deferred is not None:
-            self.deferred.extend(tuples)
-            self.stats.acked += len(tuples)
-            return
-        self.ack_now(tuples)
+            folded: dict[int, int] = {}
+            _fold(tuples, folded)
+            if folded:
+                self.deferred.append(Tuple((), FOLDED_ACKS, tuple(_chain(folded.items()))))
+        else:
+            _fold(tuples, self._acks)
         self.stats.acked += len(tuples)
 
     def ack_now(self, tuples: Sequence[Tuple]) -> None:
         """Tell the ackers that ``tuples`` are processed (no stats: a deferred ack was
         counted when the bolt made it)."""
-        acks = self._acks
-        get = acks.get
-        for tup in tuples:
-            anchors = tup.anchors
-            if anchors:
-                v = tup.ack_val
-                root = anchors[0]
-                acks[root] = get(root, 0) ^ anchors[1] ^ v
-                if len(anchors) > 2:  # several roots: rare, and a loop costs every ack
-                    for i in range(2, len(anchors), 2):
-                        root = anchors[i]
-                        acks[root] = get(root, 0) ^ anchors[i + 1] ^ v
+        _fold(tuples, self._acks)
 
     def fail(self, tup: Tuple) -> None:
         """``tup`` failed: its spout tuples are failed (and replayed by their spouts)."""
@@ -386,6 +390,22 @@ class BoltOutputCollector(OutputCollector):
         if self._fails:
             fails, self._fails = self._fails, []
             self._send_per_acker(ACK_FAIL, fails)
+
+
+def _fold(tuples: Sequence[Tuple], acks: dict[int, int]) -> None:
+    """Add the acks of ``tuples`` to ``acks`` (root -> XOR of its acks): each tuple's edge
+    XOR the edges anchored to it (``ack_val``), in every tree it belongs to."""
+    get = acks.get
+    for tup in tuples:
+        anchors = tup.anchors
+        if anchors:
+            v = tup.ack_val
+            root = anchors[0]
+            acks[root] = get(root, 0) ^ anchors[1] ^ v
+            if len(anchors) > 2:  # several roots: rare, and a loop costs every ack
+                for i in range(2, len(anchors), 2):
+                    root = anchors[i]
+                    acks[root] = get(root, 0) ^ anchors[i + 1] ^ v
 
 
 def _anchor(anchors: Sequence[Tuple]) -> Anchors:

@@ -169,3 +169,39 @@ def test_ack_all_acks_as_one_ack_per_tuple_does() -> None:
     second._flush_control()
     assert at_once.control == one_by_one.control and len(at_once.control) == 1
     assert second.stats.acked == first.stats.acked == 11
+
+
+def test_deferred_acks_are_folded_per_call_and_ack_as_the_tuples_would() -> None:
+    builder = TopologyBuilder("deferred")
+    builder.set_spout("source", ListSpout([(1,)], ["n"]))
+    builder.set_bolt("sink", Sink()).shuffle_grouping("source")
+    topology = builder.build()
+    layout = topology.task_layout()
+    task = layout["sink"][0]
+    origin = Origin("source", layout["source"][0], "default", ("n",))
+
+    def batch(base: int) -> list[Tuple]:
+        tuples = [Tuple((i,), origin, (i % 3, base + i)) for i in range(9)]  # 3 tuples in each of 3 trees
+        tuples.append(Tuple((9,), origin, (1, 7, 5, 8)))  # in two trees
+        tuples.append(Tuple((10,), origin, None))  # unanchored
+        for i, tup in enumerate(tuples):
+            tup.ack_val = base * i
+        return tuples
+
+    now, later = Recorder(), Recorder()
+    direct = BoltOutputCollector(topology, "sink", task, now, {task}, TaskStats("sink", task))
+    deferring = BoltOutputCollector(topology, "sink", task, later, {task}, TaskStats("sink", task))
+    deferring.deferred = []
+    for base in (100, 200):
+        direct.ack_all(batch(base))
+        deferring.ack_all(batch(base))
+    deferring.ack_all([Tuple((0,), origin, None)])  # nothing to ack: nothing held
+    assert deferring.stats.acked == direct.stats.acked + 1 == 23
+    held = deferring.deferred
+    assert [len(tup.anchors or ()) for tup in held] == [8, 8]  # roots 0, 1, 2, 5 once per call
+    deferring._flush_control()
+    assert later.control == []  # nothing leaves before the commit
+    deferring.ack_now(held)
+    direct._flush_control()
+    deferring._flush_control()
+    assert later.control == now.control and len(now.control) == 1
