@@ -142,29 +142,38 @@ def test_acks_and_fails_reach_the_acker_of_each_root() -> None:
     assert transport.control == [(ackers[0], ACK_ACK, {root: 7 for root in range(0, 30, 3)})]
 
 
-def test_ack_all_acks_as_one_ack_per_tuple_does() -> None:
-    builder = TopologyBuilder("ack-all")
+SINK_ORIGIN = Origin("source", 2, "default", ("n",))
+
+
+def sink_collector(transport: Recorder) -> BoltOutputCollector:
+    """The collector of the one sink task of source -> sink, whose source task is 2."""
+    builder = TopologyBuilder("acks")
     builder.set_spout("source", ListSpout([(1,)], ["n"]))
     builder.set_bolt("sink", Sink()).shuffle_grouping("source")
     topology = builder.build()
     layout = topology.task_layout()
+    assert layout["source"] == (SINK_ORIGIN.source_task,)
     task = layout["sink"][0]
-    origin = Origin("source", layout["source"][0], "default", ("n",))
+    return BoltOutputCollector(topology, "sink", task, transport, {task}, TaskStats("sink", task))
 
-    def batch() -> list[Tuple]:
-        tuples = [Tuple((i,), origin, (i % 3, 100 + i)) for i in range(9)]
-        tuples.append(Tuple((9,), origin, (1, 7, 5, 8)))  # in two trees
-        tuples.append(Tuple((10,), origin, None))  # unanchored
-        for i, tup in enumerate(tuples):
-            tup.ack_val = 1000 * i
-        return tuples
 
+def acked_batch(base: int) -> list[Tuple]:
+    """11 tuples to ack: 3 in each of the trees 0, 1 and 2 (edges from ``base``), one in
+    the trees 1 and 5, one unanchored; each with edges anchored to it (``ack_val``)."""
+    tuples = [Tuple((i,), SINK_ORIGIN, (i % 3, base + i)) for i in range(9)]
+    tuples.append(Tuple((9,), SINK_ORIGIN, (1, 7, 5, 8)))
+    tuples.append(Tuple((10,), SINK_ORIGIN, None))
+    for i, tup in enumerate(tuples):
+        tup.ack_val = 10 * base * i
+    return tuples
+
+
+def test_ack_all_acks_as_one_ack_per_tuple_does() -> None:
     one_by_one, at_once = Recorder(), Recorder()
-    first = BoltOutputCollector(topology, "sink", task, one_by_one, {task}, TaskStats("sink", task))
-    second = BoltOutputCollector(topology, "sink", task, at_once, {task}, TaskStats("sink", task))
-    for tup in batch():
+    first, second = sink_collector(one_by_one), sink_collector(at_once)
+    for tup in acked_batch(100):
         first.ack(tup)
-    second.ack_all(batch())
+    second.ack_all(acked_batch(100))
     first._flush_control()
     second._flush_control()
     assert at_once.control == one_by_one.control and len(at_once.control) == 1
@@ -172,30 +181,13 @@ def test_ack_all_acks_as_one_ack_per_tuple_does() -> None:
 
 
 def test_deferred_acks_are_folded_per_call_and_ack_as_the_tuples_would() -> None:
-    builder = TopologyBuilder("deferred")
-    builder.set_spout("source", ListSpout([(1,)], ["n"]))
-    builder.set_bolt("sink", Sink()).shuffle_grouping("source")
-    topology = builder.build()
-    layout = topology.task_layout()
-    task = layout["sink"][0]
-    origin = Origin("source", layout["source"][0], "default", ("n",))
-
-    def batch(base: int) -> list[Tuple]:
-        tuples = [Tuple((i,), origin, (i % 3, base + i)) for i in range(9)]  # 3 tuples in each of 3 trees
-        tuples.append(Tuple((9,), origin, (1, 7, 5, 8)))  # in two trees
-        tuples.append(Tuple((10,), origin, None))  # unanchored
-        for i, tup in enumerate(tuples):
-            tup.ack_val = base * i
-        return tuples
-
     now, later = Recorder(), Recorder()
-    direct = BoltOutputCollector(topology, "sink", task, now, {task}, TaskStats("sink", task))
-    deferring = BoltOutputCollector(topology, "sink", task, later, {task}, TaskStats("sink", task))
+    direct, deferring = sink_collector(now), sink_collector(later)
     deferring.deferred = []
     for base in (100, 200):
-        direct.ack_all(batch(base))
-        deferring.ack_all(batch(base))
-    deferring.ack_all([Tuple((0,), origin, None)])  # nothing to ack: nothing held
+        direct.ack_all(acked_batch(base))
+        deferring.ack_all(acked_batch(base))
+    deferring.ack_all([Tuple((0,), SINK_ORIGIN, None)])  # nothing to ack: nothing held
     assert deferring.stats.acked == direct.stats.acked + 1 == 23
     held = deferring.deferred
     assert [len(tup.anchors or ()) for tup in held] == [8, 8]  # roots 0, 1, 2, 5 once per call
