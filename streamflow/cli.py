@@ -27,9 +27,10 @@ from streamflow.errors import StreamflowError
 from streamflow.executor import TaskFailed
 from streamflow.loader import load_topology
 from streamflow.local import run_local
+from streamflow.logpump import DEFAULT_MAX_BYTES
 from streamflow.logs import LEVELS, format_line
 from streamflow.status_view import format_status
-from streamflow.worker_command import WorkerCommand
+from streamflow.worker_command import WorkerCommand, WorkerSecrets
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DRAIN_SECS = 30.0
@@ -189,7 +190,12 @@ def _parser() -> argparse.ArgumentParser:
          "streamflow-data/supervisor")
     _add(supervisor, "--health-port", "port of GET /healthz, /readyz and /metrics (0: none)", 8081, int)
     _add(supervisor, "--token-file", "file holding the API token, which GET /metrics then needs")
-    _add_switch(supervisor, "--metrics-open", "serve GET /metrics without the token")
+    _add_switch(supervisor, "--metrics-open", "serve GET /metrics (its own and its workers') without the token")
+    _add(supervisor, "--worker-memory-mb", "each worker's address-space cap (RLIMIT_AS), MiB", kind=positive_int)
+    _add(supervisor, "--log-max-bytes", "rotate a worker's log past this size", DEFAULT_MAX_BYTES, positive_int)
+    _add_switch(supervisor, "--worker-logs-to-stdout", "also write every worker's log lines to stdout")
+    for option, what in (("--tls-cert", "certificate chain"), ("--tls-key", "key"), ("--tls-ca", "peers' CA")):
+        _add(supervisor, option, f"PEM file of the worker links' TLS (all three or none): {what}")
     _add_switch(supervisor, "--virtualenvs", "build a virtualenv (pip install -r, from the index pip is "
                 "configured with) for each topology whose streamparse project has virtualenvs/NAME.txt, once "
                 "per distinct file, and run its components from it (default: off, the file is ignored)")
@@ -386,25 +392,23 @@ def _nimbus(args: argparse.Namespace) -> int:
 
 def _supervisor(args: argparse.Namespace) -> int:
     from streamflow.httpapi import read_token
-    from streamflow.supervisor import Supervisor
+    from streamflow.sandbox import Limits
+    from streamflow.supervisor import Supervisor, serve_health
+    from streamflow.worker_slot import Launch, tls_files
 
-    virtualenvs = _switch("VIRTUALENVS", args.virtualenvs)
+    token = read_token(args.token_file)
+    metrics_open = token is None or _switch("METRICS_OPEN", args.metrics_open)
+    echo = sys.stdout.buffer if _switch("WORKER_LOGS_TO_STDOUT", args.worker_logs_to_stdout) else None
+    launch = Launch(WorkerSecrets(args.zk_auth, token), Limits(args.worker_memory_mb), args.log_max_bytes, echo,
+                    tls_files(args.tls_cert, args.tls_key, args.tls_ca), metrics_open)
     state = _state(args)
-    ports = list(range(args.base_port, args.base_port + args.slots))
     logs_url = f"http://{args.host}:{args.health_port}" if args.health_port else None
-    supervisor = Supervisor(state, args.id or f"{args.host}-{args.base_port}", args.host, ports,
-                            Path(args.data_dir), args.zk_auth, logs_url, virtualenvs)
-    if args.health_port:
-        from streamflow.httpapi import HttpApi, Route, metrics_route, probe_routes, serve
-        from streamflow.metrics import exposition
-
-        token = read_token(args.token_file)
-        metrics_open = token is None or _switch("METRICS_OPEN", args.metrics_open)
-        routes = {**probe_routes(supervisor.ready),
-                  **metrics_route(lambda: exposition(supervisor.metrics.registry), auth=not metrics_open),
-                  ("GET", "/logs"): Route(supervisor.logs, auth=False)}  # behind each topology's secret
-        serve(HttpApi(routes, token), args.host, args.health_port, "supervisor health probes")
+    supervisor = Supervisor(state, args.id or f"{args.host}-{args.base_port}", args.host,
+                            list(range(args.base_port, args.base_port + args.slots)), Path(args.data_dir), launch,
+                            logs_url, _switch("VIRTUALENVS", args.virtualenvs))
     try:
+        if args.health_port:
+            serve_health(supervisor, args.health_port, token, metrics_open)
         supervisor.run()
     finally:
         state.stop()
@@ -430,7 +434,7 @@ def _dev_cluster(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from streamflow.worker_process import run_worker
 
-    return run_worker(WorkerCommand.from_args(args), _env("zk-auth"))
+    return run_worker(WorkerCommand.from_args(args), WorkerSecrets.read_stdin())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

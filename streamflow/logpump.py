@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 READ_BYTES = 64 * 1024
@@ -34,7 +34,7 @@ def rotated(path: Path) -> Path:
 class LogPump:
     """Copies ``source`` to ``path`` (and ``echo``) until ``source`` reaches its end."""
 
-    def __init__(self, source: BinaryIO, path: Path, max_bytes: int = DEFAULT_MAX_BYTES,
+    def __init__(self, source: IO[bytes], path: Path, max_bytes: int = DEFAULT_MAX_BYTES,
                  echo: BinaryIO | None = None) -> None:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")

@@ -8,7 +8,8 @@ is attributed to that bolt's task with no argument to pass. Nothing on the hot p
 per tuple; errors of user code are logged at most every few seconds per task
 (:mod:`streamflow.stats`).
 
-Supervisors serve their workers' files (:func:`read_new_lines`); nimbus merges them
+A supervisor's log pump (:mod:`streamflow.logpump`) writes the file and rotates it by
+size. Supervisors serve their workers' files (:func:`read_new_lines`); nimbus merges them
 across supervisors for ``streamflow logs NAME``, so a user never has to find a host.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,9 +30,6 @@ TAIL_BYTES = 256 * 1024
 """How far back from the end a first read of a log file starts."""
 MAX_READ_BYTES = 1024 * 1024
 """Most bytes one read returns; a follower catches up over several reads."""
-ROTATE_BYTES = 16 * 1024 * 1024
-"""A worker log file larger than this is moved aside (one old file kept) when its
-worker (re)starts."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -98,15 +95,6 @@ def read_new_lines(path: Path, offset: int | None) -> tuple[list[dict[str, Any]]
     end = data.rfind(b"\n") + 1
     lines = data[:end].decode("utf-8", "replace").splitlines()[1 if mid_line else 0:]
     return [parse_line(line) for line in lines if line.strip()], offset + end
-
-
-def rotate(path: Path) -> None:
-    """Move a large log file aside before a worker appends to it again."""
-    try:
-        if path.stat().st_size > ROTATE_BYTES:
-            os.replace(path, path.with_name(path.name + ".1"))
-    except FileNotFoundError:
-        pass
 
 
 def format_line(line: Mapping[str, Any]) -> str:

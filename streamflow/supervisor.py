@@ -12,8 +12,15 @@ for :data:`FILES_KEPT_SECS`. On SIGTERM it stops its workers and removes its zno
 once, so nimbus reschedules without waiting for the session to expire.
 
 Each worker's output (JSON log lines, :mod:`streamflow.logs`) goes to a file per
-topology and slot, which the supervisor serves to nimbus at ``GET /logs`` on its health
-port, behind the topology's secret.
+topology and slot, rotated by size while the worker runs (:mod:`streamflow.logpump`),
+which the supervisor serves to nimbus at ``GET /logs`` on its health port, behind the
+topology's secret. How each worker starts (memory cap, secrets on stdin, TLS files) is the
+:class:`~streamflow.worker_slot.Launch` the supervisor's options make.
+
+At start it refuses, in one line naming the option to change, an id that a live
+supervisor holds and slot ports that another process holds: two supervisors started on
+one host with the default options would otherwise fight over the id, and restart
+workers that cannot bind their ports for ever.
 
 With ``virtualenvs`` (``--virtualenvs``), a topology whose code holds a streamparse
 ``virtualenvs/NAME.txt`` gets its workers started only once a virtualenv of that file is
@@ -31,6 +38,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 from http import HTTPStatus
@@ -38,13 +46,14 @@ from pathlib import Path
 
 from kazoo.protocol.states import KazooState
 
-from streamflow.httpapi import Request, Response
-from streamflow.logs import read_new_lines, rotate
-from streamflow.metrics import SupervisorMetrics
+from streamflow.errors import StreamflowError
+from streamflow.httpapi import HttpApi, Request, Response, Route, metrics_route, probe_routes, serve
+from streamflow.logs import read_new_lines
+from streamflow.metrics import SupervisorMetrics, exposition
 from streamflow.multilang.virtualenvs import TOPOLOGY_VIRTUALENV, VirtualenvError, Virtualenvs, requirements_file
 from streamflow.package import unpack
 from streamflow.worker_command import WorkerCommand
-from streamflow.worker_slot import WorkerSlot, stop_all, stop_pids, workers_of
+from streamflow.worker_slot import Launch, WorkerSlot, check_ports_free, stop_all, stop_pids, workers_of
 from streamflow.zkstate import ClusterState, topology_name
 
 log = logging.getLogger(__name__)
@@ -59,7 +68,8 @@ VIRTUALENVS_KEPT_SECS = 86400.0
 topology the same day finds it built; one per changed requirements file does not fill
 the disk."""
 LOG_NAME = re.compile(r"(?P<topology>.+)-\d+\.log(\.1)?")
-"""A worker's log file (:meth:`Supervisor._log_path`), or the one ``logs.rotate`` moved aside."""
+"""A worker's log file (:meth:`Supervisor._log_path`), or the one its log pump moved aside."""
+TAKEN_ID_POLL_SECS = 0.2
 
 
 class Supervisor:
@@ -70,7 +80,7 @@ class Supervisor:
         host: str,
         ports: list[int],
         data_dir: Path,
-        zk_auth: str | None = None,
+        launch: Launch | None = None,
         logs_url: str | None = None,
         virtualenvs: bool = False,
     ) -> None:
@@ -78,18 +88,19 @@ class Supervisor:
         self.id = supervisor_id
         self.host = host
         self.ports = ports
-        self.data_dir = data_dir
-        self.zk_auth = zk_auth
+        self.data_dir = data_dir.resolve()
+        """Absolute: workers start in their code directory, where a relative one points nowhere."""
+        self.launch = launch or Launch()
         self.logs_url = logs_url
         """Where nimbus reads this node's worker logs (the health port), if served."""
         self.slots: dict[int, WorkerSlot] = {}
         self.registered = False
         self._info = {"host": host, "ports": ports, "started": time.time(), "pid": os.getpid(),
-                      "logs_url": logs_url}
+                      "hostname": socket.gethostname(), "logs_url": logs_url}
         self.metrics = SupervisorMetrics()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self.virtualenvs = Virtualenvs(data_dir / "virtualenvs", self._wake.set) if virtualenvs else None
+        self.virtualenvs = Virtualenvs(self.data_dir / "virtualenvs", self._wake.set) if virtualenvs else None
         """The topologies' virtualenvs, when this node builds them; a build wakes the loop when it ends."""
         self._requirements: dict[str, Path | None] = {}
         """Per topology: its requirements file (``virtualenvs/NAME.txt``), if it has one; a
@@ -98,10 +109,13 @@ class Supervisor:
         """Per topology: when the failed build last reported as its error failed."""
 
     def run(self) -> None:
-        """Stay registered and keep workers in line with the assignments until SIGTERM/SIGINT."""
+        """Stay registered and keep workers in line with the assignments until SIGTERM/SIGINT.
+        Raises :class:`StreamflowError` at start if its id or slot ports are taken."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
+        check_id_free(self.state, self.id)
         self._stop_orphans()
+        check_ports_free(self.host, self.ports)
         self.state.on_connection_change(self._connection_changed)
         self.state.watch_assignments(self._assignments_changed)
         log.info("supervisor %s on %s offers ports %s", self.id, self.host, self.ports)
@@ -256,16 +270,13 @@ class Supervisor:
     def _start_worker(self, port: int, slot: WorkerSlot, code_dir: Path, venv: Path | None) -> None:
         log_path = self._log_path(slot.topology, port)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        rotate(log_path)
         command = WorkerCommand(self.state.hosts, self.state.root, self.state.session_timeout, slot.topology,
-                                self.id, self.host, port, code_dir)
+                                self.id, self.host, port, code_dir, self.launch.tls, self.launch.metrics_open)
         env = dict(os.environ)
-        if self.zk_auth:
-            env["STREAMFLOW_ZK_AUTH"] = self.zk_auth  # not on the command line, where ps shows it
         env.pop(TOPOLOGY_VIRTUALENV, None)
         if venv is not None:
             env[TOPOLOGY_VIRTUALENV] = str(venv)
-        pid = slot.start(command, env, log_path, venv)
+        pid = slot.start(command, self.launch, env, log_path, venv)
         self.metrics.worker_starts.labels(topology_name(slot.topology)).inc()
         log.info("supervisor %s: started worker pid %d on port %d for %s tasks %s%s",
                  self.id, pid, port, slot.topology, list(slot.tasks), f" with virtualenv {venv}" if venv else "")
@@ -330,3 +341,49 @@ class Supervisor:
 def _entries(directory: Path) -> list[Path]:
     """The entries of ``directory``, none if it does not exist (yet)."""
     return list(directory.iterdir()) if directory.is_dir() else []
+
+
+def check_id_free(state: ClusterState, supervisor_id: str) -> None:
+    """Raise :class:`StreamflowError` in one line if a live supervisor is registered as
+    ``supervisor_id``. A registration left by this node's earlier process (killed, or its
+    container restarted) is no obstacle: on this host, its process is gone or is this
+    one; from another host, its session expires within the session timeout."""
+    info = state.supervisors().get(supervisor_id)
+    if info is None:
+        return
+    if info.get("hostname") == socket.gethostname():
+        pid = info.get("pid")
+        if not isinstance(pid, int) or pid == os.getpid() or not _is_supervisor(pid):
+            return
+    else:
+        deadline = time.monotonic() + 2 * state.session_timeout
+        while time.monotonic() < deadline:
+            if supervisor_id not in state.supervisors():
+                return
+            time.sleep(TAKEN_ID_POLL_SECS)
+    raise StreamflowError(f"supervisor id {supervisor_id!r} is taken by a running supervisor (pid "
+                          f"{info.get('pid')} on {info.get('hostname')}): give this one another --id "
+                          "(STREAMFLOW_ID)")
+
+
+def _is_supervisor(pid: int) -> bool:
+    """Whether ``pid`` runs ``streamflow supervisor`` on this host."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"supervisor" in argv and any(b"streamflow" in part for part in argv)
+
+
+def serve_health(supervisor: Supervisor, port: int, token: str | None, metrics_open: bool) -> None:
+    """Serve the supervisor's probes, ``/metrics`` (behind ``token`` unless
+    ``metrics_open``) and its workers' logs (behind each topology's secret) on ``port``
+    of its host, from a daemon thread. A port that is taken is one line naming the option."""
+    routes = {**probe_routes(supervisor.ready),
+              **metrics_route(lambda: exposition(supervisor.metrics.registry), auth=not metrics_open),
+              ("GET", "/logs"): Route(supervisor.logs, auth=False)}
+    try:
+        serve(HttpApi(routes, token), supervisor.host, port, "supervisor health probes")
+    except StreamflowError as exc:
+        raise StreamflowError(f"{exc}: give another --health-port (STREAMFLOW_HEALTH_PORT), or 0 for none") \
+            from None

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from streamflow.errors import StreamflowError
+from streamflow.errors import ConfigError, StreamflowError
 from streamflow.executor import TaskFailed
 from streamflow.loader import load_topology
 from streamflow.logs import log_to_stderr_as_json
@@ -34,9 +34,10 @@ from streamflow.metrics import WorkerCollector, exposition
 from streamflow.records import Assignment, TopologyRecord
 from streamflow.telemetry import Report
 from streamflow.topology import Topology
+from streamflow.transport import tls
 from streamflow.transport.tcp import Codec, TcpTransport
 from streamflow.worker import Worker, worker_gc
-from streamflow.worker_command import WorkerCommand
+from streamflow.worker_command import WorkerCommand, WorkerSecrets
 from streamflow.zkstate import ClusterState
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,15 @@ def dump_tasks() -> None:
         log.warning("task %s:\n%s", task.get_name(), stream.getvalue())
 
 
-def run_worker(settings: WorkerCommand, zk_auth: str | None) -> int:
+def run_worker(settings: WorkerCommand, secrets: WorkerSecrets) -> int:
     """Run until the slot's assignment changes or SIGTERM; returns the exit code."""
     log_to_stderr_as_json({"topology": settings.topology_id, "worker": settings.slot}, "INFO")
-    state = ClusterState(settings.zk, settings.zk_root, zk_auth, settings.zk_session_timeout)
+    state = ClusterState(settings.zk, settings.zk_root, secrets.zk_auth, settings.zk_session_timeout)
     state.start(timeout=settings.zk_session_timeout)
     try:
         with worker_gc(), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(WorkerProcess(settings, state).run())
+            metrics_token = None if settings.metrics_open else secrets.token
+            return runner.run(WorkerProcess(settings, state, metrics_token).run())
     finally:
         state.stop()
 
@@ -86,9 +88,11 @@ class _NewError(NamedTuple):
 
 
 class WorkerProcess:
-    def __init__(self, settings: WorkerCommand, state: ClusterState) -> None:
+    def __init__(self, settings: WorkerCommand, state: ClusterState, metrics_token: str | None = None) -> None:
         self.settings = settings
         self.state = state
+        self.metrics_token = metrics_token
+        """What the slot port's ``/metrics`` needs (None: open)."""
         self.slot = settings.slot
         self.started = time.time()
         self._stop = asyncio.Event()
@@ -108,8 +112,14 @@ class WorkerProcess:
             return 0
         try:
             topology = load_assigned_topology(record, s.code_dir)
-        except StreamflowError as exc:
+            codec = Codec(topology)
+        except StreamflowError as exc:  # its code, or its topology.serializer.register
             self._report("__worker", f"cannot load the topology: {exc}")
+            return EXIT_BAD_CODE
+        try:
+            server_tls, client_tls = tls.contexts(*s.tls) if s.tls is not None else (None, None)
+        except ConfigError as exc:
+            self._report("__worker", f"cannot set up TLS: {exc}")
             return EXIT_BAD_CODE
         self._config = record.config
         logging.getLogger().setLevel(record.log_level)
@@ -121,7 +131,8 @@ class WorkerProcess:
         registry.register(WorkerCollector(record.name, lambda: self.reports))
 
         def make_transport(inboxes: Any) -> TcpTransport:
-            transport = TcpTransport(inboxes, Codec(topology), secret, lambda: exposition(registry))
+            transport = TcpTransport(inboxes, codec, secret, lambda: exposition(registry), server_tls=server_tls,
+                                     client_tls=client_tls, metrics_token=self.metrics_token)
             transports.append(transport)
             return transport
 

@@ -1,11 +1,13 @@
 """One slot's worker process, as its supervisor runs it: start, reap, back off, stop.
 
 As Dask's nanny does for its worker, a :class:`WorkerSlot` owns the OS process of one
-worker and the decisions about it: when it may start again after it died (at once if it
-had run a while; after a growing back-off if it keeps dying young, as when its code
-cannot load), and how it is stopped (SIGTERM, then SIGKILL after a grace period). The
-:func:`stop_all` stops many at once, and :func:`workers_of` finds the worker processes a
-killed supervisor left behind, by their command lines.
+worker and the decisions about it: how it starts (:class:`Launch`: under a memory cap,
+its secrets on stdin, its output pumped to a log file rotated by size); when it may
+start again after it died (at once if it had run a while; after a growing back-off if it
+keeps dying young, as when its code cannot load), and how it is stopped (SIGTERM, then
+SIGKILL after a grace period). The :func:`stop_all` stops many at once, and
+:func:`workers_of` finds the worker processes a killed supervisor left behind, by their
+command lines.
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import BinaryIO, Iterable, Mapping
 
 from streamflow.backoff import Backoff
-from streamflow.worker_command import WorkerCommand
+from streamflow.errors import StreamflowError
+from streamflow.logpump import DEFAULT_MAX_BYTES, LogPump
+from streamflow.sandbox import Limits
+from streamflow.transport.tls import contexts
+from streamflow.worker_command import TlsFiles, WorkerCommand, WorkerSecrets
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,45 @@ YOUNG_SECS = 10.0
 RESTART_BACKOFF = Backoff(initial=1.0, multiplier=2.0, maximum=30.0)
 """The delays before starting again a slot whose worker keeps failing: 1, 2, 4 ... 30 s."""
 ORPHAN_POLL_SECS = 0.05
+PUMP_DRAIN_SECS = 2.0
+"""How long a reaped worker's log pump may take to write what the worker left in its
+pipe (longer only if a child of the worker still holds the pipe open)."""
+SECRET_VARIABLES = ("STREAMFLOW_ZK_AUTH", "STREAMFLOW_TOKEN")
+"""Environment variables of the supervisor that its workers do not inherit: user code
+reads ``os.environ``. The worker gets what it needs of them on stdin."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a supervisor starts each worker, from its options: what the worker's stdin
+    carries, its address-space cap, its log file's size before rotation, whether its lines
+    also go to ``echo`` (the supervisor's stdout), and what its command line adds."""
+
+    secrets: WorkerSecrets = WorkerSecrets()
+    limits: Limits = Limits()
+    log_max_bytes: int = DEFAULT_MAX_BYTES
+    echo: BinaryIO | None = field(default=None, compare=False)
+    tls: TlsFiles | None = None
+    metrics_open: bool = False
+
+    def argv(self, command: WorkerCommand) -> list[str]:
+        """The worker's command line, under the limits if there are any."""
+        argv = command.to_argv()
+        return argv if self.limits == Limits() else self.limits.argv(argv)
+
+
+def tls_files(cert: str | None, key: str | None, ca: str | None) -> TlsFiles | None:
+    """The files of the workers' TLS links (``--tls-cert``, ``--tls-key``, ``--tls-ca``),
+    made absolute (a worker starts in its code directory) and checked now, so that a
+    missing or wrong one is one line at start, not every worker failing; None when none
+    is given. Raises :class:`StreamflowError`."""
+    if not any((cert, key, ca)):
+        return None
+    if not (cert and key and ca):
+        raise StreamflowError("give --tls-cert, --tls-key and --tls-ca together, or none of them")
+    files = TlsFiles(*(str(Path(file).resolve()) for file in (cert, key, ca)))
+    contexts(*files)
+    return files
 
 
 class WorkerSlot:
@@ -39,6 +86,7 @@ class WorkerSlot:
         self.topology = topology
         self.tasks = tasks
         self.process: subprocess.Popen[bytes] | None = None
+        self.pump: LogPump | None = None
         self.virtualenv: Path | None = None
         self.started = 0.0
         self.failures = 0
@@ -55,6 +103,7 @@ class WorkerSlot:
             return None
         code, lived = self.process.returncode, now - self.started
         self.process = None
+        self.drain()
         if lived < YOUNG_SECS:
             return code, lived, self.failed(now)
         self.failures, self.next_start = 0, now
@@ -67,16 +116,29 @@ class WorkerSlot:
         self.next_start = now + delay
         return delay
 
-    def start(self, command: WorkerCommand, env: Mapping[str, str], log_path: Path,
+    def start(self, command: WorkerCommand, launch: Launch, env: Mapping[str, str], log_path: Path,
               virtualenv: Path | None) -> int:
-        """Start the worker, its output appended to ``log_path``, in its code directory;
-        returns its pid."""
-        with open(log_path, "ab") as out:
-            self.process = subprocess.Popen(command.to_argv(), stdout=out, stderr=subprocess.STDOUT,
-                                            env=dict(env), cwd=command.code_dir)
-        self.started = time.monotonic()
-        self.virtualenv = virtualenv
-        return self.process.pid
+        """Start the worker in its code directory as ``launch`` says, with ``env`` less
+        :data:`SECRET_VARIABLES`, its output pumped to ``log_path``; returns its pid."""
+        env = {key: value for key, value in env.items() if key not in SECRET_VARIABLES}
+        process = subprocess.Popen(launch.argv(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, env=env, cwd=command.code_dir)
+        assert process.stdin is not None and process.stdout is not None
+        self.process, self.started, self.virtualenv = process, time.monotonic(), virtualenv
+        self.pump = LogPump(process.stdout, log_path, launch.log_max_bytes, launch.echo).start()
+        try:  # one short line: the pipe's buffer takes it whole, whenever the worker reads it
+            process.stdin.write(launch.secrets.encode())
+            process.stdin.close()
+        except BrokenPipeError:  # it died at once: reaped as any worker dying young
+            pass
+        return process.pid
+
+    def drain(self) -> None:
+        """Let the pump of the worker that exited write what is left in its pipe, so that
+        the next worker's pump does not append to the file beside it."""
+        if self.pump is not None:
+            self.pump.join(PUMP_DRAIN_SECS)
+            self.pump = None
 
     @property
     def running(self) -> bool:
@@ -99,7 +161,22 @@ def stop_all(slots: Mapping[int, WorkerSlot]) -> None:
         except subprocess.TimeoutExpired:
             slot.process.kill()
             slot.process.wait()
+        slot.drain()
         log.info("stopped the worker on port %d (%s)", port, slot.topology)
+
+
+def check_ports_free(host: str, ports: Iterable[int]) -> None:
+    """Raise :class:`StreamflowError` in one line if a slot's port cannot be bound on
+    ``host`` as a worker binds it (``SO_REUSEADDR``: a port in TIME_WAIT is free): another
+    process holds it, and every worker started there would fail at once, for ever."""
+    for port in ports:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise StreamflowError(f"worker port {port} on {host} is taken ({exc.strerror}): give this "
+                                      "supervisor another --base-port (STREAMFLOW_BASE_PORT)") from None
 
 
 def workers_of(supervisor: str, ports: Iterable[int]) -> list[int]:

@@ -88,13 +88,15 @@ ZK_AUTH = "streamflow:zk-pass"
 
 class Cluster:
     """``nimbus_count`` nimbus and ``supervisors`` supervisors of ``slots`` slots each,
-    started as their containers are (see :meth:`_spawn`)."""
+    started as their containers are (see :meth:`_spawn`); ``supervisor_settings``: more
+    options of every supervisor (``{"worker-memory-mb": "1024"}``)."""
 
     def __init__(self, zk_hosts: str, zk_root: str, workdir: Path, nimbus_count: int = 2,
                  supervisors: int = 2, slots: int = 2, token: str | None = None,
-                 zk_auth: str | None = None) -> None:
+                 zk_auth: str | None = None, supervisor_settings: dict[str, str] | None = None) -> None:
         self.zk_hosts, self.zk_root, self.workdir = zk_hosts, zk_root, workdir
         self.token, self.zk_auth = token, zk_auth
+        self.supervisor_settings = supervisor_settings or {}
         self.slots = slots
         self.nimbus: dict[str, subprocess.Popen[bytes]] = {}
         self.supervisors: dict[str, subprocess.Popen[bytes]] = {}
@@ -133,7 +135,7 @@ class Cluster:
         self.health_ports[sid] = base + self.slots
         self.supervisors[sid] = self._spawn(sid, "supervisor", {
             "id": sid, "slots": str(self.slots), "base-port": str(base), "health-port": str(base + self.slots),
-            "data-dir": str(self.workdir / sid), "zk-session-timeout": "3"})
+            "data-dir": str(self.workdir / sid), "zk-session-timeout": "3", **self.supervisor_settings})
         return sid
 
     def start(self) -> Cluster:

@@ -9,8 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from streamflow import logs
-from streamflow.logs import TASK, JsonFormatter, format_line, read_new_lines, rotate
+from streamflow.logs import TASK, JsonFormatter, format_line, read_new_lines
 
 
 def test_lines_carry_the_fixed_fields_and_the_task_of_the_asyncio_task_that_logs() -> None:
@@ -74,12 +73,3 @@ def test_a_first_read_starts_at_a_whole_line_near_the_end(tmp_path: Path) -> Non
     assert 0 < len(lines) < total
     assert [line["message"] for line in lines] == [f"line {i}" for i in range(total - len(lines), total)]
 
-
-def test_large_files_are_moved_aside(tmp_path: Path) -> None:
-    path = tmp_path / "w.log"
-    path.write_bytes(b"x" * (logs.ROTATE_BYTES + 1))
-    rotate(path)
-    assert not path.exists() and (tmp_path / "w.log.1").stat().st_size == logs.ROTATE_BYTES + 1
-    path.write_text("small\n")
-    rotate(path)
-    assert path.read_text() == "small\n"

@@ -13,7 +13,9 @@ buffers at most a few KiB from it and drops it after a timeout. With TLS context
 
 The same port answers ``GET /metrics`` (Prometheus text) without a handshake, told apart
 by its first four bytes, which as a frame length would exceed any handshake frame: a
-worker needs no second port to be scraped (over HTTPS when the links use TLS).
+worker needs no second port to be scraped (over HTTPS when the links use TLS). The
+answer comes from :mod:`streamflow.httpapi`, as every role's does, behind the API token
+when the worker has one.
 
 Load reports go back over each connection a peer opened: every
 :data:`~streamflow.load.LOAD_INTERVAL`, a worker measures its load and writes it to its
@@ -25,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from http import HTTPStatus
 from typing import Any, Callable, Mapping, Sequence
 
+from streamflow.httpapi import MAX_HEAD, ApiError, HttpApi, Response, metrics_route, parse_head
 from streamflow.inbox import TUPLES, Inbox
 from streamflow.load import LOAD_INTERVAL, Address, CpuMeter, WorkerLoads
 from streamflow.transport.codec import Codec, UnencodableValue
@@ -42,26 +46,28 @@ log = logging.getLogger(__name__)
 
 HTTP_GET = b"GET "
 """The first bytes of an HTTP GET, in place of a frame's length."""
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class TcpTransport:
     """Delivers to local inboxes in process and to other workers over :class:`PeerLink`\\ s,
     and serves the frames peers send to this worker's tasks.
 
-    ``server_tls`` and ``client_tls``: the contexts of the listener and of the links, for
-    links over TLS (both or neither, from :func:`streamflow.transport.tls.contexts`).
+    ``metrics``: the Prometheus text that ``GET /metrics`` on the listener answers (none:
+    not served), behind ``metrics_token`` if one is given. ``server_tls`` and
+    ``client_tls``: the contexts of the listener and of the links, for links over TLS (both
+    or neither, from :func:`streamflow.transport.tls.contexts`).
     """
 
     def __init__(self, inboxes: Mapping[int, Inbox], codec: Codec, secret: bytes,
-                 metrics: Callable[[], bytes] | None = None, *,
+                 metrics: Callable[[], bytes] | None = None, *, metrics_token: str | None = None,
                  server_tls: ssl.SSLContext | None = None, client_tls: ssl.SSLContext | None = None) -> None:
         if (server_tls is None) != (client_tls is None):
             raise ValueError("links over TLS need both a server and a client context")
         self._server_tls, self._client_tls = server_tls, client_tls
         self._inboxes = inboxes
         self._local = InProcessTransport(inboxes)
-        self._metrics = metrics
+        self._http = None if metrics is None else HttpApi(metrics_route(metrics, auth=metrics_token is not None),
+                                                          metrics_token)
         self._codec = codec
         self._secret = secret
         self._routes: dict[int, Address] = {}
@@ -168,8 +174,8 @@ class TcpTransport:
             try:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                     head = await reader.readexactly(LENGTH.size)
-                    if head == HTTP_GET and self._metrics is not None:
-                        await answer_http(reader, writer, self._metrics)
+                    if head == HTTP_GET and self._http is not None:
+                        await answer_http(reader, writer, self._http)
                         return
                     await answer(reader, writer, self._secret, head)
             except TimeoutError:
@@ -201,17 +207,18 @@ class TcpTransport:
                     inbox.put_control(kind, payload)
 
 
-async def answer_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      metrics: Callable[[], bytes]) -> None:
-    """Answer one HTTP GET whose first four bytes were read: ``/metrics`` with
-    ``metrics()`` as Prometheus text, any other path 404. A request head over 64 KiB
-    raises :class:`asyncio.LimitOverrunError`."""
-    request = await reader.readuntil(b"\r\n\r\n")
-    path = request.split(b" ", 1)[0].split(b"?", 1)[0]
-    if path == b"/metrics":
-        status, content_type, body = "200 OK", PROMETHEUS_TEXT, metrics()
-    else:
-        status, content_type, body = "404 Not Found", "text/plain", b"only /metrics here\n"
-    writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                 "Connection: close\r\n\r\n".encode() + body)
+async def answer_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, http: HttpApi) -> None:
+    """Answer one HTTP GET whose first four bytes (``GET ``) were read, with ``http``. Its
+    head is read up to the blank line, no further than the reader's limit (64 KiB by
+    default; a longer one is a 431, as one over :data:`~streamflow.httpapi.MAX_HEAD` is);
+    a GET has no body to read."""
+    try:
+        method, target, headers = parse_head(HTTP_GET + await reader.readuntil(b"\r\n\r\n"))
+        response = http.answer(method, target, headers, lambda _: b"")
+    except asyncio.LimitOverrunError:
+        response = Response.error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                  f"the request's head is over {MAX_HEAD} bytes")
+    except ApiError as exc:
+        response = Response.error(exc.status, str(exc))
+    writer.write(response.encode())
     await writer.drain()
