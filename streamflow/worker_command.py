@@ -65,8 +65,11 @@ class WorkerSecrets:
     @classmethod
     def read_stdin(cls) -> WorkerSecrets:
         """Read the secrets line from stdin, then put ``/dev/null`` in stdin's place, so
-        that nothing the worker runs later can read what its supervisor wrote there."""
-        line = sys.stdin.buffer.readline()
+        that nothing the worker runs later can read what its supervisor wrote there. The
+        line is read a byte at a time, past ``sys.stdin``'s buffer, which keeps nothing."""
+        line = b""
+        while not line.endswith(b"\n") and (byte := os.read(0, 1)):
+            line += byte
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)

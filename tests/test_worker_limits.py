@@ -65,8 +65,8 @@ def capped(zookeeper: ZooKeeperServer, tmp_path_factory: pytest.TempPathFactory)
     :data:`MEMORY_MB` and whose logs rotate past :data:`LOG_MAX_BYTES`. glibc's malloc
     arenas are kept to two, as the manifests do, so that idle threads do not reserve
     the cap away."""
-    c = Cluster(zookeeper.hosts, f"/streamflow-limits-{uuid.uuid4().hex[:8]}", tmp_path_factory.mktemp("limits"), nimbus_count=1,
-                supervisors=1, supervisor_settings={"worker-memory-mb": str(MEMORY_MB),
+    c = Cluster(zookeeper.hosts, f"/streamflow-limits-{uuid.uuid4().hex[:8]}", tmp_path_factory.mktemp("limits"),
+                nimbus_count=1, supervisors=1, supervisor_settings={"worker-memory-mb": str(MEMORY_MB),
                                                     "log-max-bytes": str(LOG_MAX_BYTES),
                                                     "worker-logs-to-stdout": "1"})
     c.env["MALLOC_ARENA_MAX"] = "2"
