@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster import ROOT, Cluster, wait_for
@@ -30,10 +31,22 @@ from streamflow.zkstate import ClusterState
 HANGS = """\
 import sys, threading
 from pathlib import Path
+from typing import Any
 
 if "worker" in sys.argv:  # a worker stuck loading its topology; it says so in its directory
     Path(sys.argv[sys.argv.index("--port") + 1] + ".loading").touch()
     threading.Event().wait()
+"""
+ONE_BOLT = """\
+from streamflow import BasicBolt, TopologyBuilder
+from streamflow.testing import ListSpout
+
+
+def build(config):
+    b = TopologyBuilder("one-bolt")
+    b.set_spout("source", ListSpout([(1,)], ["n"]))
+    b.set_bolt("sink", BasicBolt()).shuffle_grouping("source")
+    return b.build()
 """
 IGNORES_SIGTERM = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + HANGS
 
@@ -56,10 +69,12 @@ class Node:
         (directory / "topology.py").write_text(code)
         return pack(directory / "topology.py")[1]
 
-    def assign(self, topology: str, package: bytes, ports: list[int]) -> None:
+    def assign(self, topology: str, package: bytes, ports: list[int],
+               config: dict[str, Any] | None = None) -> None:
         """Submit ``topology`` and assign it a task on each of ``ports``, as nimbus would."""
         self.state.write_code(topology, package)
-        self.state.write_topology(TopologyRecord(topology, topology, "topology.py", "00", workers=len(ports)))
+        self.state.write_topology(TopologyRecord(topology, topology, "topology.py", "00", config=config or {},
+                                                 workers=len(ports)))
         workers = [WorkerAssignment(self.id, "127.0.0.1", port, (task,)) for task, port in enumerate(ports)]
         self.state.write_assignment(topology, Assignment(1, {w.key: w for w in workers}))
 
@@ -237,3 +252,12 @@ def test_workers_left_by_a_supervisor_killed_with_9_are_stopped_by_the_next_one(
     wait_for(lambda: node.loading("t-orphan", port), 60, "a new worker loading its code")
     assert node.cluster.worker_pids()[port] != orphan
     assert node.logged(f"stopping workers left by an earlier supervisor process: pids [{orphan}]")
+
+
+def test_a_bad_serializer_registration_is_the_topology_error_not_a_traceback(node: Node) -> None:
+    port = node.ports[0]
+    node.assign("badcodec-1", node.package(ONE_BOLT), [port], {"topology.serializer.register": ["no.such.Type"]})
+    errors = wait_for(lambda: node.state.errors("badcodec-1").get("__worker"), 60, "the worker's error")
+    assert "cannot load the topology" in errors[-1]["message"] and "no.such" in errors[-1]["message"]
+    log = node.data_dir / "logs" / f"badcodec-1-{port}.log"
+    assert "Traceback" not in log.read_text()
