@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import ROOT, Cluster, wait_for
+from cluster import ROOT, Cluster, free_port_run, wait_for
 from kazoo.security import ACL, ANYONE_ID_UNSAFE, OPEN_ACL_UNSAFE, Permissions
 from zookeeper import ZooKeeperServer
 
@@ -51,17 +53,12 @@ def build(config):
 IGNORES_SIGTERM = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + HANGS
 
 
-class Node:
-    """One supervisor process with four slots, and this test's client of its ZooKeeper."""
+class Assigner:
+    """This test's client of a supervisor's ZooKeeper, assigning it work as nimbus would,
+    and what it sees of that supervisor's files."""
 
-    def __init__(self, cluster: Cluster, state: ClusterState, tmp_path: Path) -> None:
-        self.cluster, self.state, self.tmp_path = cluster, state, tmp_path
-        self.id = cluster.start_supervisor()
-        base = cluster.health_ports[self.id] - cluster.slots
-        self.ports = list(range(base, base + cluster.slots))
-        self.health = f"http://127.0.0.1:{cluster.health_ports[self.id]}"
-        self.data_dir = cluster.workdir / self.id
-        self.log = cluster.workdir / f"{self.id}.log"
+    def __init__(self, state: ClusterState, supervisor_id: str, data_dir: Path, tmp_path: Path) -> None:
+        self.state, self.id, self.data_dir, self.tmp_path = state, supervisor_id, data_dir, tmp_path
 
     def package(self, code: str) -> bytes:
         directory = self.tmp_path / f"package-{len(list(self.tmp_path.glob('package-*')))}"
@@ -81,6 +78,19 @@ class Node:
     def loading(self, topology: str, port: int) -> bool:
         """Whether the worker of ``topology`` on ``port`` got as far as loading its code."""
         return (self.data_dir / "code" / topology / f"{port}.loading").exists()
+
+
+class Node(Assigner):
+    """One supervisor process with four slots, and this test's client of its ZooKeeper."""
+
+    def __init__(self, cluster: Cluster, state: ClusterState, tmp_path: Path) -> None:
+        sid = cluster.start_supervisor()
+        super().__init__(state, sid, cluster.workdir / sid, tmp_path)
+        self.cluster = cluster
+        base = cluster.health_ports[self.id] - cluster.slots
+        self.ports = list(range(base, base + cluster.slots))
+        self.health = f"http://127.0.0.1:{cluster.health_ports[self.id]}"
+        self.log = cluster.workdir / f"{self.id}.log"
 
     def files(self, topology: str, port: int) -> list[Path]:
         return [self.data_dir / "code" / topology, self.data_dir / "logs" / f"{topology}-{port}.log"]
@@ -261,3 +271,70 @@ def test_a_bad_serializer_registration_is_the_topology_error_not_a_traceback(nod
     assert "cannot load the topology" in errors[-1]["message"] and "no.such" in errors[-1]["message"]
     log = node.data_dir / "logs" / f"badcodec-1-{port}.log"
     assert "Traceback" not in log.read_text()
+
+
+def start_supervisor(zookeeper: ZooKeeperServer, zk_root: str, cwd: Path,
+                     **settings: str) -> subprocess.Popen[str]:
+    """``streamflow supervisor`` in ``cwd``, its defaults but for ``settings`` (and a short
+    session timeout), its output captured."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, STREAMFLOW_ZK=zookeeper.hosts, STREAMFLOW_ZK_ROOT=zk_root,
+               STREAMFLOW_ZK_SESSION_TIMEOUT="3", **{f"STREAMFLOW_{k.upper()}": v for k, v in settings.items()})
+    return subprocess.Popen([sys.executable, "-m", "streamflow.cli", "supervisor"], env=env, cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def refused(process: subprocess.Popen[str]) -> str:
+    """The one error line a supervisor that refused to start printed (exit 2)."""
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2 and "Traceback" not in output, output
+    [line] = [line for line in output.splitlines() if line.startswith("streamflow: error:")]
+    return line
+
+
+def test_a_supervisor_with_the_default_data_dir_runs_workers_from_any_directory(
+        zookeeper: ZooKeeperServer, zk_root: str, tmp_path: Path) -> None:
+    base = free_port_run(3)
+    process = start_supervisor(zookeeper, zk_root, tmp_path / "elsewhere", SLOTS="2", BASE_PORT=str(base),
+                               HEALTH_PORT=str(base + 2))
+    state = ClusterState(zookeeper.hosts, zk_root)
+    state.start()
+    try:
+        sid = f"127.0.0.1-{base}"
+        wait_for(lambda: sid in state.supervisors(), 30, "the supervisor registered")
+        node = Assigner(state, sid, tmp_path / "elsewhere" / "streamflow-data" / "supervisor", tmp_path)
+        node.assign("t-default-dir", node.package(HANGS), [base])
+        wait_for(lambda: node.loading("t-default-dir", base), 60, "the worker loading its code")
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+        state.stop()
+
+
+def test_a_taken_health_port_worker_port_or_id_is_one_line_naming_the_option(
+        zookeeper: ZooKeeperServer, zk_root: str, tmp_path: Path) -> None:
+    base = free_port_run(6)
+    first = start_supervisor(zookeeper, zk_root, tmp_path / "first", SLOTS="2", BASE_PORT=str(base),
+                             HEALTH_PORT=str(base + 2), ID="node-a")
+    state = ClusterState(zookeeper.hosts, zk_root)
+    state.start()
+    try:
+        wait_for(lambda: "node-a" in state.supervisors(), 30, "the first supervisor registered")
+        second = tmp_path / "second"
+        health = refused(start_supervisor(zookeeper, zk_root, second, SLOTS="2", BASE_PORT=str(base + 3),
+                                          HEALTH_PORT=str(base + 2)))
+        assert "--health-port" in health and str(base + 2) in health
+        with socket.socket() as holder:  # a slot port held by a process that is no worker
+            holder.bind(("127.0.0.1", base + 4))
+            holder.listen()
+            ports = refused(start_supervisor(zookeeper, zk_root, second, SLOTS="2", BASE_PORT=str(base + 3),
+                                             HEALTH_PORT=str(base + 5)))
+        assert "--base-port" in ports and f"worker port {base + 4}" in ports
+        same_id = refused(start_supervisor(zookeeper, zk_root, second, SLOTS="2", BASE_PORT=str(base + 3),
+                                           HEALTH_PORT=str(base + 5), ID="node-a"))
+        assert "--id" in same_id and f"pid {first.pid}" in same_id
+        assert first.poll() is None and state.supervisors()["node-a"]["pid"] == first.pid
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
+        state.stop()
