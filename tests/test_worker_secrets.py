@@ -4,6 +4,7 @@ environment; its ``/metrics`` then needs the token, unless ``--metrics-open``.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,13 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import TOKEN, ZK_AUTH, Cluster, metric_samples, wait_for
+from cluster import TOKEN, ZK_AUTH, Cluster, free_port_run, metric_samples, wait_for
 from zookeeper import ZooKeeperServer
 
+from streamflow import TopologyBuilder
 from streamflow.errors import StreamflowError
-from streamflow.worker_command import WorkerSecrets
+from streamflow.testing import ListSpout
+from streamflow.transport.codec import Codec
+from streamflow.transport.tcp import TcpTransport
+from streamflow.worker_command import TlsFiles, WorkerCommand, WorkerSecrets
 
 ENVIRON = """\
+import asyncio
 import json
 import os
 import sys
@@ -101,3 +107,48 @@ def test_user_code_never_sees_the_credentials_and_the_worker_port_needs_the_toke
         urllib.request.urlopen(worker + "/metrics", timeout=10)
     assert refused.value.code == 401
     assert any(name.startswith("streamflow_") for name, _ in metric_samples(worker))  # with the token
+
+
+def scrape(transport: TcpTransport, request: bytes) -> bytes:
+    """Serve ``transport`` on a free port, send ``request`` to it, return its whole answer."""
+    async def main() -> bytes:
+        port = free_port_run(1)
+        await transport.serve("127.0.0.1", port)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return answer
+        finally:
+            await transport.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("token, request_head, status", [
+    (None, b"GET /metrics HTTP/1.1\r\nHost: w\r\n\r\n", b"200"),
+    ("t0ken", b"GET /metrics HTTP/1.1\r\nHost: w\r\n\r\n", b"401"),
+    ("t0ken", b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer t0ken\r\n\r\n", b"200"),
+    ("t0ken", b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer wrong\r\n\r\n", b"401"),
+    (None, b"GET /other HTTP/1.1\r\n\r\n", b"404"),
+    (None, b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 5000 + b"\r\n", b"431"),
+    (None, b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 20000 + b"\r\n", b"431"),
+])
+def test_the_worker_port_answers_metrics_through_the_http_module(token: str | None, request_head: bytes,
+                                                                status: bytes) -> None:
+    builder = TopologyBuilder("metrics")
+    builder.set_spout("source", ListSpout([(1,)], ["n"]))
+    transport = TcpTransport({}, Codec(builder.build()), b"secret", lambda: b"up 1\n", metrics_token=token)
+    answer = scrape(transport, request_head)
+    assert answer.split(b" ", 2)[1] == status, answer[:200]
+    assert answer.endswith(b"up 1\n") == (status == b"200")
+    assert b"X-Frame-Options: DENY" in answer
+
+
+def test_metrics_open_and_the_tls_files_cross_the_worker_command_line() -> None:
+    command = WorkerCommand("zk:2181", "/sf", 3.0, "t-1", "sup", "127.0.0.1", 6700, Path("/code"),
+                            TlsFiles("/tls/w.pem", "/tls/w.key", "/tls/ca.pem"), metrics_open=True)
+    argv = command.to_argv()
+    assert WorkerCommand.from_argv(argv) == command
+    assert not any("t0ken" in part or "auth" in part for part in argv)

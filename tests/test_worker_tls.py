@@ -17,8 +17,10 @@ from test_cluster import final_counts, words_input
 from test_link_security import write_certificates
 from zookeeper import ZooKeeperServer
 
+from streamflow.errors import StreamflowError
 from streamflow.transport import tls
-from streamflow.worker_command import WorkerCommand
+from streamflow.worker_command import TlsFiles, WorkerCommand
+from streamflow.worker_slot import tls_files
 
 
 @pytest.fixture
@@ -65,3 +67,13 @@ def test_wrong_tls_options_are_one_line_at_start(tmp_path: Path, options: list[s
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 2 and error in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tls_files_are_made_absolute_and_checked(tmp_path: Path, certificates: tuple[Path, Path, Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert tls_files(None, None, None) is None
+    files = tls_files("tls/worker.pem", "tls/worker.key", "tls/ca.pem")
+    assert files == TlsFiles(*(str(path) for path in certificates))
+    with pytest.raises(StreamflowError, match="TLS CA"):
+        tls_files("tls/worker.pem", "tls/worker.key", "tls/worker.key")
