@@ -182,12 +182,10 @@ def _parser() -> argparse.ArgumentParser:
     supervisor = command("supervisor", _supervisor, "run a supervisor: starts the workers of this node")
     coordinated(supervisor)
     _add(supervisor, "--slots", "worker slots (ports) this node offers", 4, int)
-    _add(supervisor, "--host", "address workers of other nodes reach this node at; its workers and "
-         "health port listen on it", "127.0.0.1")
+    _add(supervisor, "--host", "address its workers and health port listen on, and other nodes reach", "127.0.0.1")
     _add(supervisor, "--base-port", "first worker port; slots use consecutive ports", 6700, int)
     _add(supervisor, "--id", "supervisor id (default: HOST-BASE_PORT)")
-    _add(supervisor, "--data-dir", "directory for code packages, worker logs and virtualenvs",
-         "streamflow-data/supervisor")
+    _add(supervisor, "--data-dir", "code packages, worker logs, virtualenvs", "streamflow-data/supervisor")
     _add(supervisor, "--health-port", "port of GET /healthz, /readyz and /metrics (0: none)", 8081, int)
     _add(supervisor, "--token-file", "file holding the API token, which GET /metrics then needs")
     _add_switch(supervisor, "--metrics-open", "serve GET /metrics (its own and its workers') without the token")
@@ -196,9 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_switch(supervisor, "--worker-logs-to-stdout", "also write every worker's log lines to stdout")
     for option, what in (("--tls-cert", "certificate chain"), ("--tls-key", "key"), ("--tls-ca", "peers' CA")):
         _add(supervisor, option, f"PEM file of the worker links' TLS (all three or none): {what}")
-    _add_switch(supervisor, "--virtualenvs", "build a virtualenv (pip install -r, from the index pip is "
-                "configured with) for each topology whose streamparse project has virtualenvs/NAME.txt, once "
-                "per distinct file, and run its components from it (default: off, the file is ignored)")
+    _add_switch(supervisor, "--virtualenvs", "build a virtualenv (pip install -r) for each topology with a "
+                "streamparse virtualenvs/NAME.txt, once per distinct file, and run its components in it")
 
     worker = command("worker", _worker, "run one worker process (started by a supervisor)")
     WorkerCommand.add_arguments(worker)
@@ -392,26 +389,21 @@ def _nimbus(args: argparse.Namespace) -> int:
 
 def _supervisor(args: argparse.Namespace) -> int:
     from streamflow.httpapi import read_token
-    from streamflow.sandbox import Limits
     from streamflow.supervisor import Supervisor, serve_health
     from streamflow.worker_slot import Launch, tls_files
-
     token = read_token(args.token_file)
-    metrics_open = token is None or _switch("METRICS_OPEN", args.metrics_open)
-    echo = sys.stdout.buffer if _switch("WORKER_LOGS_TO_STDOUT", args.worker_logs_to_stdout) else None
-    launch = Launch(WorkerSecrets(args.zk_auth, token), Limits(args.worker_memory_mb), args.log_max_bytes, echo,
-                    tls_files(args.tls_cert, args.tls_key, args.tls_ca), metrics_open)
-    state = _state(args)
-    logs_url = f"http://{args.host}:{args.health_port}" if args.health_port else None
-    supervisor = Supervisor(state, args.id or f"{args.host}-{args.base_port}", args.host,
+    launch = Launch(WorkerSecrets(args.zk_auth, token), args.worker_memory_mb, args.log_max_bytes,
+                    _switch("WORKER_LOGS_TO_STDOUT", args.worker_logs_to_stdout),
+                    tls_files(args.tls_cert, args.tls_key, args.tls_ca),
+                    token is None or _switch("METRICS_OPEN", args.metrics_open))
+    supervisor = Supervisor(_state(args), args.id or f"{args.host}-{args.base_port}", args.host,
                             list(range(args.base_port, args.base_port + args.slots)), Path(args.data_dir), launch,
-                            logs_url, _switch("VIRTUALENVS", args.virtualenvs))
+                            args.health_port, _switch("VIRTUALENVS", args.virtualenvs))
     try:
-        if args.health_port:
-            serve_health(supervisor, args.health_port, token, metrics_open)
+        serve_health(supervisor)
         supervisor.run()
     finally:
-        state.stop()
+        supervisor.state.stop()
     return EXIT_OK
 
 

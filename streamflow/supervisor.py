@@ -81,7 +81,7 @@ class Supervisor:
         ports: list[int],
         data_dir: Path,
         launch: Launch | None = None,
-        logs_url: str | None = None,
+        health_port: int = 0,
         virtualenvs: bool = False,
     ) -> None:
         self.state = state
@@ -91,8 +91,9 @@ class Supervisor:
         self.data_dir = data_dir.resolve()
         """Absolute: workers start in their code directory, where a relative one points nowhere."""
         self.launch = launch or Launch()
-        self.logs_url = logs_url
-        """Where nimbus reads this node's worker logs (the health port), if served."""
+        self.health_port = health_port
+        """Where it serves probes, ``/metrics`` and its workers' logs (0: nowhere)."""
+        logs_url = f"http://{host}:{health_port}" if health_port else None  # where nimbus reads the logs
         self.slots: dict[int, WorkerSlot] = {}
         self.registered = False
         self._info = {"host": host, "ports": ports, "started": time.time(), "pid": os.getpid(),
@@ -375,15 +376,20 @@ def _is_supervisor(pid: int) -> bool:
     return b"supervisor" in argv and any(b"streamflow" in part for part in argv)
 
 
-def serve_health(supervisor: Supervisor, port: int, token: str | None, metrics_open: bool) -> None:
-    """Serve the supervisor's probes, ``/metrics`` (behind ``token`` unless
-    ``metrics_open``) and its workers' logs (behind each topology's secret) on ``port``
-    of its host, from a daemon thread. A port that is taken is one line naming the option."""
+def serve_health(supervisor: Supervisor) -> None:
+    """Serve the supervisor's probes, ``/metrics`` (behind the API token, as its workers'
+    is, unless ``--metrics-open``) and its workers' logs (behind each topology's secret) on
+    its health port, from a daemon thread; nothing without one. A port that is taken is one
+    line naming the option."""
+    if not supervisor.health_port:
+        return
+    launch = supervisor.launch
     routes = {**probe_routes(supervisor.ready),
-              **metrics_route(lambda: exposition(supervisor.metrics.registry), auth=not metrics_open),
+              **metrics_route(lambda: exposition(supervisor.metrics.registry), auth=not launch.metrics_open),
               ("GET", "/logs"): Route(supervisor.logs, auth=False)}
     try:
-        serve(HttpApi(routes, token), supervisor.host, port, "supervisor health probes")
+        serve(HttpApi(routes, launch.secrets.token), supervisor.host, supervisor.health_port,
+              "supervisor health probes")
     except StreamflowError as exc:
         raise StreamflowError(f"{exc}: give another --health-port (STREAMFLOW_HEALTH_PORT), or 0 for none") \
             from None

@@ -17,10 +17,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from streamflow.backoff import Backoff
 from streamflow.errors import StreamflowError
@@ -49,20 +50,21 @@ reads ``os.environ``. The worker gets what it needs of them on stdin."""
 @dataclass(frozen=True)
 class Launch:
     """How a supervisor starts each worker, from its options: what the worker's stdin
-    carries, its address-space cap, its log file's size before rotation, whether its lines
-    also go to ``echo`` (the supervisor's stdout), and what its command line adds."""
+    carries, its address-space cap in MiB (None: none), its log file's size before
+    rotation, whether its lines also go to the supervisor's stdout, and what its command
+    line adds."""
 
     secrets: WorkerSecrets = WorkerSecrets()
-    limits: Limits = Limits()
+    memory_mb: int | None = None
     log_max_bytes: int = DEFAULT_MAX_BYTES
-    echo: BinaryIO | None = field(default=None, compare=False)
+    echo: bool = False
     tls: TlsFiles | None = None
     metrics_open: bool = False
 
     def argv(self, command: WorkerCommand) -> list[str]:
-        """The worker's command line, under the limits if there are any."""
+        """The worker's command line, under the memory cap if there is one."""
         argv = command.to_argv()
-        return argv if self.limits == Limits() else self.limits.argv(argv)
+        return argv if self.memory_mb is None else Limits(memory_mb=self.memory_mb).argv(argv)
 
 
 def tls_files(cert: str | None, key: str | None, ca: str | None) -> TlsFiles | None:
@@ -125,7 +127,8 @@ class WorkerSlot:
                                    stderr=subprocess.STDOUT, env=env, cwd=command.code_dir)
         assert process.stdin is not None and process.stdout is not None
         self.process, self.started, self.virtualenv = process, time.monotonic(), virtualenv
-        self.pump = LogPump(process.stdout, log_path, launch.log_max_bytes, launch.echo).start()
+        echo = sys.stdout.buffer if launch.echo else None
+        self.pump = LogPump(process.stdout, log_path, launch.log_max_bytes, echo).start()
         try:  # one short line: the pipe's buffer takes it whole, whenever the worker reads it
             process.stdin.write(launch.secrets.encode())
             process.stdin.close()
