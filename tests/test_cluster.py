@@ -129,7 +129,7 @@ def workers_holding(c: Cluster, name: str, workers: int, component: str) -> list
 
 def test_etl_survives_kill_9_of_a_worker(cluster: Cluster, tmp_path: Path) -> None:
     out, dlq, valid, malformed = submit_etl(cluster, tmp_path, "etl-kill-worker", workers=4, events=100_000,
-                                            pending=1000)
+                                            pending=10_000)
     # A worker running an enrich task and not the spout: every event crosses to one of the
     # enrich tasks (fields grouping on user), so this worker has work in flight. Enough
     # events that the run lasts past the few seconds status takes to show every worker.

@@ -241,7 +241,7 @@ def test_the_worker_port_still_answers_metrics_without_a_handshake() -> None:
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
 
     answer = receiver.converse(scrape)
-    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"up 1\n")
+    assert answer.startswith(b"HTTP/1.0 200 OK") and answer.endswith(b"up 1\n")
 
 
 # --------------------------------------------------------------------------- TLS
