@@ -3,8 +3,10 @@ what it prints kept for the assertions."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,3 +43,12 @@ def summary_rows(stderr: str) -> dict[str, list[str]]:
             break
         rows[cells[0]] = cells
     return rows
+
+
+def zipped(entries: dict[str, bytes]) -> bytes:
+    """A code package (or a hostile one) holding ``entries``, as ``submit`` would send it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 from cluster import TOKEN, ZK_AUTH, Cluster, free_port_run, wait_for
-from commands import ROOT, assert_one_line_error
+from commands import ROOT, assert_one_line_error, zipped
 
 from streamflow.httpapi import MAX_CONNECTIONS
 from streamflow.zkstate import ClusterState
@@ -283,17 +283,6 @@ def submit_raw(victim: Cluster, name: str, file: str, package: bytes) -> tuple[i
     status, answer = http(victim.url, "POST", "/api/v1/submit", body,
                           {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
     return status, json.loads(answer or b"{}")
-
-
-def zipped(entries: dict[str, bytes]) -> bytes:
-    import io
-    import zipfile
-
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 TOPOLOGY = (ROOT / "topologies" / "wordcount.py").read_bytes()

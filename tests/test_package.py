@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 
 import pytest
+from commands import zipped
 
 from streamflow import package
 from streamflow.errors import StreamflowError
 from streamflow.package import check, pack, unpack
-
-
-def zipped(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def test_a_packed_topology_unpacks_to_the_same_files(tmp_path: Path) -> None:
