@@ -1,12 +1,14 @@
 """Argparse types for the numbers commands take: the ``streamflow`` CLI's, and those of
 the commands other packages add to it (``streamflow.cli.COMMAND_MODULES``). A bad value
-is argparse's one-line usage error."""
+is argparse's one-line usage error. :func:`switch` reads an on/off option."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from typing import Callable, TypeVar
+
+from streamflow.errors import StreamflowError
 
 Number = TypeVar("Number", int, float)
 
@@ -28,3 +30,15 @@ def _positive(convert: Callable[[str], Number], what: str) -> Callable[[str], Nu
 positive_float = _positive(float, "a number of seconds")
 positive_int = _positive(int, "an integer")
 percentage = _positive(float, "a percentage")
+
+
+def switch(name: str, value: bool | str) -> bool:
+    """An on/off option: True or False from the command line, else its environment variable's
+    text (1/0, true/false, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise StreamflowError(f"STREAMFLOW_{name}: expected 1 or 0 (true/false, yes/no, on/off), got {value!r}")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from streamflow import __version__, devcluster
-from streamflow.argtypes import positive_float, positive_int
+from streamflow.argtypes import positive_float, positive_int, switch
 from streamflow.config import parse_overrides, parse_value
 from streamflow.errors import StreamflowError
 from streamflow.executor import TaskFailed
@@ -106,9 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     describe = command("describe", _describe, "print a topology file's topology as JSON")
     topology_file(describe)
 
+    def tls_options(sub: argparse.ArgumentParser, what: str) -> None:
+        for option, file in (("--tls-cert", "certificate chain"), ("--tls-key", "key"), ("--tls-ca", "CA")):
+            _add(sub, option, f"PEM file of {what}: {file}")
+
     def client(sub: argparse.ArgumentParser) -> None:
         _add(sub, "--nimbus", "URL of any nimbus (standbys forward to the leader)")
         _add(sub, "--token", "API token, when nimbus requires one")
+        _add(sub, "--tls-ca", "PEM file of the CA that signed nimbus's HTTPS certificate (default: the system's)")
 
     submit = command("submit", _submit, "upload a topology to the cluster and start it",
                      "Validate FILE's topology here, then upload the file and the directory it "
@@ -176,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_switch(nimbus, "--insecure", "serve the API without a token on a non-loopback --host: anyone "
                 "who reaches it can run code on the cluster")
     _add_switch(nimbus, "--metrics-open", "serve GET /metrics without the token")
+    tls_options(nimbus, "HTTPS for the API (cert and key; the CA to check other nimbus's certificates)")
     _add(nimbus, "--worker-timeout", "seconds without heartbeat before a worker's tasks move", 30.0, float)
     _add(nimbus, "--launch-timeout", "seconds a new worker has to send its first heartbeat", 120.0, float)
 
@@ -192,8 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     _add(supervisor, "--worker-memory-mb", "each worker's address-space cap (RLIMIT_AS), MiB", kind=positive_int)
     _add(supervisor, "--log-max-bytes", "rotate a worker's log past this size", DEFAULT_MAX_BYTES, positive_int)
     _add_switch(supervisor, "--worker-logs-to-stdout", "also write every worker's log lines to stdout")
-    for option, what in (("--tls-cert", "certificate chain"), ("--tls-key", "key"), ("--tls-ca", "peers' CA")):
-        _add(supervisor, option, f"PEM file of the worker links' TLS (all three or none): {what}")
+    tls_options(supervisor, "the worker links' TLS (all three or none)")
     _add_switch(supervisor, "--virtualenvs", "build a virtualenv (pip install -r) for each topology with a "
                 "streamparse virtualenvs/NAME.txt, once per distinct file, and run its components in it")
 
@@ -228,7 +233,7 @@ def _describe(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from streamflow.client import NimbusClient
 
-    return NimbusClient(args.nimbus, args.token)
+    return NimbusClient(args.nimbus, args.token, tls_ca=args.tls_ca)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -363,19 +368,21 @@ def _nimbus(args: argparse.Namespace) -> int:
     from streamflow.httpapi import is_loopback, read_token, serve
     from streamflow.nimbus import Nimbus
     from streamflow.nimbus_api import nimbus_api
+    from streamflow.transport.tls import api_contexts
 
     token = read_token(args.token_file)
-    insecure = _switch("INSECURE", args.insecure)
+    insecure = switch("INSECURE", args.insecure)
     if token is None and not insecure and not is_loopback(args.host):
         raise StreamflowError(f"nimbus has no API token and --host {args.host} is not a loopback address: "
                               "give it --token-file, or --insecure to let anyone who reaches it run code")
+    server_tls, client_tls = api_contexts(args.tls_cert, args.tls_key, args.tls_ca)
     state = _state(args)
-    nimbus = Nimbus(state, args.host, args.port, args.worker_timeout, args.launch_timeout)
+    nimbus = Nimbus(state, args.host, args.port, args.worker_timeout, args.launch_timeout, client_tls)
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopped.set())
-    api = nimbus_api(nimbus, token, metrics_open=_switch("METRICS_OPEN", args.metrics_open))
-    server = serve(api, "0.0.0.0" if token or insecure else args.host, args.port, "nimbus")
+    api = nimbus_api(nimbus, token, metrics_open=switch("METRICS_OPEN", args.metrics_open))
+    server = serve(api, "0.0.0.0" if token or insecure else args.host, args.port, "nimbus", tls=server_tls)
     nimbus.start()
     print(f"nimbus serving {nimbus.url}", file=sys.stderr, flush=True)
     stopped.wait()
@@ -393,30 +400,18 @@ def _supervisor(args: argparse.Namespace) -> int:
     from streamflow.worker_slot import Launch, tls_files
     token = read_token(args.token_file)
     launch = Launch(WorkerSecrets(args.zk_auth, token), args.worker_memory_mb, args.log_max_bytes,
-                    _switch("WORKER_LOGS_TO_STDOUT", args.worker_logs_to_stdout),
+                    switch("WORKER_LOGS_TO_STDOUT", args.worker_logs_to_stdout),
                     tls_files(args.tls_cert, args.tls_key, args.tls_ca),
-                    token is None or _switch("METRICS_OPEN", args.metrics_open))
+                    token is None or switch("METRICS_OPEN", args.metrics_open))
     supervisor = Supervisor(_state(args), args.id or f"{args.host}-{args.base_port}", args.host,
                             list(range(args.base_port, args.base_port + args.slots)), Path(args.data_dir), launch,
-                            args.health_port, _switch("VIRTUALENVS", args.virtualenvs))
+                            args.health_port, switch("VIRTUALENVS", args.virtualenvs))
     try:
         serve_health(supervisor)
         supervisor.run()
     finally:
         supervisor.state.stop()
     return EXIT_OK
-
-
-def _switch(name: str, value: bool | str) -> bool:
-    """An on/off option: True or False from the command line, else its environment variable's
-    text (1/0, true/false, yes/no, on/off)."""
-    if isinstance(value, bool):
-        return value
-    if value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.strip().lower() in ("", "0", "false", "no", "off"):
-        return False
-    raise StreamflowError(f"STREAMFLOW_{name}: expected 1 or 0 (true/false, yes/no, on/off), got {value!r}")
 
 
 def _dev_cluster(args: argparse.Namespace) -> int:

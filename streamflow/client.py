@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,7 +16,8 @@ from streamflow.errors import StreamflowError
 class NimbusClient:
     """Calls one nimbus (any of them: standbys forward to the leader)."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 120.0) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 120.0,
+                 tls_ca: str | None = None) -> None:
         if not url:
             raise StreamflowError("no nimbus address: pass --nimbus URL or set STREAMFLOW_NIMBUS")
         self.url = url.rstrip("/")
@@ -23,6 +25,10 @@ class NimbusClient:
             self.url = "http://" + self.url
         self.token = token
         self.timeout = timeout
+        try:
+            self._tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+        except (OSError, ssl.SSLError) as exc:
+            raise StreamflowError(f"cannot use --tls-ca {tls_ca}: {exc}") from None
 
     def call(self, method: str, op: str, name: str = "", body: dict[str, Any] | None = None,
              query: dict[str, str] | None = None) -> Any:
@@ -37,7 +43,7 @@ class NimbusClient:
         data = json.dumps(body or {}).encode() if method == "POST" else None
         request = urllib.request.Request(path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._tls) as response:
                 answer = response.read()
         except http.client.HTTPException as exc:  # a server that does not speak HTTP
             raise StreamflowError(f"nimbus at {self.url} did not answer in HTTP ({type(exc).__name__}): "

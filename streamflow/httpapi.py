@@ -28,6 +28,7 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -422,13 +423,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(api: HttpApi, host: str, port: int, what: str,
-          max_connections: int = MAX_CONNECTIONS) -> _Server:
-    """Serve ``api`` on ``host:port`` from a daemon thread; ``what`` names the server in
-    the one-line error when the port cannot be bound. ``shutdown()`` stops it at once,
-    ``drain(timeout)`` once the requests in flight are answered."""
+          max_connections: int = MAX_CONNECTIONS, tls: ssl.SSLContext | None = None) -> _Server:
+    """Serve ``api`` on ``host:port`` from a daemon thread, over HTTPS with ``tls``;
+    ``what`` names the server in the one-line error when the port cannot be bound.
+    ``shutdown()`` stops it at once, ``drain(timeout)`` once the requests in flight are
+    answered. A TLS handshake happens in the connection's own thread, under its timeout,
+    so a client that stalls it holds one connection, not the server."""
     try:
         server = _Server((host, port), api, max_connections)
     except OSError as exc:
         raise StreamflowError(f"{what} cannot serve on port {port}: {exc.strerror}") from None
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     threading.Thread(target=server.serve_forever, name=what, daemon=True).start()
     return server

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import ssl
 import threading
 import time
 import urllib.error
@@ -55,10 +56,14 @@ class Nimbus:
         port: int,
         worker_timeout: float = 30.0,
         launch_timeout: float = 120.0,
+        client_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.state = state
+        self.client_tls = client_tls
+        """How this nimbus checks another's HTTPS certificate when it forwards a call; with
+        one, its own API is HTTPS too (the URL it registers says so)."""
         self.host, self.port = host, port
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if client_tls else 'http'}://{host}:{port}"
         self.worker_timeout = worker_timeout
         self.leading = threading.Event()
         self._stopping = threading.Event()

@@ -85,7 +85,8 @@ def _forward(nimbus: Nimbus, request: Request, body: dict[str, Any]) -> Response
         headers={"Content-Type": "application/json", **({"Authorization": auth} if auth else {})},
     )
     try:
-        with urllib.request.urlopen(forwarded, timeout=FORWARD_TIMEOUT_SECS) as response:
+        with urllib.request.urlopen(forwarded, timeout=FORWARD_TIMEOUT_SECS,
+                                    context=nimbus.client_tls) as response:
             return Response(HTTPStatus(response.status), response.headers.get_content_type(), response.read())
     except urllib.error.HTTPError as exc:
         return Response(HTTPStatus(exc.code), exc.headers.get_content_type(), exc.read())

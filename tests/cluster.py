@@ -93,10 +93,14 @@ class Cluster:
 
     def __init__(self, zk_hosts: str, zk_root: str, workdir: Path, nimbus_count: int = 2,
                  supervisors: int = 2, slots: int = 2, token: str | None = None,
-                 zk_auth: str | None = None, supervisor_settings: dict[str, str] | None = None) -> None:
+                 zk_auth: str | None = None, supervisor_settings: dict[str, str] | None = None,
+                 nimbus_settings: dict[str, str] | None = None) -> None:
         self.zk_hosts, self.zk_root, self.workdir = zk_hosts, zk_root, workdir
         self.token, self.zk_auth = token, zk_auth
         self.supervisor_settings = supervisor_settings or {}
+        self.nimbus_settings = nimbus_settings or {}
+        self.tls_ca = self.nimbus_settings.get("tls-ca")
+        """The CA clients check nimbus's HTTPS certificate with, when nimbus serves HTTPS."""
         self.slots = slots
         self.nimbus: dict[str, subprocess.Popen[bytes]] = {}
         self.supervisors: dict[str, subprocess.Popen[bytes]] = {}
@@ -119,9 +123,9 @@ class Cluster:
 
     def start_nimbus(self) -> str:
         port = free_port_run(1)
-        url = f"http://127.0.0.1:{port}"
+        url = f"{'https' if 'tls-cert' in self.nimbus_settings else 'http'}://127.0.0.1:{port}"
         settings = {"port": str(port), "zk-session-timeout": "3", "worker-timeout": "8",
-                    "launch-timeout": "30"}
+                    "launch-timeout": "30", **self.nimbus_settings}
         if self.token:
             token_file = self.workdir / "token"
             token_file.write_text(self.token)
@@ -186,6 +190,8 @@ class Cluster:
     def cli(self, *args: str, nimbus: str | None = None, token: str | None = "default",
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = dict(self.env, STREAMFLOW_NIMBUS=nimbus or self.url)
+        if self.tls_ca:
+            env["STREAMFLOW_TLS_CA"] = self.tls_ca
         token = self.token if token == "default" else token
         if token:
             env["STREAMFLOW_TOKEN"] = token
@@ -199,7 +205,7 @@ class Cluster:
         from streamflow.client import NimbusClient
 
         try:
-            return NimbusClient(self.url, self.token, timeout=10).call("GET", op, name)
+            return NimbusClient(self.url, self.token, timeout=10, tls_ca=self.tls_ca).call("GET", op, name)
         except Exception as exc:
             raise subprocess.CalledProcessError(1, op, str(exc)) from None
 

@@ -9,6 +9,7 @@ import asyncio
 import datetime
 import hashlib
 import hmac
+import ipaddress
 import logging
 import ssl
 from pathlib import Path
@@ -247,8 +248,9 @@ def test_the_worker_port_still_answers_metrics_without_a_handshake() -> None:
 # --------------------------------------------------------------------------- TLS
 
 
-def write_certificates(where: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and one worker certificate it signed: (cert, key, ca) PEM files."""
+def write_certificates(where: Path, ip: str | None = None) -> tuple[Path, Path, Path]:
+    """A throwaway CA and one certificate it signed (naming ``ip``, for a client that checks
+    host names): (cert, key, ca) PEM files."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streamflow test CA")])
@@ -262,7 +264,11 @@ def write_certificates(where: Path) -> tuple[Path, Path, Path]:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "worker")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(ca_key, hashes.SHA256()))
+            .not_valid_after(now + datetime.timedelta(days=1)))
+    if ip is not None:
+        cert = cert.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+                                  critical=False)
+    cert = cert.sign(ca_key, hashes.SHA256())
     paths = where / "worker.pem", where / "worker.key", where / "ca.pem"
     paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

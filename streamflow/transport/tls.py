@@ -1,4 +1,4 @@
-"""TLS for the links between workers, with the standard :mod:`ssl` module.
+"""TLS for the links between workers and for nimbus's API, with the standard :mod:`ssl` module.
 
 Both ends present a certificate and verify the other's against the cluster's CA (mutual
 TLS). Give the workers a CA of their own: any certificate it signed is trusted as a
@@ -41,3 +41,28 @@ def contexts(cert: str | Path, key: str | Path, ca: str | Path,
 
 def _reason(exc: OSError | ssl.SSLError) -> str:
     return exc.strerror or getattr(exc, "reason", None) or str(exc)
+
+
+def api_contexts(cert: str | None, key: str | None, ca: str | None
+                 ) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """The (server, client) contexts of nimbus's HTTPS API: the server's from its certificate
+    chain and key (None without them: plain HTTP), the client's (for forwarding to the
+    leader) checking certificates against ``ca``, else the system's CAs (None when neither
+    is given). Clients of the API need no certificate; the API token authenticates them."""
+    if (cert is None) != (key is None):
+        raise ConfigError("give --tls-cert and --tls-key together, or neither")
+    server = None
+    if cert is not None and key is not None:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            server.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS certificate {cert} with key {key}: {_reason(exc)}") from None
+    client = None
+    if ca is not None or server is not None:
+        try:
+            client = ssl.create_default_context(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS CA {ca}: {_reason(exc)}") from None
+    return server, client
