@@ -72,7 +72,7 @@ class Nimbus:
         self._lock = threading.RLock()
         self.election = state.election(self.url)
         self.registry = CollectorRegistry()
-        self.registry.register(TopologyCollector(self._statuses))
+        self.registry.register(TopologyCollector(self._exported_statuses))
         reassignments = Counter("streamflow_reassignments", "Assignments changed for a running topology",
                                 ["topology"], registry=self.registry)
         self.scheduling = SchedulingPass(state, Timeouts(worker_timeout, launch_timeout), reassignments)
@@ -210,11 +210,13 @@ class Nimbus:
         return views.status(record, self.state.read_assignment(record.id), self.state.heartbeats(record.id),
                             self.state.errors(record.id), time.time(), self.worker_timeout)
 
+    def _exported_statuses(self) -> Sequence[dict[str, Any]]:
+        """What /metrics exports: the statuses on the leader only, so that a ``sum()``
+        over every nimbus's series counts each topology once."""
+        return self._statuses() if self.leading.is_set() else []
+
     def _statuses(self) -> Sequence[dict[str, Any]]:
-        """``status`` of every running topology, for /metrics: from the leader only, so
-        that a ``sum()`` over every nimbus's series counts each topology once."""
-        if not self.leading.is_set():
-            return []
+        """``status`` of every running topology (any nimbus reads them from ZooKeeper)."""
         statuses = []
         for record in self.state.topologies().values():
             if record.status != "killed":

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from cluster import ROOT, Cluster, wait_for
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -162,9 +162,14 @@ class Browser:
 
     def until(self, condition: Callable[[], Any], what: str, timeout: float = 20) -> Any:
         """Wait for ``condition`` as the page refreshes; fail naming ``what``."""
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.1,
-                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
-                             ).until(lambda _: condition(), f"waited {timeout:g} s for {what}")
+        try:
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.1,
+                                 ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                                 ).until(lambda _: condition())
+        except TimeoutException:
+            # What the page said, to tell a slow cluster from a refused call.
+            raise AssertionError(f"waited {timeout:g} s for {what}; the page's banner: "
+                                 f"{self.text('#problem')!r}, updated: {self.text('#updated')!r}") from None
 
     def screenshot(self, name: str) -> None:
         """The whole page, not just the window: grow the window (page plus browser frame) first."""
@@ -293,7 +298,6 @@ def test_without_the_token_the_pages_say_401_and_change_nothing(ui_cluster: Clus
     browser.until(lambda: "401" in browser.text("#action-result"), "the refused deactivation")
     assert ui_cluster.api("status", NAME)["status"] == "active"
     browser.screenshot("topology")
-
 
 
 @needs_browser
