@@ -156,33 +156,57 @@ class JsonLinesSink(Bolt):
             raise StreamflowError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._data = bytearray()
         self._batch: list[Tuple] = []
+        self._refused: list[Exception] = []
+        """Why tuples of the batch could not be encoded (they were failed)."""
         self._records: dict[Origin, Callable[[Sequence[Any]], dict[str, Any]]] = {}
 
     def process(self, tup: Tuple) -> None:
-        record = self._records.get(tup.origin)
-        if record is None:
-            record = self._records[tup.origin] = self._record_of(tup.origin.fields)
-        # Appended at once, not kept as one bytes object per line: orjson's output buffers,
-        # when many are alive together, make glibc's malloc many times slower.
-        self._data += orjson.dumps(record(tup.values))
-        self._data += b"\n"
-        self._batch.append(tup)
+        self.process_batch((tup,))
 
-    def _record_of(self, fields: tuple[str, ...]) -> Callable[[Sequence[Any]], dict[str, Any]]:
-        """How to turn the values of an input stream with ``fields`` into the written record:
-        one small function made for the stream, its dict a literal with keys and positions
+    def process_batch(self, tuples: Sequence[Tuple]) -> None:
+        """Encode each tuple's line into the batch's buffer; a tuple that does not encode
+        is failed alone (``end_batch`` raises once for it)."""
+        data, taken, dumps = self._data, self._batch.append, orjson.dumps
+        origin: Origin | None = None
+        for tup in tuples:
+            try:
+                if tup.origin is not origin:
+                    origin = tup.origin
+                    record = self._records.get(origin) or self._record_of(origin)
+                # Appended at once, not kept as one bytes object per line: orjson's output
+                # buffers, when many are alive together, make glibc's malloc many times slower.
+                data += dumps(record(tup.values))
+            except Exception as exc:
+                origin = None
+                self.fail(tup)
+                self._refused.append(exc)
+                continue
+            data += b"\n"
+            taken(tup)
+
+    def _record_of(self, origin: Origin) -> Callable[[Sequence[Any]], dict[str, Any]]:
+        """How to turn the values of an input stream into the written record: one small
+        function made for the stream (and kept), its dict a literal with keys and positions
         written in, because this runs per line and a literal is the cheapest dict to build."""
+        fields = origin.fields
         names = self.fields if self.fields is not None else fields
         missing = [f for f in names if f not in fields]
         if missing:
             raise KeyError(f"input has no field {missing[0]!r} (fields: {', '.join(fields)})")
         literal = ", ".join(f"{name!r}: v[{fields.index(name)}]" for name in names)
         record: Callable[[Sequence[Any]], dict[str, Any]] = eval(f"lambda v: {{{literal}}}", {})
+        self._records[origin] = record
         return record
 
     def end_batch(self) -> None:
-        if not self._batch:
-            return
+        if self._batch:
+            self._write()
+        if self._refused:
+            refused, self._refused = self._refused, []
+            raise ValueError(f"{len(refused)} tuples could not be written to {self.path} (failed); the last: "
+                             f"{type(refused[-1]).__name__}: {refused[-1]}")
+
+    def _write(self) -> None:
         data, batch = self._data, self._batch
         self._data, self._batch = bytearray(), []
         try:
@@ -195,8 +219,7 @@ class JsonLinesSink(Bolt):
             for tup in batch:
                 self.fail(tup)
             raise
-        for tup in batch:
-            self.ack(tup)
+        self.ack_all(batch)
 
     def cleanup(self) -> None:
         os.close(self._fd)

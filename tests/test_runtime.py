@@ -604,3 +604,147 @@ def test_a_basic_bolt_whose_end_batch_raises_fails_the_batch_instead_of_acking_i
     assert set(FlakyWriteBolt.written) == set(range(200))  # and was written once replayed
     assert ledger.acked == {n: 1 for n in range(200)}
     assert run.component("sink").errors == 1
+
+
+class SplitMany(BasicBolt):
+    """Emits n copies of each input number with one ``emit_many``; 13 raises after emitting."""
+
+    outputs = ["n"]
+
+    def process(self, tup: Tuple) -> None:
+        n = tup.values[0]
+        self.emit_many([(n,)] * 3)
+        if n == 13 and not SplitMany.failed_once:
+            SplitMany.failed_once = True
+            raise ValueError("13 fails once, after its emits")
+
+    failed_once = False
+
+
+class BatchCounter(BasicBolt):
+    """A BasicBolt with its own ``process_batch``: one tuple per batch, the batch's size,
+    which is anchored to every tuple of the batch."""
+
+    outputs = ["size"]
+    batches: list[int] = []
+
+    def process_batch(self, tuples: Any) -> None:
+        BatchCounter.batches.append(len(tuples))
+        self.emit((len(tuples),))
+
+
+class BatchSink(Bolt):
+    """A plain bolt with its own ``process_batch``: acks the even numbers, fails the odd
+    ones once, and raises for a batch holding 77 the first time it sees it."""
+
+    seen: list[int] = []
+    raised = False
+
+    def process_batch(self, tuples: Any) -> None:
+        for tup in tuples:
+            n = tup.values[0]
+            if n == 77 and not BatchSink.raised:
+                BatchSink.raised = True
+                raise RuntimeError("77 breaks its batch")
+            BatchSink.seen.append(n)
+        self.ack_all(tuples)
+
+
+class OwnProcess(BatchSink):
+    """A subclass overriding only ``process``: the runtime calls it, tuple by tuple."""
+
+    calls = 0
+
+    def process(self, tup: Tuple) -> None:
+        OwnProcess.calls += 1
+        self.ack(tup)
+
+
+def test_emit_many_anchors_each_row_and_a_raise_after_it_replays_the_input() -> None:
+    ledger, out = Ledger(), Ledger()
+    builder = TopologyBuilder("emit-many")
+    builder.set_spout("source", ListSpout([(i,) for i in range(300)], ["n"], ledger))
+    builder.set_bolt("split", SplitMany(), 2).shuffle_grouping("source")
+    builder.set_bolt("sink", CollectBolt(out), 2).fields_grouping("split", ["n"])
+    run = run_local(builder.build(), timeout=30)
+    assert run.outcome == "finished"
+    assert ledger.acked == {n: 1 for n in range(300)} and ledger.failed == {13: 1}
+    received = Counter(t.values[0] for _, t in out.received)
+    assert received == {n: 6 if n == 13 else 3 for n in range(300)}  # 13's first emits were replayed
+    assert run.component("split").emitted == 903
+
+
+def test_emit_many_refuses_a_row_of_the_wrong_arity_like_emit() -> None:
+    class Wrong(BasicBolt):
+        outputs = ["a", "b"]
+
+        def process(self, tup: Tuple) -> None:
+            self.emit_many([(1, 2), (3,)])
+
+    ledger = Ledger()
+    builder = TopologyBuilder("emit-many-arity")
+    builder.set_spout("source", ListSpout([(1,)], ["n"], ledger, max_retries=0))
+    builder.set_bolt("wrong", Wrong()).shuffle_grouping("source")
+    run = run_local(builder.build(), timeout=30)
+    assert ledger.failed == {0: 1}
+    error = run.component("wrong").last_error
+    assert error is not None
+    assert "emitted 1 values on stream 'default', which declares 2 fields (a, b)" in error.message
+
+
+def test_a_basic_bolts_process_batch_anchors_its_emits_to_the_whole_batch() -> None:
+    BatchCounter.batches = []
+    ledger = Ledger()
+    builder = TopologyBuilder("batch-basic")
+    builder.set_spout("source", ListSpout([(i,) for i in range(2000)], ["n"], ledger))
+    builder.set_bolt("batches", BatchCounter()).shuffle_grouping("source")
+    builder.set_bolt("sink", FailFirstSizeOnce()).shuffle_grouping("batches")
+    run = run_local(builder.build(), timeout=30)
+    assert run.outcome == "finished"
+    assert max(BatchCounter.batches) > 1  # batches, not single tuples
+    # The sink failed the first batch's size tuple: every input of that batch failed and
+    # was replayed; the others were acked once.
+    first = BatchCounter.batches[0]
+    assert sum(ledger.failed.values()) == first
+    assert ledger.acked == {n: 1 for n in range(2000)}
+    assert sum(BatchCounter.batches) == 2000 + first
+
+
+class FailFirstSizeOnce(Bolt):
+    """Fails the first tuple it gets, acks the others."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def process(self, tup: Tuple) -> None:
+        if not self.failed:
+            self.failed = True
+            self.fail(tup)
+        else:
+            self.ack(tup)
+
+
+def test_a_plain_bolts_process_batch_runs_per_batch_and_a_raise_fails_the_whole_batch() -> None:
+    BatchSink.seen, BatchSink.raised = [], False
+    ledger = Ledger()
+    builder = TopologyBuilder("batch-plain")
+    builder.set_spout("source", ListSpout([(i,) for i in range(500)], ["n"], ledger))
+    builder.set_bolt("sink", BatchSink(), 2).shuffle_grouping("source")
+    run = run_local(builder.build(), timeout=30)
+    assert run.outcome == "finished"
+    assert ledger.acked == {n: 1 for n in range(500)}
+    assert 77 in ledger.failed and sum(ledger.failed.values()) > 1  # its batch-mates failed too
+    assert set(BatchSink.seen) == set(range(500))
+    sink = run.component("sink")
+    assert sink.errors == 1 and sink.last_error is not None
+    assert "process_batch: RuntimeError: 77 breaks its batch" in sink.last_error.message
+
+
+def test_a_subclass_overriding_process_of_a_batch_bolt_gets_each_tuple() -> None:
+    OwnProcess.calls = 0
+    ledger = Ledger()
+    builder = TopologyBuilder("own-process")
+    builder.set_spout("source", ListSpout([(i,) for i in range(100)], ["n"], ledger))
+    builder.set_bolt("sink", OwnProcess()).shuffle_grouping("source")
+    assert run_local(builder.build(), timeout=30).outcome == "finished"
+    assert OwnProcess.calls == 100 and ledger.acked == {n: 1 for n in range(100)}

@@ -600,7 +600,9 @@ def test_without_a_late_stream_a_tuple_without_a_usable_timestamp_fails_in_one_l
     assert ledger.failed == Counter({i: 2 for i in bad})
     assert set(ledger.acked) == set(range(len(rows))) - bad
     win = stats(worker, "win")
-    assert win.errors == 2 * len(bad) and win.last_error is not None
+    # Each bad row failed twice at the spout; a rollback (the failures start them) may also
+    # replay a bad row in flight once more without failing its tree, so at least twice.
+    assert win.errors >= 2 * len(bad) and win.last_error is not None
     message = win.last_error.message
     assert "\n" not in message, message
     assert re.fullmatch(r"process: ValueError: component NoLate: (timestamp .* is not a number of epoch "

@@ -62,8 +62,8 @@ class KafkaBolt(Bolt):
     batching, and the batch is answered once the broker has answered all of them. Each of
     ``writers`` producers writes one batch at a time, so a batch is answered when its
     producer holds no write, and librdkafka need report only the writes that failed.
-    ``process`` is a plain function, not a coroutine: it runs for every record, and a
-    coroutine per record costs more than the write itself.
+    ``process_batch`` is a plain function, not a coroutine, looping over the batch with
+    its lookups done once: a coroutine per record costs more than the write itself.
 
     Order: with one writer (the default), ``end_batch`` waits for the broker's answers
     before the next batch, so a batch's records land after those of the batch before.
@@ -144,18 +144,38 @@ class KafkaBolt(Bolt):
         self._looks = 0
         """Looks for answers so far (every :data:`POLL_ALL_EVERY`-th polls every writer)."""
         self._failures: list[tuple[KafkaError, Any]] = []
+        self._refused: list[Exception] = []
+        """Why tuples of the batch could not be handed to librdkafka (they were failed)."""
         self._records: dict[Origin, Callable[[Sequence[Any]], Written]] = {}
         self.produced = self.produced_bytes = self.delivery_errors = 0
 
     def process(self, tup: Tuple) -> None:
-        to_record = self._records.get(tup.origin) or self._record_of(tup.origin)
-        topic, key, value = to_record(tup.values)
+        self.process_batch((tup,))
+
+    def process_batch(self, tuples: Sequence[Tuple]) -> None:
+        """Hand each tuple's record to the writer taking records. A tuple whose record
+        cannot be built or handed over (a value its format refuses, librdkafka's queue
+        full) is failed alone, and ``end_batch`` raises for it once."""
         writer = self._writer
         if writer is None:  # the first tuple since a writer was sent: one is free
             writer = self._writer = self._free.pop()
-        writer.producer.produce(topic, value, key)
-        writer.tuples.append(tup)
-        writer.bytes += len(value or b"") + len(key or b"")
+        produce, taken, records = writer.producer.produce, writer.tuples.append, self._records
+        origin, to_record, size = None, None, 0
+        for tup in tuples:
+            try:
+                if tup.origin is not origin:
+                    origin = tup.origin
+                    to_record = records.get(origin) or self._record_of(origin)
+                topic, key, value = to_record(tup.values)  # type: ignore[misc]  # set with origin
+                produce(topic, value, key)
+            except Exception as exc:
+                origin = None  # a stream whose fields lack one is looked up again, and fails again
+                self.fail(tup)
+                self._refused.append(exc)
+                continue
+            taken(tup)
+            size += len(value or b"") + len(key or b"")
+        writer.bytes += size
 
     def _record_of(self, origin: Origin) -> Callable[[Sequence[Any]], Written]:
         """How tuples of one stream become (topic, key, value), as one small function made
@@ -192,15 +212,19 @@ class KafkaBolt(Bolt):
         """Send the batch's writer to the broker when another writer can take the next
         batch; otherwise let it take the next batch too, unless it is the only writer or
         holds :data:`OPEN_WRITER_RECORDS`, in which case wait until a writer is free.
-        ``process`` never waits, so the wait is here, once per batch, not a coroutine per
-        tuple. Raises once for writes that failed since the last batch (their tuples were
-        failed)."""
+        ``process_batch`` never waits, so the wait is here, once per batch, not a coroutine
+        per tuple. Raises once for the tuples the batch could not hand over, and once for
+        writes that failed since the last batch (their tuples were failed)."""
         writer = self._writer
         if writer is not None and (self._free or not self._writing or len(writer.tuples) >= OPEN_WRITER_RECORDS):
             self._send(writer)
             while not self._free:  # every writer awaits answers: the answer task frees one
                 self._freed.clear()
                 await self._freed.wait()
+        if self._refused:
+            refused, self._refused = self._refused, []
+            raise KafkaClientError(f"{len(refused)} tuples could not be written to Kafka (failed); the last: "
+                                   f"{type(refused[-1]).__name__}: {refused[-1]}")
         if self._failures:
             failed, self._failures = self._failures, []
             client = f"; last client error: {self._errors.last.str()}" if self._errors.last is not None else ""

@@ -32,6 +32,7 @@ class BoltExecutor(ComponentExecutor):
         self.bolt = bolt
         basic = isinstance(bolt, (BasicBolt, AsyncBasicBolt))
         bolt.emit = self.collector.anchored_emitter() if basic else self.collector.emit
+        bolt.emit_many = self.collector.anchored_many_emitter() if basic else self.collector.emit_many
         bolt.emit_direct = self.collector.emit_direct
         bolt.ack = self.collector.ack
         bolt.ack_all = self.collector.ack_all
@@ -40,6 +41,8 @@ class BoltExecutor(ComponentExecutor):
         self._process: Callable[[list[Tuple]], Awaitable[None] | None]
         if isinstance(bolt, AsyncBolt):
             self._process = self._process_async_basic if basic else self._process_async
+        elif _handles_batches(type(bolt)):
+            self._process = self._process_batch_basic if basic else self._process_batch
         else:
             self._process = self._process_basic if basic else self._process_plain
         self._taken: list[Tuple] = []
@@ -172,6 +175,33 @@ class BoltExecutor(ComponentExecutor):
         collector.current = None
         self._taken += _without(tuples, failed) if failed else tuples
 
+    def _process_batch(self, tuples: list[Tuple]) -> None:
+        """A bolt's own ``process_batch``: an exception fails the whole batch."""
+        try:
+            cast(Bolt, self.bolt).process_batch(tuples)
+        except Exception as exc:
+            self._batch_failed(tuples, exc)
+
+    def _process_batch_basic(self, tuples: list[Tuple]) -> None:
+        """A BasicBolt's own ``process_batch``: its emits are anchored to the whole batch,
+        which is acked with the turn's others once ``end_batch`` returns."""
+        collector = self.collector
+        collector.current_batch = tuples
+        try:
+            cast(Bolt, self.bolt).process_batch(tuples)
+        except Exception as exc:
+            self._batch_failed(tuples, exc)
+        else:
+            self._taken += tuples
+        finally:
+            collector.current_batch = None
+
+    def _batch_failed(self, tuples: list[Tuple], exc: Exception) -> None:
+        fail = self.collector.fail
+        for tup in tuples:
+            fail(tup)
+        self.stats.record_error(exc, "process_batch")
+
     async def _process_async(self, tuples: list[Tuple]) -> None:
         process = cast(AsyncBolt, self.bolt).process
         for tup in tuples:
@@ -199,6 +229,18 @@ class BoltExecutor(ComponentExecutor):
     async def close(self) -> None:
         """Release the bolt's resources once the task has stopped."""
         await self._close_with("cleanup")
+
+
+def _handles_batches(cls: type) -> bool:
+    """Whether the runtime calls ``process_batch`` rather than ``process``: the bolt's
+    class overrides ``process_batch``, no less nearly than ``process`` (a subclass that
+    overrides only ``process`` of a sink that handles batches is handled tuple by tuple,
+    so that its ``process`` runs)."""
+    def owner(name: str) -> type:
+        return next(c for c in cls.__mro__ if name in c.__dict__)
+
+    batch_owner = owner("process_batch")
+    return batch_owner is not Bolt and issubclass(batch_owner, owner("process"))
 
 
 def _without(tuples: list[Tuple], failed: list[Tuple]) -> list[Tuple]:
