@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Protocol
 
-from streamflow.components import BoltBase, SpoutBase, Stateful
+from streamflow.components import AsyncBolt, BoltBase, SpoutBase, Stateful
 from streamflow.config import validate_config
 from streamflow.errors import ConfigError, TopologyError
 from streamflow.groupings import GROUPINGS, KEYED_GROUPINGS
@@ -79,6 +79,9 @@ def _check_component(spec: ComponentSpec, prefix: str) -> dict[str, tuple[str, .
     expected, kind = (SpoutBase, "Spout") if spec.is_spout else (BoltBase, "Bolt")
     if not isinstance(spec.component, expected):
         raise TopologyError(f"{where}expected a {kind} instance, got {type(spec.component).__name__}")
+    if isinstance(spec.component, AsyncBolt) and hasattr(spec.component, "process_batch"):
+        raise TopologyError(f"{where}an AsyncBolt awaits process per tuple and never calls process_batch: "
+                            "handle batches in a Bolt or BasicBolt")
     p = spec.parallelism
     if not isinstance(p, int) or isinstance(p, bool) or p < 1:
         raise TopologyError(f"{where}parallelism must be an integer >= 1, got {p!r}")

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import pytest
 
-from streamflow.components import BasicBolt, Bolt, Spout
+from streamflow.components import AsyncBolt, BasicBolt, Bolt, Spout
 from streamflow.config import SETTINGS
 from streamflow.errors import ConfigError, StreamflowError, TopologyError
 from streamflow.topology import ACKER_COMPONENT, Topology, TopologyBuilder
@@ -336,6 +336,16 @@ def test_spout_instance_passed_to_set_bolt():
     builder.set_bolt("split", WordSpout()).shuffle_grouping("words")  # type: ignore[arg-type]
     expect_error(builder.build, TopologyError, "'split'", "expected a Bolt instance",
                  "WordSpout")
+
+
+def test_process_batch_on_an_async_bolt_is_refused_rather_than_never_called():
+    class BatchingAsync(AsyncBolt):
+        def process_batch(self, tuples):
+            pass
+
+    builder = base_builder()
+    builder.set_bolt("split", BatchingAsync()).shuffle_grouping("words")
+    expect_error(builder.build, TopologyError, "'split'", "never calls process_batch")
 
 
 def test_component_class_instead_of_instance():
