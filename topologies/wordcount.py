@@ -132,7 +132,10 @@ def build(config: Mapping[str, Any]) -> Topology:
         source = KafkaSpout(str(bootstrap), [str(config.get("input.topic", "sentences"))],
                             group_id=config.get("kafka.group_id"),
                             record_to_values=_sentence_of, fields=["sentence"],
-                            dead_letter_topic=config.get("deadletter.topic"))
+                            dead_letter_topic=config.get("deadletter.topic"),
+                            # A sentence is done when its checkpoint commits (below): a
+                            # partition holds more than a second of records in flight.
+                            max_uncommitted=50_000)
         # A word's highest count written is its count, so writes may land in any order:
         # three writers, and batches that linger 20 ms (see README, "Benchmarks").
         sink = KafkaBolt(str(bootstrap), str(config.get("output.topic", "word-counts")),
