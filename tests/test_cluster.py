@@ -121,8 +121,9 @@ def workers_holding(c: Cluster, name: str, workers: int, component: str) -> list
     description = json.loads(c.cli("describe", ETL, "-c", "output.path=x", "-c", "deadletter.path=x", "-c",
                                    f"topology.workers={workers}").stdout)
     tasks = set(description["tasks"][component])
-    running = wait_for(lambda: (lambda w: w if len(w) == workers else None)(c.status(name)["workers"]), 60,
-                       "every worker running")
+    # Assigned workers are listed before their first heartbeat, without a pid: wait for it.
+    running = wait_for(lambda: (lambda w: w if len(w) == workers and all(x["pid"] for x in w) else None)(
+        c.status(name)["workers"]), 60, "every worker running")
     return [w for w in running if tasks & set(w["tasks"])]
 
 
