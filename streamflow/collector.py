@@ -392,10 +392,14 @@ class BoltOutputCollector(OutputCollector):
             self._emit_anchored(values, stream)
 
     def _emit_anchored(self, values: Sequence[Any], stream: str = DEFAULT_STREAM) -> None:
-        """:meth:`anchored_emitter`'s emit on any stream (and its errors): anchored to the
-        current input, or in ``process_batch`` to the whole batch."""
+        """:meth:`anchored_emitter`'s emit on any stream (and its errors)."""
+        self.emit(values, stream, self._implicit_anchors())
+
+    def _implicit_anchors(self) -> Sequence[Tuple] | None:
+        """What a BasicBolt's emit is anchored to: the current input, or in its own
+        ``process_batch`` every tuple of the batch (None in other bolts)."""
         anchor = self.current
-        self.emit(values, stream, (anchor,) if anchor is not None else self.current_batch)
+        return (anchor,) if anchor is not None else self.current_batch
 
     def emit_direct(
         self,
@@ -406,12 +410,12 @@ class BoltOutputCollector(OutputCollector):
     ) -> None:
         """Emit to one task of a bolt that subscribes to ``stream`` with a direct grouping.
 
-        A BasicBolt's direct emits are anchored to its current input by default.
+        A BasicBolt's direct emits are anchored as its other emits by default.
         """
         out = self._direct_target(task, stream, values)
         self.stats.emitted += 1
-        if anchors is None and self.current is not None:
-            anchors = (self.current,)
+        if anchors is None:
+            anchors = self._implicit_anchors()
         out.add(task, values, _anchor(anchors) if anchors else None)
 
     def ack(self, tup: Tuple) -> None:

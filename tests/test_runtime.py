@@ -748,3 +748,29 @@ def test_a_subclass_overriding_process_of_a_batch_bolt_gets_each_tuple() -> None
     builder.set_bolt("sink", OwnProcess()).shuffle_grouping("source")
     assert run_local(builder.build(), timeout=30).outcome == "finished"
     assert OwnProcess.calls == 100 and ledger.acked == {n: 1 for n in range(100)}
+
+
+class DirectBatchCounter(BasicBolt):
+    """BatchCounter's batch size, emitted directly to the sink's first task."""
+
+    outputs = ["size"]
+
+    def prepare(self, config: Mapping[str, Any], context: TaskContext) -> None:
+        self.target = context.component_tasks["sink"][0]
+
+    def process_batch(self, tuples: Any) -> None:
+        BatchCounter.batches.append(len(tuples))
+        self.emit_direct(self.target, (len(tuples),))
+
+
+def test_a_basic_bolts_direct_emits_from_process_batch_are_anchored_to_the_batch_too() -> None:
+    BatchCounter.batches = []
+    ledger = Ledger()
+    builder = TopologyBuilder("batch-direct")
+    builder.set_spout("source", ListSpout([(i,) for i in range(2000)], ["n"], ledger))
+    builder.set_bolt("batches", DirectBatchCounter()).shuffle_grouping("source")
+    builder.set_bolt("sink", FailFirstSizeOnce()).direct_grouping("batches")
+    assert run_local(builder.build(), timeout=30).outcome == "finished"
+    first = BatchCounter.batches[0]
+    assert first > 1 and sum(ledger.failed.values()) == first
+    assert ledger.acked == {n: 1 for n in range(2000)}
