@@ -258,13 +258,16 @@ def test_without_a_token_nimbus_serves_on_loopback_only(zookeeper: Any, zk_root:
 
 def test_with_insecure_nimbus_serves_beyond_loopback_without_a_token(zookeeper: Any, zk_root: str,
                                                                      tmp_path: Path) -> None:
-    outside = outside_address() or pytest.skip("this machine has no address but loopback")
+    # An address of this machine beyond loopback; on a machine with none, every address
+    # (0.0.0.0, refused without --insecure as well), reached through loopback.
+    outside = outside_address()
+    host, reach = (outside, outside) if outside is not None else ("0.0.0.0", "127.0.0.1")
     port = free_port_run(1)
     with open(tmp_path / "nimbus.log", "wb") as log:
-        process = subprocess.Popen(nimbus_command(zookeeper, zk_root, "--host", outside, "--port", str(port),
+        process = subprocess.Popen(nimbus_command(zookeeper, zk_root, "--host", host, "--port", str(port),
                                                   "--insecure"), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        wait_for(lambda: healthy(outside, port), 60, "nimbus serving on its --host")
+        wait_for(lambda: healthy(reach, port), 60, "nimbus serving on its --host")
     finally:
         process.terminate()
         process.wait(30)
