@@ -7,6 +7,14 @@ the sending side, where a batch for another worker would only be taken apart aga
 be encoded. The
 transport builds the tuples of a batch for a task in its own worker in one call.
 
+How tuples are tracked depends on the topology. Storm's XOR acking (:mod:`streamflow.acking`)
+gives every tuple sent to a task a random edge id in its spout tuple's tree. In a
+checkpointed topology (one with a stateful bolt) no edge is tracked: a spout tuple's tree
+completes when the first checkpoint taken after it commits, because the checkpoint's
+barrier passes a task only behind the work it acked (:mod:`streamflow.checkpoint`). Its
+tuples carry only their roots, each with edge 0, so that a failure names the spout tuples
+to replay, and an ack is only counted: no edge ids drawn, no acker messages.
+
 Acks and fails accumulate per root id. Nothing leaves until the executor calls
 :meth:`OutputCollector.flush` after a batch, so one message carries a whole batch to each
 target task and one message carries all acker updates of the batch (several acks of one
@@ -18,7 +26,6 @@ do not keep their order relative to each other.
 from __future__ import annotations
 
 import asyncio
-from itertools import chain
 from operator import itemgetter
 from typing import Any, Callable, Collection, Iterable, Sequence
 
@@ -28,13 +35,9 @@ from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT
 from streamflow.stats import TaskStats
 from streamflow.topology import ACKER_COMPONENT, Topology
 from streamflow.transport.base import Transport, UnencodableValue
-from streamflow.tuples import DEFAULT_STREAM, SYSTEM_COMPONENT, Anchors, Origin, Tuple
+from streamflow.tuples import DEFAULT_STREAM, Anchors, Origin, Tuple
 
 _first = itemgetter(0)
-_chain = chain.from_iterable
-
-FOLDED_ACKS = Origin(SYSTEM_COMPONENT, 0, "__acks", ())
-"""The origin of a tuple that stands for the acks of a batch (see ``ack_all``)."""
 
 Batch = tuple[list[Sequence[Any]], list[Anchors]]
 """The tuples emitted to one task on one stream since the last flush: values and anchors."""
@@ -81,6 +84,12 @@ class OutputCollector:
         self.task = task
         self.stats = stats
         self.acking = topology.acker_count() > 0
+        self.edges = self.acking and not topology.is_stateful
+        """Whether trees are tracked edge by edge through the ackers; False in a
+        checkpointed topology, whose trees complete at commit (see the module docstring)."""
+        self.failed_roots: list[int] | None = None
+        """Root ids of the trees this task failed since the checkpoint party last looked
+        (a checkpointed topology's tasks: it tells the coordinator, which rolls back)."""
         self._ackers = layout[ACKER_COMPONENT]
         self._transport = transport
         self._local_tasks = local_tasks
@@ -146,8 +155,12 @@ class OutputCollector:
         component's (in its status), and their trees fail, so their spouts replay them."""
         self.stats.record_error(error, "emit")
         roots = [root for anchor in anchors if anchor for root in anchor[0::2]]
-        if roots and self.acking:
+        if not roots:
+            return
+        if self.edges:
             self._send_per_acker(ACK_FAIL, roots)
+        elif self.failed_roots is not None:
+            self.failed_roots.extend(roots)
 
     def _flush_control(self) -> None:
         """Send buffered acker messages; subclasses add theirs."""
@@ -207,13 +220,19 @@ class SpoutOutputCollector(OutputCollector):
         tracked = msg_id is not None and self.acking
         root = self._new_root() if tracked else 0
         xor = 0
-        for task in out.route(values):
-            if tracked:
+        if not tracked:
+            for task in out.route(values):
+                out.add(task, values, None)
+        elif self.edges:
+            for task in out.route(values):
                 edge = new_id(64)
                 xor ^= edge
                 out.add(task, values, (root, edge))
-            else:
-                out.add(task, values, None)
+        else:
+            anchors = (root, 0)
+            for task in out.route(values):
+                out.add(task, values, anchors)
+                xor = 1
         self._track(root, xor, msg_id)
 
     def emit_direct(
@@ -224,9 +243,9 @@ class SpoutOutputCollector(OutputCollector):
         self.stats.emitted += 1
         tracked = msg_id is not None and self.acking
         root = self._new_root() if tracked else 0
-        edge = new_id(64) if tracked else 0
+        edge = new_id(64) if tracked and self.edges else 0
         out.add(task, values, (root, edge) if tracked else None)
-        self._track(root, edge, msg_id)
+        self._track(root, edge or int(tracked), msg_id)
 
     def _new_root(self) -> int:
         """A random root id whose acker (root % ackers) runs in this worker, when one
@@ -238,13 +257,16 @@ class SpoutOutputCollector(OutputCollector):
         return root
 
     def _track(self, root: int, xor: int, msg_id: Any) -> None:
+        """Put a new tree in flight: ``xor`` is its edges' XOR for the acker, any non-zero
+        value for a tree tracked by checkpoint, 0 when no task received it (done at once)."""
         if msg_id is None:
             return
         if self.failed_ids and self.failed_ids.take(msg_id):
             self.stats.replayed += 1
         if xor:
             self.pending.add(root, msg_id, self.now)
-            self._inits.append((root, xor, self.task))
+            if self.edges:
+                self._inits.append((root, xor, self.task))
         else:
             self.acked_at_once.append(msg_id)
 
@@ -264,15 +286,10 @@ class BoltOutputCollector(OutputCollector):
         self.current_batch: list[Tuple] | None = None
         """The inputs a BasicBolt's own ``process_batch`` is processing: its emits are
         anchored to all of them."""
+        self._anchor = _anchor if self.edges else _roots
+        """The anchors of a tuple emitted anchored to some tuples."""
         self._acks: dict[int, int] = {}
         self._fails: list[int] = []
-        self.deferred: list[Tuple] | None = None
-        """A stateful bolt's acks, held until the checkpoint covering them commits
-        (:mod:`streamflow.checkpoint`), which passes them to :meth:`ack_now`; None in other
-        bolts, whose acks leave at once. See :meth:`ack_all` for what it holds."""
-        self.failed_roots: list[int] | None = None
-        """Root ids of the tuples failed since the checkpoint coordinator last heard of them
-        (a checkpointed topology's bolts: the coordinator hands them to the spouts)."""
         self.acks_flushed: asyncio.Future[None] | None = None
         """Set by a bolt task waiting for its acks to catch up (a checkpoint barrier)."""
 
@@ -283,33 +300,34 @@ class BoltOutputCollector(OutputCollector):
         out = self._stream(stream, values)
         self.stats.emitted += 1
         for task in out.route(values):
-            out.add(task, values, _anchor(anchors) if anchors else None)
+            out.add(task, values, self._anchor(anchors) if anchors else None)
 
     def emit_many(
         self, rows: Iterable[Sequence[Any]], stream: str = DEFAULT_STREAM, anchors: Sequence[Tuple] | None = None
     ) -> None:
         """:meth:`emit` of each row of values, with the stream looked up once."""
         out = self._stream_named(stream)
-        route, add, arity, stats = out.route, out.add, out.arity, self.stats
+        route, add, arity, stats, anchor = out.route, out.add, out.arity, self.stats, self._anchor
         for values in rows:
             if len(values) != arity:
                 self._stream(stream, values)  # raises, naming the fields
             stats.emitted += 1
             for task in route(values):
-                add(task, values, _anchor(anchors) if anchors else None)
+                add(task, values, anchor(anchors) if anchors else None)
 
     def anchored_emitter(self) -> Callable[..., None]:
         """A BasicBolt's ``emit``: ``emit(values, stream="default")``, anchored to the
         current input.
 
         The per-word path of most topologies, so it is a function made for this task's
-        default stream, with the common case (one root) written out inline. Other streams
-        go to :meth:`_emit_anchored`.
+        default stream, with the common cases written out inline: a tuple tracked by
+        checkpoint (its input's roots, shared), or in one tree of XOR acking. Other
+        streams go to :meth:`_emit_anchored`.
         """
         out = self._streams.get(DEFAULT_STREAM)
         if out is None:
             return self._emit_anchored
-        general, stats, route, arity = self._emit_anchored, self.stats, out.route, out.arity
+        general, stats, route, arity, edges = self._emit_anchored, self.stats, out.route, out.arity, self.edges
         collector = self
 
         def emit(values: Sequence[Any], stream: str = DEFAULT_STREAM) -> None:
@@ -328,8 +346,8 @@ class BoltOutputCollector(OutputCollector):
             batches = out.batches
             msg: Anchors
             for task in route(values):
-                if roots is None:
-                    msg = None
+                if roots is None or not edges:
+                    msg = roots
                 elif len(roots) == 2:
                     edge = new_id(64)
                     anchor.ack_val ^= edge  # type: ignore[union-attr]
@@ -347,38 +365,44 @@ class BoltOutputCollector(OutputCollector):
 
     def anchored_many_emitter(self) -> Callable[..., None]:
         """A BasicBolt's ``emit_many``: ``emit_many(rows, stream="default")``, each row
-        anchored as its ``emit`` would anchor it. The common case (the default stream, an
-        input in one tree) is written out inline, as in :meth:`anchored_emitter`, with the
-        input's XOR of new edges kept in a local until the last row."""
+        anchored as its ``emit`` would anchor it. The common cases (the default stream, an
+        input tracked by checkpoint or in one tree of XOR acking) are written out inline,
+        as in :meth:`anchored_emitter`, with the input's XOR of new edges kept in a local
+        until the last row."""
         general = self._emit_anchored
         out = self._streams.get(DEFAULT_STREAM)
         if out is None:
             return self._emit_many_anchored
-        stats, route, arity = self.stats, out.route, out.arity
+        stats, route, arity, edges = self.stats, out.route, out.arity, self.edges
         collector = self
 
         def emit_many(rows: Iterable[Sequence[Any]], stream: str = DEFAULT_STREAM) -> None:
             anchor = collector.current
             roots = anchor.anchors if anchor is not None else None
-            if stream != DEFAULT_STREAM or roots is None or len(roots) != 2:
+            if stream != DEFAULT_STREAM or roots is None or (edges and len(roots) != 2):
                 collector._emit_many_anchored(rows, stream)
                 return
             root, xor, emitted = roots[0], 0, 0
             batches = out.batches
+            msg: Anchors
             try:
                 for values in rows:
                     if len(values) != arity:
                         general(values, stream)  # raises, naming the fields
                     emitted += 1
                     for task in route(values):
-                        edge = new_id(64)
-                        xor ^= edge
+                        if edges:
+                            edge = new_id(64)
+                            xor ^= edge
+                            msg = (root, edge)
+                        else:
+                            msg = roots
                         batch = batches.get(task)
                         if batch is None:
-                            batches[task] = ([values], [(root, edge)])
+                            batches[task] = ([values], [msg])
                         else:
                             batch[0].append(values)
-                            batch[1].append((root, edge))
+                            batch[1].append(msg)
             finally:
                 anchor.ack_val ^= xor  # type: ignore[union-attr]  # roots implies anchor
                 stats.emitted += emitted
@@ -416,7 +440,7 @@ class BoltOutputCollector(OutputCollector):
         self.stats.emitted += 1
         if anchors is None:
             anchors = self._implicit_anchors()
-        out.add(task, values, _anchor(anchors) if anchors else None)
+        out.add(task, values, self._anchor(anchors) if anchors else None)
 
     def ack(self, tup: Tuple) -> None:
         """``tup`` is processed: its edge is done and the edges anchored to it are new."""
@@ -424,34 +448,20 @@ class BoltOutputCollector(OutputCollector):
 
     def ack_all(self, tuples: Sequence[Tuple]) -> None:
         """:meth:`ack` of each tuple, in one call (cheaper than a call of ``ack`` per
-        tuple).
-
-        A stateful bolt's acks wait for their checkpoint: the acks of the call are folded
-        into one tuple of origin :data:`FOLDED_ACKS`, anchored in each root acked with the
-        XOR of its acks, which acks them all at once when :meth:`ack_now` gets it. So the
-        acked tuples are freed at once rather than held until the commit, and the acks of
-        one root (the words of a sentence) reach its acker as one.
-        """
-        if self.deferred is not None:
-            folded: dict[int, int] = {}
-            _fold(tuples, folded)
-            if folded:
-                self.deferred.append(Tuple((), FOLDED_ACKS, tuple(_chain(folded.items()))))
-        else:
+        tuple). The acks of one root (the words of a sentence) reach its acker as one.
+        Tuples tracked by checkpoint are only counted: their trees complete at commit."""
+        if self.edges:
             _fold(tuples, self._acks)
         self.stats.acked += len(tuples)
-
-    def ack_now(self, tuples: Sequence[Tuple]) -> None:
-        """Tell the ackers that ``tuples`` are processed (no stats: a deferred ack was
-        counted when the bolt made it)."""
-        _fold(tuples, self._acks)
 
     def fail(self, tup: Tuple) -> None:
         """``tup`` failed: its spout tuples are failed (and replayed by their spouts)."""
         if tup.anchors:
-            self._fails.extend(tup.anchors[0::2])
+            roots = tup.anchors[0::2]
+            if self.edges:
+                self._fails.extend(roots)
             if self.failed_roots is not None:
-                self.failed_roots.extend(tup.anchors[0::2])
+                self.failed_roots.extend(roots)
         self.stats.failed += 1
 
     def flush_acks(self) -> None:
@@ -497,3 +507,12 @@ def _anchor(anchors: Sequence[Tuple]) -> Anchors:
             for root in a.anchors[0::2]:
                 edges[root] = edges.get(root, 0) ^ edge
     return tuple(x for pair in edges.items() for x in pair) or None
+
+
+def _roots(anchors: Sequence[Tuple]) -> Anchors:
+    """Anchors of a new tuple tracked by checkpoint: the roots of its anchors' trees, each
+    with edge 0. The anchors of a single anchor are shared, not copied."""
+    if len(anchors) == 1:
+        return anchors[0].anchors
+    roots = dict.fromkeys(root for a in anchors if a.anchors for root in a.anchors[0::2])
+    return tuple(x for root in roots for x in (root, 0)) or None

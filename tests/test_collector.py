@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streamflow import BasicBolt, TopologyBuilder, Tuple
+from streamflow import BasicBolt, KeyValueState, StatefulBolt, TopologyBuilder, Tuple
 from streamflow.acking import PendingTrees
 from streamflow.collector import BoltOutputCollector, SpoutOutputCollector
 from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT
@@ -180,20 +180,51 @@ def test_ack_all_acks_as_one_ack_per_tuple_does() -> None:
     assert second.stats.acked == first.stats.acked == 11
 
 
-def test_deferred_acks_are_folded_per_call_and_ack_as_the_tuples_would() -> None:
-    now, later = Recorder(), Recorder()
-    direct, deferring = sink_collector(now), sink_collector(later)
-    deferring.deferred = []
-    for base in (100, 200):
-        direct.ack_all(acked_batch(base))
-        deferring.ack_all(acked_batch(base))
-    deferring.ack_all([Tuple((0,), SINK_ORIGIN, None)])  # nothing to ack: nothing held
-    assert deferring.stats.acked == direct.stats.acked + 1 == 23
-    held = deferring.deferred
-    assert [len(tup.anchors or ()) for tup in held] == [8, 8]  # roots 0, 1, 2, 5 once per call
-    deferring._flush_control()
-    assert later.control == []  # nothing leaves before the commit
-    deferring.ack_now(held)
-    direct._flush_control()
-    deferring._flush_control()
-    assert later.control == now.control and len(now.control) == 1
+class Counter(StatefulBolt):
+    outputs = ["word", "count"]
+
+    def init_state(self, state: KeyValueState) -> None:
+        pass
+
+
+def test_a_checkpointed_topology_tracks_roots_only_and_sends_nothing_to_the_ackers() -> None:
+    """Its trees complete at commit: a spout tuple carries its root with edge 0 to every
+    target, a bolt's emits share their input's roots, an ack is only counted, and a fail
+    names its roots to the checkpoint party instead of an acker."""
+    builder = TopologyBuilder("checkpointed")
+    builder.set_spout("source", ListSpout([(1,)], ["word"]))
+    builder.set_bolt("count", Counter(), 2).all_grouping("source")
+    builder.set_bolt("sink", Sink()).shuffle_grouping("count")
+    topology = builder.build({"topology.acker.executors": 2})
+    layout = topology.task_layout()
+    spout_task, (count_task, _) = layout["source"][0], layout["count"]
+    transport = Recorder()
+    spout = SpoutOutputCollector(topology, "source", spout_task, transport, {spout_task},
+                                 TaskStats("source", spout_task), pending=PendingTrees())
+    spout.emit(("a",), msg_id="m")
+    asyncio.run(spout.flush())
+    assert spout.edges is False and spout.acked_at_once == []
+    [(root, msg_id)] = spout.pending.take_all()
+    assert msg_id == "m"
+    assert [anchors for _, _, _, anchors in transport.tuples] == [[(root, 0)], [(root, 0)]]
+
+    bolt = BoltOutputCollector(topology, "count", count_task, transport, {count_task},
+                               TaskStats("count", count_task))
+    bolt.failed_roots = []
+    inputs = [Tuple(("a",), Origin("source", spout_task, "default", ("word",)), anchors)
+              for anchors in ((root, 0), (root, 0, 99, 0))]
+    bolt.current = inputs[0]
+    bolt.anchored_emitter()(("a", 1))
+    bolt.anchored_many_emitter()([("a", 2), ("a", 3)])
+    bolt.current = None
+    bolt.emit(("a", 4), anchors=inputs)
+    transport.tuples.clear()
+    asyncio.run(bolt.flush())
+    sent = [anchors for _, _, _, batch in transport.tuples for anchors in batch]
+    assert sent == [(root, 0)] * 3 + [(root, 0, 99, 0)]
+    assert sent[0] is inputs[0].anchors  # shared, not copied
+    bolt.ack_all(inputs)
+    bolt.fail(inputs[1])
+    bolt.flush_acks()
+    assert bolt.stats.acked == 2 and bolt.stats.failed == 1 and bolt.failed_roots == [root, 99]
+    assert transport.control == []

@@ -35,7 +35,7 @@ from streamflow import (
     Tuple,
     run_local,
 )
-from streamflow.checkpoint import SpoutCheckpoints
+from streamflow.checkpoint import BoltCheckpoints
 from streamflow.components import Outputs
 from streamflow.executor import BoltExecutor
 from streamflow.state.codec import encode_key, encode_value
@@ -563,19 +563,19 @@ class GatedRestore(StateStore):
 
 
 def test_a_failure_during_the_first_rollback_round_is_rolled_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The count tasks' first restore waits until a spout has asked for a rollback (its
-    # alert is then in the coordinator's inbox ahead of their reports), so the split's
-    # fault lands while the run's first rollback round is still in progress. Spouts
-    # emit as soon as they have rolled back, so a slow restore (a large state) leaves
-    # this window open in any run.
+    # The count tasks' first restore waits until the failing split has asked for a
+    # rollback (its alert is then in the coordinator's inbox ahead of their reports), so
+    # the split's fault lands while the run's first rollback round is still in progress.
+    # Spouts emit as soon as they have rolled back, so a slow restore (a large state)
+    # leaves this window open in any run.
     alerted = threading.Event()
-    original_alert = SpoutCheckpoints.alert
+    original_alert = BoltCheckpoints.alert
 
-    def alert(self: SpoutCheckpoints, roots: list[int]) -> None:
+    def alert(self: BoltCheckpoints, roots: list[int]) -> None:
         original_alert(self, roots)
         alerted.set()
 
-    monkeypatch.setattr(SpoutCheckpoints, "alert", alert)
+    monkeypatch.setattr(BoltCheckpoints, "alert", alert)
 
     class Gated(MemoryProvider):
         def store(self, component: str) -> StateStore:

@@ -12,10 +12,11 @@ Storm 2's protocol, with Flink's aligned barriers so that state is exact:
   before the barrier (a sink: until the server confirmed them), saves its state's
   changes as the checkpoint's pending changes, forwards the barrier and reports done.
 - **commit**: once every task reported, the coordinator writes the checkpoint record;
-  stateful bolts make their pending changes their data and ack the tuples the
-  checkpoint covers (acks are deferred until then), and spouts ack every tuple emitted
-  before their barrier: a Kafka offset is committed only once the state that absorbed
-  its record is durable.
+  stateful bolts make their pending changes their data, and spouts ack every tuple
+  emitted before their barrier: a Kafka offset is committed only once the state that
+  absorbed its record is durable. That is how a tree completes here, rather than by the
+  ackers' XOR of its edges: the barrier passed every task behind the work it acked, so
+  no edge is tracked (tuples carry only their roots, see :mod:`streamflow.collector`).
 - **rollback**: after a failure (a tuple failed, a tree timed out, a task restarted),
   the coordinator sends a rollback the same way. Spouts forget what they emitted since
   the last committed checkpoint and seek back to its positions (or fail those tuples,

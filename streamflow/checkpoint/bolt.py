@@ -18,14 +18,13 @@ from streamflow.state.store import CheckpointId, StateStore
 from streamflow.stats import TaskStats
 from streamflow.topology import Topology
 from streamflow.transport.base import Transport
-from streamflow.tuples import Tuple
 
 log = logging.getLogger(__name__)
 
 
 class BoltCheckpoints(Party):
     """A bolt task's part: aligns barriers on its inputs, saves or restores its state,
-    defers its acks until commit (stateful bolts), forwards barriers.
+    forwards barriers.
 
     The executor takes its messages through :meth:`take` (messages held during an
     alignment come back in order once it completes) and lets :meth:`admit` decide for
@@ -47,7 +46,6 @@ class BoltCheckpoints(Party):
             index = topology.task_layout()[component].index(task)
             self.state = KeyValueState(component, index, spec.parallelism, groups,
                                        group_of=lambda key: _group_of(bolt, key, groups))
-            collector.deferred = []
         collector.failed_roots = []
         self._ended: set[int] = set()
         """Inputs that said their input ended, since the last rollback."""
@@ -58,7 +56,6 @@ class BoltCheckpoints(Party):
         self._last: BarrierId = (0, 0)
         self._received = 0
         self._committed: CheckpointId | None = None
-        self._prepared: list[tuple[CheckpointId, list[Tuple]]] = []
         self._state_initialized = False
         self.rollbacks = 0
         """Restores after the first: rollbacks this task went through."""
@@ -145,10 +142,11 @@ class BoltCheckpoints(Party):
                     self.check_failures()
 
     def check_failures(self) -> None:
-        """Alert the coordinator if this task failed a tuple since it last looked: the
-        failure must reach it before this task's report of the next barrier, or the
-        checkpoint could commit (and its spout ack) the failed tuple's tree."""
-        if self._stats.failed != self._failures_seen:
+        """Alert the coordinator if this task failed a tuple since it last looked (or
+        could not send one): the failure must reach it before this task's report of the
+        next barrier, or the checkpoint could commit (and its spout ack) the failed
+        tuple's tree."""
+        if self._stats.failed != self._failures_seen or self._collector.failed_roots:
             self._failures_seen = self._stats.failed
             roots = self._collector.failed_roots or []
             self._collector.failed_roots = []
@@ -181,15 +179,13 @@ class BoltCheckpoints(Party):
             return False, "task not restored yet"
         if self.state is None:
             return await self._acks_caught_up()
-        assert self.store is not None and self._collector.deferred is not None
+        assert self.store is not None
         try:
             self._bolt.pre_prepare(at[1])
             changes = self.state.prepare(at)
         except Exception as exc:
             self._stats.record_error(exc, "pre_prepare")
             return False, f"pre_prepare raised {type(exc).__name__}: {exc}"
-        self._prepared.append((at, self._collector.deferred))
-        self._collector.deferred = []
         try:
             await asyncio.to_thread(self.store.prepare, at, changes, self._committed)
         except Exception as exc:
@@ -215,9 +211,6 @@ class BoltCheckpoints(Party):
 
     async def _rollback(self, upto: Iterable[int] | None) -> tuple[bool, str | None]:
         committed: CheckpointId | None = tuple(upto) if upto is not None else None  # type: ignore[assignment]
-        self._prepared = []
-        if self._collector.deferred is not None:
-            self._collector.deferred = []
         if self.state is None:
             return True, None
         assert self.store is not None
@@ -246,7 +239,7 @@ class BoltCheckpoints(Party):
         return True, None
 
     async def commit(self, payload: tuple[str, int, int, int, Any]) -> None:
-        """The coordinator committed a checkpoint: fold this task's changes, release acks."""
+        """The coordinator committed a checkpoint: fold this task's changes."""
         committed: CheckpointId = tuple(payload[4])  # type: ignore[assignment]
         if self.state is None or not self.initialized:
             return
@@ -255,11 +248,6 @@ class BoltCheckpoints(Party):
             self._bolt.pre_commit(committed[1])
         except Exception as exc:
             self._stats.record_error(exc, "pre_commit")
-        covered = [tuples for at, tuples in self._prepared if at <= committed]
-        self._prepared = [(at, tuples) for at, tuples in self._prepared if at > committed]
-        for tuples in covered:
-            self._collector.ack_now(tuples)
-        self._collector.flush_acks()
         self.state.committed(committed)
         self._committed = committed
         try:

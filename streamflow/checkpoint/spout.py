@@ -25,6 +25,7 @@ class SpoutCheckpoints(Party):
                  stats: TaskStats, callback: Callable[[Any, Any], None]) -> None:
         super().__init__(topology, component, task, transport)
         self._spout, self._pending, self._collector, self._stats = spout, pending, collector, stats
+        collector.failed_roots = []
         self._callback = callback
         self.floor = 0.0
         """No tree emitted after the last barrier has an emit time below this."""
@@ -107,6 +108,13 @@ class SpoutCheckpoints(Party):
         self._stats.failed += 1
         self.alert([])
         return True
+
+    def check_failures(self) -> None:
+        """Fail the trees whose tuples the last flush could not send (a value the worker
+        link cannot encode)."""
+        roots, self._collector.failed_roots = self._collector.failed_roots, []
+        for root in roots or ():
+            self.tree_failed(root)
 
     def timed_out(self, cutoff: float) -> None:
         """Trees emitted before ``cutoff`` are overdue: they stay in flight, failed, until

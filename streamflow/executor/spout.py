@@ -79,6 +79,8 @@ class SpoutExecutor(ComponentExecutor):
                 next_expiry = now + expiry_every
             emitted = await self._emit_round() if self._may_emit() else 0
             await self.collector.flush()
+            if checkpoints is not None and self.collector.failed_roots:
+                checkpoints.check_failures()
             if emitted:
                 idle_wait = 0.0
                 await asyncio.sleep(0)
