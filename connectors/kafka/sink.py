@@ -17,7 +17,8 @@ Written = tuple[str, bytes | None, bytes | None]
 """A record as the sink writes it: topic, key, value."""
 
 DELIVERY_POLL = 0.001
-"""Seconds between looks for delivery reports while writes await them: about what a
+"""Seconds between looks for delivery reports while writes await them, once the broker
+may have answered (``linger_ms`` after the writer took its first record): about what a
 broker on the same network takes to acknowledge a write."""
 
 POLL_ALL_EVERY = 10
@@ -36,11 +37,14 @@ class _Writer:
     producer holds no write: with one batch per producer, that needs no delivery report
     per write (librdkafka reports only failed writes, to ``failed``)."""
 
-    __slots__ = ("producer", "tuples", "bytes", "failed")
+    __slots__ = ("producer", "tuples", "bytes", "failed", "answer_at")
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.tuples: list[Tuple] = []
         self.bytes = 0
+        self.answer_at = 0.0
+        """The event loop's time before which the broker cannot have answered the batch:
+        librdkafka holds its first record for ``linger_ms``."""
         self.failed: list[tuple[KafkaError, Any]] = []
         self.producer = Producer({**config, "delivery.report.only.error": True, "on_delivery": self._failed})
 
@@ -159,6 +163,7 @@ class KafkaBolt(Bolt):
         writer = self._writer
         if writer is None:  # the first tuple since a writer was sent: one is free
             writer = self._writer = self._free.pop()
+            writer.answer_at = asyncio.get_running_loop().time() + self.linger_ms / 1000
         produce, taken, records = writer.producer.produce, writer.tuples.append, self._records
         origin, to_record, size = None, None, 0
         for tup in tuples:
@@ -242,8 +247,9 @@ class KafkaBolt(Bolt):
     async def _await_answers(self) -> None:
         """Settle batches as the broker answers them, sending their acks and fails at once
         (the executor would send them only with the next batch)."""
+        loop = asyncio.get_running_loop()
         while self._writing:
-            await asyncio.sleep(DELIVERY_POLL)
+            await asyncio.sleep(max(self._writing[0].answer_at - loop.time(), DELIVERY_POLL))
             if self._settle():
                 self.flush_acks()
 

@@ -17,6 +17,8 @@ from streamflow.state.keygroups import groups_of_task, key_group, task_of_group
 from streamflow.state.store import Changes
 
 _ABSENT = object()
+_INT_BOUND, _UINT_BOUND = 1 << 63, 1 << 64
+"""The ints the codec encodes: 64 bits, signed or not (as ``encodes_as_is``)."""
 _LAZY = b""
 """In ``_dirty``: changed, to be encoded at the next prepare (no encoded value is empty)."""
 
@@ -43,6 +45,8 @@ class KeyValueState:
         """The key group that holds a key: the key's own hash, unless the bolt says
         otherwise (a windowed bolt keeps its windows in the group of their key)."""
         self._data: dict[Hashable, Any] = {}
+        """The live values: the same dict for the state's life (``get`` is its ``get``)."""
+        self.get = self._data.get  # type: ignore[method-assign, assignment]
         self._dirty: dict[Hashable, bytes | None] = {}
         """Encoded values (None: deleted; ``_LAZY``: to encode) changed since the last prepare."""
         self._prepared: list[tuple[tuple[int, int], dict[Hashable, bytes | None]]] = []
@@ -54,10 +58,16 @@ class KeyValueState:
     # -- what bolts call ---------------------------------------------------------------
 
     def get(self, key: Hashable, default: Any = None) -> Any:
+        # Replaced in __init__ by the dict's own get, with no Python call around it (a
+        # stateful bolt calls it per tuple); kept for the class's signature and docs.
         return self._data.get(key, default)
 
     def put(self, key: Hashable, value: Any) -> None:
-        data = _LAZY if encodes_as_is(value) else encode_value(value)
+        kind = value.__class__  # encodes_as_is for the common int and str, inlined
+        if kind is int:
+            data = _LAZY if -_INT_BOUND <= value < _UINT_BOUND else encode_value(value)
+        else:
+            data = _LAZY if kind is str or encodes_as_is(value) else encode_value(value)
         if key not in self._data:
             self._check_owned(key)
         self._data[key] = value
@@ -130,7 +140,8 @@ class KeyValueState:
 
     def load(self, data: dict[bytes, bytes]) -> None:
         """Replace the state with ``data`` (a restore): every change since is dropped."""
-        self._data, self._sizes = {}, {}
+        self._data.clear()
+        self._sizes = {}
         for k, v in data.items():
             key = decode_key(k)
             self._data[key] = decode_value(v)
