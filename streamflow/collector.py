@@ -83,7 +83,7 @@ class OutputCollector:
         self.component = component
         self.task = task
         self.stats = stats
-        self.acking = topology.acker_count() > 0
+        self.acking = topology.tracks_trees
         self.edges = self.acking and not topology.is_stateful
         """Whether trees are tracked edge by edge through the ackers; False in a
         checkpointed topology, whose trees complete at commit (see the module docstring)."""

@@ -59,14 +59,21 @@ class Topology:
         """A copy whose config has ``overrides`` on top (``-c`` values win), re-validated."""
         return _validated(replace(self, config={**self.config, **overrides}))
 
+    @property
+    def tracks_trees(self) -> bool:
+        """Whether the trees of spout tuples emitted with a message id are tracked to
+        completion (acking on): by the ackers, or in a checkpointed topology by its
+        checkpoints (:mod:`streamflow.collector`)."""
+        return acker_count(self.config) > 0
+
     def acker_count(self) -> int:
-        """Acker tasks: ``topology.acker.executors``, or one per worker when unset."""
-        return acker_count(self.config)
+        """Acker tasks (see :func:`task_layout`)."""
+        return len(self.task_layout()[ACKER_COMPONENT])
 
     def task_layout(self) -> dict[str, tuple[int, ...]]:
         """Task ids per component (see :func:`task_layout`)."""
         return task_layout(
-            {name: spec.parallelism for name, spec in self.components.items()}, self.acker_count(),
+            {name: spec.parallelism for name, spec in self.components.items()}, acker_count(self.config),
             self.is_stateful,
         )
 
@@ -109,9 +116,11 @@ class Topology:
 def task_layout(parallelism: Mapping[str, int], ackers: int, checkpoints: bool = False
                 ) -> dict[str, tuple[int, ...]]:
     """Task ids per component, as Storm numbers them: components sorted by name, ids from
-    1, the acker tasks, then the checkpoint coordinator when the topology ``checkpoints``.
-    Pure, so nimbus (from a topology's description) and every worker (from its code)
-    derive the same layout."""
+    1, the ``ackers``, then the checkpoint coordinator when the topology ``checkpoints``
+    (and then no acker: its trees complete at commit). Pure, so nimbus (from a topology's
+    description) and every worker (from its code) derive the same layout."""
+    if checkpoints:
+        ackers = 0
     layout: dict[str, tuple[int, ...]] = {}
     next_id = 1
     for name in sorted(parallelism):

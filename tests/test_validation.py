@@ -7,10 +7,11 @@ from types import MappingProxyType
 
 import pytest
 
+from streamflow import KeyValueState, StatefulBolt
 from streamflow.components import AsyncBolt, BasicBolt, Bolt, Spout
 from streamflow.config import SETTINGS
 from streamflow.errors import ConfigError, StreamflowError, TopologyError
-from streamflow.topology import ACKER_COMPONENT, Topology, TopologyBuilder
+from streamflow.topology import ACKER_COMPONENT, CHECKPOINT_COMPONENT, Topology, TopologyBuilder, task_layout
 from streamflow.validation import validate
 
 
@@ -183,6 +184,26 @@ def test_task_layout_acker_executors():
     assert off.task_layout() == {"b": (1, 2), "s": (3, 4), ACKER_COMPONENT: ()}
     default = builder.build()
     assert default.task_layout()[ACKER_COMPONENT] == (5,)
+
+
+class StateBolt(StatefulBolt):
+    def init_state(self, state: KeyValueState) -> None:
+        pass
+
+    def process(self, tup):
+        pass
+
+
+def test_a_checkpointed_topology_lays_out_no_acker_and_still_tracks_trees():
+    """Its trees complete at commit: no acker task in the layout nimbus and the workers
+    derive, but acking (tracking) stays on unless turned off."""
+    builder = TopologyBuilder("layout")
+    builder.set_spout("s", WordSpout(), parallelism=2)
+    builder.set_bolt("c", StateBolt(), parallelism=2).fields_grouping("s", ["word"])
+    topology = builder.build({"topology.acker.executors": 3})
+    assert topology.task_layout() == {"c": (1, 2), "s": (3, 4), ACKER_COMPONENT: (), CHECKPOINT_COMPONENT: (5,)}
+    assert topology.acker_count() == 0 and topology.tracks_trees
+    assert task_layout({"c": 2, "s": 2}, 3, checkpoints=True) == topology.task_layout()
 
 
 def test_task_layout_independent_of_declaration_order():
