@@ -135,8 +135,9 @@ def test_wordcount_on_the_sample_prints_the_top_ten() -> None:
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 10
     assert lines[0].split() == ["25", "the"]
-    for name in ("sentences", "split", "count", "top", "__acker"):
+    for name in ("sentences", "split", "count", "top", "__checkpoint"):
         assert name in result.stderr  # the per-component summary
+    assert "__acker" not in result.stderr  # checkpointed: its trees complete at commit
     assert "finished in" in result.stderr
 
 

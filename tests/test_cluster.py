@@ -273,7 +273,8 @@ def test_znodes_carry_acls_other_clients_cannot_use(cluster: Cluster, tmp_path: 
     source, _ = words_input(tmp_path, 10)
     assert cluster.cli("submit", WORDCOUNT, "--name", "acl", "-c", f"input.path={source}").returncode == 0
     topology_id = cluster.api("list")["topologies"][0]["id"]
-    wait_for(lambda: cluster.status("acl")["workers"], 60, "a worker heartbeat")
+    # Assigned workers are listed before their first heartbeat, without a pid: wait for it.
+    wait_for(lambda: any(w["pid"] for w in cluster.status("acl")["workers"]), 60, "a worker heartbeat")
     owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", ZK_AUTH)])
     intruder = KazooClient(hosts=zookeeper.hosts)
     owner.start(timeout=10)

@@ -447,14 +447,14 @@ def test_a_stateful_bolt_without_acking_is_refused() -> None:
     assert "'count'" in message and "needs acking" in message and "topology.acker.executors" in message
 
 
-def test_a_stateful_topology_has_one_checkpoint_task_after_the_ackers() -> None:
+def test_a_stateful_topology_has_one_checkpoint_task_and_no_acker() -> None:
     topology = stateful(parallelism=3, config={"topology.acker.executors": 2})
     layout = topology.task_layout()
-    assert layout["__acker"] == (6, 7) and layout["__checkpoint"] == (8,)
+    assert layout["__acker"] == () and layout["__checkpoint"] == (6,)
     described = topology.describe()
     assert described["components"]["count"]["stateful"] is True
     assert described["components"]["sink"]["stateful"] is False
-    assert list(described["tasks"]["__checkpoint"]) == [8]
+    assert list(described["tasks"]["__checkpoint"]) == [6]
 
 
 # ----------------------------------------------------------------------------- the CLI
