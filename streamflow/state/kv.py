@@ -46,7 +46,9 @@ class KeyValueState:
         otherwise (a windowed bolt keeps its windows in the group of their key)."""
         self._data: dict[Hashable, Any] = {}
         """The live values: the same dict for the state's life (``get`` is its ``get``)."""
-        self.get = self._data.get  # type: ignore[method-assign, assignment]
+        self.get: Callable[..., Any] = self._data.get
+        """``get(key, default=None)``: the value of ``key``. The live dict's own ``get``,
+        with no Python call around it: a stateful bolt calls it per tuple."""
         self._dirty: dict[Hashable, bytes | None] = {}
         """Encoded values (None: deleted; ``_LAZY``: to encode) changed since the last prepare."""
         self._prepared: list[tuple[tuple[int, int], dict[Hashable, bytes | None]]] = []
@@ -56,11 +58,6 @@ class KeyValueState:
         """Encoded size of the state's keys and values, as of the last checkpoint."""
 
     # -- what bolts call ---------------------------------------------------------------
-
-    def get(self, key: Hashable, default: Any = None) -> Any:
-        # Replaced in __init__ by the dict's own get, with no Python call around it (a
-        # stateful bolt calls it per tuple); kept for the class's signature and docs.
-        return self._data.get(key, default)
 
     def put(self, key: Hashable, value: Any) -> None:
         kind = value.__class__  # encodes_as_is for the common int and str, inlined
