@@ -61,6 +61,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BACKOFF = Backoff()
 
+LIBRDKAFKA_REFRESH_MAX = 300.0
+"""The longest metadata refresh interval handed to librdkafka, in seconds (its default).
+librdkafka keeps metadata for three intervals, counted in microseconds in 32 bits: above
+about 715 s that age wraps, and the leader of a partition it has not seen yet (a topic
+found by the spout's own refresh) takes 1 to 30 s to look up instead of under one. The
+spout's ``metadata_refresh`` may be longer: it drives the assignment itself."""
+
 
 class KafkaSpout(AsyncSpout):
     """Emits Kafka records as tuples; see the module docstring for the guarantees.
@@ -303,7 +310,8 @@ class KafkaSpout(AsyncSpout):
                 self._fetcher.consumer = Consumer(settings(
                     self.bootstrap_servers, str(self.client_id), self._errors, self.client_config,
                     **{"group.id": self.group_id, **self._fetcher.settings(), **self._commits.settings(),
-                       "topic.metadata.refresh.interval.ms": int(self.metadata_refresh * 1000)}))
+                       "topic.metadata.refresh.interval.ms":
+                           int(min(self.metadata_refresh, LIBRDKAFKA_REFRESH_MAX) * 1000)}))
             await self._assign()
         except Exception as exc:
             self._connect_attempts += 1
