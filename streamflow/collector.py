@@ -35,11 +35,11 @@ from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT
 from streamflow.stats import TaskStats
 from streamflow.topology import ACKER_COMPONENT, Topology
 from streamflow.transport.base import Transport, UnencodableValue
-from streamflow.tuples import DEFAULT_STREAM, Anchors, Origin, Tuple
+from streamflow.tuples import DEFAULT_STREAM, Anchors, Batch, Origin, Tuple
 
 _first = itemgetter(0)
 
-Batch = tuple[list[Sequence[Any]], list[Anchors]]
+Outgoing = tuple[list[Sequence[Any]], list[Anchors]]
 """The tuples emitted to one task on one stream since the last flush: values and anchors."""
 
 
@@ -56,7 +56,7 @@ class _Stream:
         self.arity = len(origin.fields)
         self.direct = direct
         """The tasks that subscribe to the stream with a direct grouping."""
-        self.batches: dict[int, Batch] = {}
+        self.batches: dict[int, Outgoing] = {}
 
     def add(self, task: int, values: Sequence[Any], anchors: Anchors) -> None:
         batch = self.batches.get(task)
@@ -454,6 +454,13 @@ class BoltOutputCollector(OutputCollector):
             _fold(tuples, self._acks)
         self.stats.acked += len(tuples)
 
+    def ack_batch(self, batch: Batch) -> None:
+        """:meth:`ack_all` of a batch's tuples, from its columns: none is an anchor of an
+        emit (it has no Tuple to keep that), so each acks just its own edge."""
+        if self.edges:
+            _fold_edges(batch.anchors, self._acks)
+        self.stats.acked += len(batch)
+
     def fail(self, tup: Tuple) -> None:
         """``tup`` failed: its spout tuples are failed (and replayed by their spouts)."""
         if tup.anchors:
@@ -494,6 +501,17 @@ def _fold(tuples: Sequence[Tuple], acks: dict[int, int]) -> None:
                 for i in range(2, len(anchors), 2):
                     root = anchors[i]
                     acks[root] = get(root, 0) ^ anchors[i + 1] ^ v
+
+
+def _fold_edges(anchored: Iterable[Anchors], acks: dict[int, int]) -> None:
+    """:func:`_fold` of tuples that nothing is anchored to, given by their anchors: each
+    acks only its own edge."""
+    get = acks.get
+    for anchors in anchored:
+        if anchors:
+            for i in range(0, len(anchors), 2):
+                root = anchors[i]
+                acks[root] = get(root, 0) ^ anchors[i + 1]
 
 
 def _anchor(anchors: Sequence[Tuple]) -> Anchors:

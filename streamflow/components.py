@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Mapping, Sequence
 
-from streamflow.tuples import Tuple
+from streamflow.tuples import Batch, Tuple
 
 if TYPE_CHECKING:
     from streamflow.state import KeyValueState
@@ -188,6 +188,10 @@ class BoltBase(Component):
     ack_all: Callable[[Sequence[Tuple]], None]
     """``ack_all(tuples)``: ``ack`` of each, in one call, cheaper per tuple (a sink acking
     the batch a server confirmed); bound by the runtime."""
+    ack_batch: Callable[[Batch], None]
+    """``ack_batch(batch)``: ``ack_all`` of the tuples of a batch that ``process_columns``
+    took, none of them an anchor of an emit (a sink acking rows the server confirmed);
+    bound by the runtime."""
     fail: Callable[[Tuple], None]
     """``fail(tup)``: bound by the runtime."""
     flush_acks: Callable[[], None]
@@ -228,6 +232,22 @@ class Bolt(BoltBase):
         """
         for tup in tuples:
             self.process(tup)
+
+    def process_columns(self, batch: Batch) -> None:
+        """Handle one batch as columns (``batch.values``, ``batch.anchors``, one
+        ``batch.origin``), with no :class:`Tuple` built per row. The runtime calls it
+        when the bolt's class overrides it, no less nearly than ``process`` and
+        ``process_batch``.
+
+        For a sink that reads each row's values once: building and freeing a Tuple per row
+        costs it about as much as its own work per row. Ack what it took with
+        ``ack_batch`` (a batch whose rows it wrote, or any batch of the same rows); to
+        fail one row, or to emit anchored to it, build its tuples with
+        ``batch.tuples()``. A tick arrives as a batch of one row
+        (``batch.is_tick()``). An exception fails every row of the batch, as in
+        ``process_batch``.
+        """
+        self.process_batch(batch.tuples())
 
     def end_batch(self) -> Awaitable[None] | None:
         """Called after each batch of input tuples."""

@@ -1,13 +1,13 @@
 """A task's inbox, and the messages that travel between tasks.
 
-Every message is ``(kind, payload)`` and carries a batch: a list of tuples, or a batch of
+Every message is ``(kind, payload)`` and carries a batch: tuples as columns, or a batch of
 acker bookkeeping. That pair is the whole task-to-task protocol, whether it crosses a
 function call (local mode) or a TCP connection (cluster mode):
 
 =============  ===========================  ==============================================
 kind           payload                      sent by -> to
 =============  ===========================  ==============================================
-TUPLES         list[Tuple]                  spout/bolt -> bolt
+TUPLES         Batch (of one origin)        spout/bolt -> bolt
 TICK           None                         timer -> bolt (``topology.tick.tuple.freq.secs``)
 ACK_INIT       list[(root, xor, spout)]     spout -> acker
 ACK_ACK        dict[root, xor]              bolt -> acker
@@ -38,6 +38,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from typing import Any
+
+from streamflow.tuples import Batch
 
 TUPLES = "tuples"
 TICK = "tick"
@@ -80,7 +82,7 @@ class Inbox:
     def queued_tuples(self) -> int:
         return self._queued
 
-    async def put_tuples(self, tuples: list[Any]) -> None:
+    async def put_tuples(self, tuples: Batch) -> None:
         """Queue a batch of tuples, waiting while the inbox is full."""
         n = len(tuples)
         while self._queued and self._queued + n > self.capacity:

@@ -99,7 +99,31 @@ class Tuple:
         return f"Tuple({self.source}:{self.stream} task={self.source_task} values={list(self.values)!r})"
 
 
-def batch_of(origin: Origin, values: list[Sequence[Any]], anchors: list[Anchors]) -> list[Tuple]:
-    """The tuples of a batch that travelled as columns (one origin, values, anchors): how
-    a batch becomes tuples at the task that receives it, in whichever worker."""
-    return list(map(Tuple, values, repeat(origin), anchors))
+class Batch:
+    """A batch of tuples of one origin as columns: the values of each tuple, and its
+    anchors. Batches travel between tasks so, in a worker or over TCP, and a task's inbox
+    holds them so; each becomes :class:`Tuple` objects only at the bolt that reads them
+    (:meth:`tuples`), and not at all for a bolt that takes columns
+    (``Bolt.process_columns``): a sink reads each tuple's values once, and building and
+    freeing a Tuple per row cost it more than that."""
+
+    __slots__ = ("origin", "values", "anchors")
+
+    def __init__(self, origin: Origin, values: list[Sequence[Any]], anchors: list[Anchors]) -> None:
+        self.origin = origin
+        self.values = values
+        self.anchors = anchors
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def is_tick(self) -> bool:
+        """True for a tick (a batch of one tick tuple)."""
+        return self.origin is TICK_ORIGIN
+
+    def tuples(self) -> list[Tuple]:
+        """The batch's tuples, built in one call."""
+        return list(map(Tuple, self.values, repeat(self.origin), self.anchors))
+
+    def __repr__(self) -> str:
+        return f"Batch({self.origin.source}:{self.origin.stream} task={self.origin.source_task} rows={len(self)})"

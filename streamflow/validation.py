@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Protocol
 
-from streamflow.components import AsyncBolt, BoltBase, SpoutBase, Stateful
+from streamflow.components import AsyncBolt, BasicBolt, Bolt, BoltBase, SpoutBase, Stateful
 from streamflow.config import validate_config
 from streamflow.errors import ConfigError, TopologyError
 from streamflow.groupings import GROUPINGS, KEYED_GROUPINGS
@@ -82,6 +82,12 @@ def _check_component(spec: ComponentSpec, prefix: str) -> dict[str, tuple[str, .
     if isinstance(spec.component, AsyncBolt) and hasattr(spec.component, "process_batch"):
         raise TopologyError(f"{where}an AsyncBolt awaits process per tuple and never calls process_batch: "
                             "handle batches in a Bolt or BasicBolt")
+    if isinstance(spec.component, AsyncBolt) and hasattr(spec.component, "process_columns"):
+        raise TopologyError(f"{where}an AsyncBolt awaits process per tuple and never calls process_columns: "
+                            "take columns in a Bolt")
+    if isinstance(spec.component, BasicBolt) and type(spec.component).process_columns is not Bolt.process_columns:
+        raise TopologyError(f"{where}a BasicBolt acks the tuples it processed, and process_columns builds "
+                            "none: take columns in a Bolt, which acks them with ack_batch")
     p = spec.parallelism
     if not isinstance(p, int) or isinstance(p, bool) or p < 1:
         raise TopologyError(f"{where}parallelism must be an integer >= 1, got {p!r}")

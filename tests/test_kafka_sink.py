@@ -72,8 +72,8 @@ def test_the_sink_takes_new_batches_while_writers_await_the_broker() -> None:
         wait_for(lambda: run.tasks("sink")[0].executed == 200, 8, "every tuple taken by the sink")
         writing, taking = sink.instance._writing, sink.instance._writer
         assert len(writing) == 2 and taking is not None
-        assert sum(len(w.tuples) for w in (*writing, taking)) == 200
-        assert len(taking.tuples) > 100  # the first two batches went to the broker, the rest to it
+        assert sum(w.rows for w in (*writing, taking)) == 200
+        assert taking.rows > 100  # the first two batches went to the broker, the rest to it
         (stats,) = run.tasks("sink")
         assert stats.acked == stats.failed == 0  # nothing answered yet
     finally:
@@ -91,9 +91,9 @@ def test_a_writer_that_took_its_share_waits_for_the_broker(monkeypatch: pytest.M
     try:
         wait_for(lambda: sink.started and len(sink.instance._writing) == 3, 8, "three writers awaiting the broker")
         writing = sink.instance._writing
-        assert sink.instance._writer is None and len(writing[-1].tuples) >= 20
+        assert sink.instance._writer is None and writing[-1].rows >= 20
         (stats,) = run.tasks("sink")
-        assert stats.executed == sum(len(w.tuples) for w in writing) < 200
+        assert stats.executed == sum(w.rows for w in writing) < 200
         assert stats.acked == stats.failed == 0
     finally:
         run.stop()
@@ -121,10 +121,10 @@ def test_a_batch_stuck_on_a_broker_does_not_hold_back_the_answers_of_later_ones(
     try:
         (stats,) = run.tasks("sink")
         wait_for(lambda: stats.executed == 200 and bool(sink.instance._writing)
-                 and stats.acked + len(sink.instance._writing[0].tuples) == 200,
+                 and stats.acked + sink.instance._writing[0].rows == 200,
                  8, "every tuple acked but the stuck batch's")
         stuck = sink.instance._writing[0]
-        assert stuck.tuples and len(stuck.producer)  # the first batch still awaits its broker
+        assert stuck.rows and len(stuck.producer)  # the first batch still awaits its broker
         assert stats.failed == 0
     finally:
         run.stop()
@@ -256,3 +256,25 @@ def test_the_settings_for_strict_order_write_each_key_in_order(kafka: KafkaBroke
         by_key.setdefault(record.key, []).append(orjson.loads(record.value or b""))
     assert set(by_key) == {str(k).encode() for k in range(8)}
     assert all(values == sorted(values) and len(values) == 50 for values in by_key.values()), by_key
+
+
+def test_ticks_reach_the_sink_and_write_nothing(kafka: KafkaBroker, topic_prefix: str, readers: Any) -> None:
+    # topology.tick.tuple.freq.secs sends ticks to every bolt: a tick has none of the
+    # sink's fields, and once failed as "could not be written" in every batch it ended.
+    source, topic, n = f"{topic_prefix}in", f"{topic_prefix}out", 50
+    produce(kafka, source, [json.dumps({"n": i}).encode() for i in range(n)], partitions=1)
+    kafka.create_topic(topic, 1)
+    b = TopologyBuilder("ticked")
+    b.set_spout("source", KafkaSpout(kafka.bootstrap, [source]))
+    b.set_bolt("sink", KafkaBolt(kafka.bootstrap, topic, value_field="value")).shuffle_grouping("source")
+    run = LiveRun(b.build({"topology.tick.tuple.freq.secs": 0.05}), timeout=60)
+    try:
+        run.metrics_when("sink", lambda m: m["kafka.produced_records"] == n, 20, "every record written")
+        wait_for(lambda: run.tasks("sink")[0].executed >= n + 3, 20, "three ticks")
+        error = run.last_error("sink")
+    finally:
+        run.stop()
+    assert run.join(30) == "stopped"
+    assert error is None
+    written = read_written(readers, kafka.bootstrap, topic, n)
+    assert sorted(orjson.loads(r.value)["n"] for r in written) == list(range(n))

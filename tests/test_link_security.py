@@ -86,9 +86,11 @@ class Worker:
         return asyncio.run(main())
 
     def received(self) -> list[Any]:
+        """The messages in the inbox, TUPLES payloads (batches) as their tuples."""
         messages = []
         while (message := self.inbox.get_nowait()) is not None:
-            messages.append(message)
+            kind, payload = message
+            messages.append((kind, payload.tuples() if kind == TUPLES else payload))
         return messages
 
 

@@ -15,7 +15,9 @@ from streamflow import (
     AsyncBolt,
     BasicBolt,
     Bolt,
+    KeyValueState,
     Spout,
+    StatefulBolt,
     TaskContext,
     TopologyBuilder,
     Tuple,
@@ -23,6 +25,7 @@ from streamflow import (
 )
 from streamflow.executor import MAX_TUPLES_PER_TURN, TaskFailed
 from streamflow.testing import CollectBolt, Ledger, ListSpout
+from streamflow.tuples import Batch
 from streamflow.worker import GC_YOUNG_THRESHOLD
 
 ROWS = [(f"k{i % 37}", i) for i in range(600)]
@@ -748,6 +751,80 @@ def test_a_subclass_overriding_process_of_a_batch_bolt_gets_each_tuple() -> None
     builder.set_bolt("sink", OwnProcess()).shuffle_grouping("source")
     assert run_local(builder.build(), timeout=30).outcome == "finished"
     assert OwnProcess.calls == 100 and ledger.acked == {n: 1 for n in range(100)}
+
+
+class ColumnSink(Bolt):
+    """A plain bolt taking columns: keeps each batch's values, acks each batch whole with
+    ``ack_batch``, and raises for the batch holding 42 the first time it sees it."""
+
+    batches: list[Any] = []
+    raised = False
+
+    def process_columns(self, batch: Any) -> None:
+        if 42 in [values[0] for values in batch.values] and not ColumnSink.raised:
+            ColumnSink.raised = True
+            raise RuntimeError("42 breaks its batch")
+        ColumnSink.batches.append(batch)
+        self.ack_batch(batch)
+
+
+class CountN(StatefulBolt):
+    """Passes each number on, counting them in its checkpointed state."""
+
+    outputs = ["n"]
+
+    def init_state(self, state: KeyValueState) -> None:
+        self.state = state
+
+    def process(self, tup: Tuple) -> None:
+        self.state.put("seen", self.state.get("seen", 0) + 1)
+        self.emit(tup.values)
+
+
+class OwnBatches(ColumnSink):
+    """A subclass overriding ``process_batch`` of a bolt that takes columns: it gets tuples."""
+
+    def process_batch(self, tuples: Any) -> None:
+        assert all(isinstance(tup, Tuple) for tup in tuples)
+        OwnBatches.tuples += len(tuples)
+        self.ack_all(tuples)
+
+    tuples = 0
+
+
+@pytest.mark.parametrize("acking", ["xor", "checkpoint"])
+def test_a_bolt_taking_columns_gets_batches_acks_them_whole_and_a_raise_fails_its_batch(acking: str) -> None:
+    # Under XOR acking ack_batch XORs each row's edge into its tree; under checkpoints the
+    # trees complete at commit, and a fail names the roots to roll back.
+    ColumnSink.batches, ColumnSink.raised = [], False
+    ledger = Ledger()
+    builder = TopologyBuilder("columns")
+    builder.set_spout("source", ListSpout([(i,) for i in range(500)], ["n"], ledger))
+    if acking == "checkpoint":
+        builder.set_bolt("count", CountN()).shuffle_grouping("source")
+        builder.set_bolt("sink", ColumnSink(), 2).shuffle_grouping("count")
+    else:
+        builder.set_bolt("sink", ColumnSink(), 2).shuffle_grouping("source")
+    run = run_local(builder.build({"topology.state.checkpoint.interval.ms": 100}), timeout=60)
+    assert run.outcome == "finished"
+    assert ColumnSink.raised and sum(ledger.failed.values()) >= 1  # the batch of 42 failed, and was replayed
+    assert set(ledger.acked) == set(range(500))
+    batches = ColumnSink.batches
+    assert all(isinstance(b, Batch) for b in batches) and max(map(len, batches)) > 1
+    assert {values[0] for b in batches for values in b.values} >= set(range(500))
+    sink = run.component("sink")
+    assert sink.errors == 1 and sink.last_error is not None
+    assert "process_columns: RuntimeError: 42 breaks its batch" in sink.last_error.message
+
+
+def test_a_subclass_overriding_process_batch_of_a_column_bolt_gets_tuples() -> None:
+    OwnBatches.tuples = 0
+    ledger = Ledger()
+    builder = TopologyBuilder("own-batches")
+    builder.set_spout("source", ListSpout([(i,) for i in range(100)], ["n"], ledger))
+    builder.set_bolt("sink", OwnBatches()).shuffle_grouping("source")
+    assert run_local(builder.build(), timeout=30).outcome == "finished"
+    assert OwnBatches.tuples == 100 and ledger.acked == {n: 1 for n in range(100)}
 
 
 class DirectBatchCounter(BasicBolt):

@@ -369,6 +369,24 @@ def test_process_batch_on_an_async_bolt_is_refused_rather_than_never_called():
     expect_error(builder.build, TopologyError, "'split'", "never calls process_batch")
 
 
+def test_process_columns_on_an_async_or_basic_bolt_is_refused():
+    class ColumnsAsync(AsyncBolt):
+        def process_columns(self, batch):
+            pass
+
+    class ColumnsBasic(BasicBolt):
+        def process_columns(self, batch):
+            pass
+
+    builder = base_builder()
+    builder.set_bolt("split", ColumnsAsync()).shuffle_grouping("words")
+    expect_error(builder.build, TopologyError, "'split'", "never calls process_columns")
+    builder = base_builder()
+    builder.set_bolt("split", ColumnsBasic()).shuffle_grouping("words")
+    expect_error(builder.build, TopologyError, "'split'", "a BasicBolt acks the tuples it processed",
+                 "take columns in a Bolt")
+
+
 def test_component_class_instead_of_instance():
     builder = TopologyBuilder("t")
     builder.set_spout("words", WordSpout)  # type: ignore[arg-type]

@@ -11,10 +11,15 @@ from streamflow_connectors.kafka.client import ClientErrors, KafkaClientError, b
 from streamflow_connectors.kafka.records import encoder
 
 from streamflow import Bolt, TaskContext, Tuple
-from streamflow.tuples import Origin
+from streamflow.tuples import Batch, Origin
 
 Written = tuple[str, bytes | None, bytes | None]
 """A record as the sink writes it: topic, key, value."""
+
+Write = Callable[[Sequence[Sequence[Any]], Callable[..., None], list[tuple[int, Exception]]], int]
+"""Hands the records of a stream's rows to ``produce(topic, value, key)``, appending
+(row index, exception) for each row it could not hand over, and returns the bytes of
+keys and values handed over (made per stream by ``KafkaBolt._write_of``)."""
 
 DELIVERY_POLL = 0.001
 """Seconds between looks for delivery reports while writes await them, once the broker
@@ -37,10 +42,12 @@ class _Writer:
     producer holds no write: with one batch per producer, that needs no delivery report
     per write (librdkafka reports only failed writes, to ``failed``)."""
 
-    __slots__ = ("producer", "tuples", "bytes", "failed", "answer_at")
+    __slots__ = ("producer", "batches", "rows", "bytes", "failed", "answer_at")
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self.tuples: list[Tuple] = []
+        self.batches: list[Batch] = []
+        """The rows written, as the batches they came in (less any refused row)."""
+        self.rows = 0
         self.bytes = 0
         self.answer_at = 0.0
         """The event loop's time before which the broker cannot have answered the batch:
@@ -66,8 +73,9 @@ class KafkaBolt(Bolt):
     batching, and the batch is answered once the broker has answered all of them. Each of
     ``writers`` producers writes one batch at a time, so a batch is answered when its
     producer holds no write, and librdkafka need report only the writes that failed.
-    ``process_batch`` is a plain function, not a coroutine, looping over the batch with
-    its lookups done once: a coroutine per record costs more than the write itself.
+    It takes its input as columns (``process_columns``), in a plain function, not a
+    coroutine, looping over the batch with its lookups done once: a coroutine or a Tuple
+    per record costs about as much as the write itself.
 
     Order: with one writer (the default), ``end_batch`` waits for the broker's answers
     before the next batch, so a batch's records land after those of the batch before.
@@ -150,43 +158,51 @@ class KafkaBolt(Bolt):
         self._failures: list[tuple[KafkaError, Any]] = []
         self._refused: list[Exception] = []
         """Why tuples of the batch could not be handed to librdkafka (they were failed)."""
-        self._records: dict[Origin, Callable[[Sequence[Any]], Written]] = {}
+        self._writes: dict[Origin, Write] = {}
         self.produced = self.produced_bytes = self.delivery_errors = 0
 
     def process(self, tup: Tuple) -> None:
-        self.process_batch((tup,))
+        self.process_columns(Batch(tup.origin, [tup.values], [tup.anchors]))
 
-    def process_batch(self, tuples: Sequence[Tuple]) -> None:
-        """Hand each tuple's record to the writer taking records. A tuple whose record
-        cannot be built or handed over (a value its format refuses, librdkafka's queue
-        full) is failed alone, and ``end_batch`` raises for it once."""
+    def process_columns(self, batch: Batch) -> None:
+        """Hand each row's record to the writer taking records. A row whose record cannot
+        be built or handed over (a value its format refuses, librdkafka's queue full) is
+        failed alone, and ``end_batch`` raises for it once. Ticks write nothing."""
+        if batch.is_tick():
+            return
         writer = self._writer
-        if writer is None:  # the first tuple since a writer was sent: one is free
+        if writer is None:  # the first batch since a writer was sent: one is free
             writer = self._writer = self._free.pop()
             writer.answer_at = asyncio.get_running_loop().time() + self.linger_ms / 1000
-        produce, taken, records = writer.producer.produce, writer.tuples.append, self._records
-        origin, to_record, size = None, None, 0
-        for tup in tuples:
-            try:
-                if tup.origin is not origin:
-                    origin = tup.origin
-                    to_record = records.get(origin) or self._record_of(origin)
-                topic, key, value = to_record(tup.values)  # type: ignore[misc]  # set with origin
-                produce(topic, value, key)
-            except Exception as exc:
-                origin = None  # a stream whose fields lack one is looked up again, and fails again
-                self.fail(tup)
-                self._refused.append(exc)
-                continue
-            taken(tup)
-            size += len(value or b"") + len(key or b"")
-        writer.bytes += size
+        refused: list[tuple[int, Exception]] = []
+        try:
+            write = self._writes.get(batch.origin) or self._write_of(batch.origin)
+        except KeyError as exc:  # the stream lacks a field the sink reads
+            refused = [(i, exc) for i in range(len(batch))]
+        else:
+            writer.bytes += write(batch.values, writer.producer.produce, refused)
+        if refused:
+            batch = self._refuse(batch, refused)
+        writer.batches.append(batch)
+        writer.rows += len(batch)
 
-    def _record_of(self, origin: Origin) -> Callable[[Sequence[Any]], Written]:
-        """How tuples of one stream become (topic, key, value), as one small function made
-        for the stream: this runs for every record written, so field positions are looked
-        up once, and the value's dict is a literal with its keys written in (no
-        ``dict(zip(names, values))`` per record)."""
+    def _refuse(self, batch: Batch, refused: list[tuple[int, Exception]]) -> Batch:
+        """Fail the rows of ``batch`` that were not handed over, keep why for ``end_batch``,
+        and return the batch of the others."""
+        tuples = batch.tuples()
+        for i, exc in refused:
+            self.fail(tuples[i])
+            self._refused.append(exc)
+        gone = {i for i, _ in refused}
+        kept = [i for i in range(len(batch)) if i not in gone]
+        return Batch(batch.origin, [batch.values[i] for i in kept], [batch.anchors[i] for i in kept])
+
+    def _write_of(self, origin: Origin) -> Write:
+        """How the rows of one stream are written, as one small function made for the
+        stream: this loop runs for every record written, so field positions are looked
+        up once, the record is built inline (no call per row), and the value's dict is a
+        literal with its keys written in (no ``dict(zip(names, values))`` per record).
+        Raises KeyError if the stream lacks a field the sink reads."""
         def at(field: str) -> str:
             try:
                 return f"v[{origin.fields.index(field)}]"
@@ -208,20 +224,35 @@ class KafkaBolt(Bolt):
                     "else encode(x))"
         else:
             value = f"encode({value})"
+        size = "len(x or b'')" + ("" if self.key_field is None else " + len(k or b'')")
+        source = (
+            "def write(rows, produce, refused):\n"
+            "    size = 0\n"
+            "    for i, v in enumerate(rows):\n"
+            "        try:\n"
+            f"            k = {key}\n"
+            f"            x = {value}\n"
+            f"            produce({topic}, x, k)\n"
+            "        except Exception as exc:\n"
+            "            refused.append((i, exc))\n"
+            "        else:\n"
+            f"            size += {size}\n"
+            "    return size\n")
         scope = {"topic": self.topic, "key_bytes": _key_bytes, "encode": self._encode}
-        record: Callable[[Sequence[Any]], Written] = eval(f"lambda v: ({topic}, {key}, {value})", scope)
-        self._records[origin] = record
-        return record
+        exec(source, scope)
+        write: Write = scope["write"]
+        self._writes[origin] = write
+        return write
 
     async def end_batch(self) -> None:
         """Send the batch's writer to the broker when another writer can take the next
         batch; otherwise let it take the next batch too, unless it is the only writer or
         holds :data:`OPEN_WRITER_RECORDS`, in which case wait until a writer is free.
-        ``process_batch`` never waits, so the wait is here, once per batch, not a coroutine
+        ``process_columns`` never waits, so the wait is here, once per batch, not a coroutine
         per tuple. Raises once for the tuples the batch could not hand over, and once for
         writes that failed since the last batch (their tuples were failed)."""
         writer = self._writer
-        if writer is not None and (self._free or not self._writing or len(writer.tuples) >= OPEN_WRITER_RECORDS):
+        if writer is not None and (self._free or not self._writing or writer.rows >= OPEN_WRITER_RECORDS):
             self._send(writer)
             while not self._free:  # every writer awaits answers: the answer task frees one
                 self._freed.clear()
@@ -277,10 +308,11 @@ class KafkaBolt(Bolt):
             if writer.failed:
                 self._answer_partly(writer)
             else:
-                self.ack_all(writer.tuples)
-                self.produced += len(writer.tuples)
+                for batch in writer.batches:
+                    self.ack_batch(batch)
+                self.produced += writer.rows
                 self.produced_bytes += writer.bytes
-            writer.tuples, writer.bytes, writer.failed = [], 0, []
+            writer.batches, writer.rows, writer.bytes, writer.failed = [], 0, 0, []
             self._free.append(writer)
         if answered:
             if self._writer is not None:
@@ -293,14 +325,15 @@ class KafkaBolt(Bolt):
         is unknown, see :meth:`_failed_writes`), ack the others, and keep the failures for
         ``end_batch`` to raise."""
         self._failures.extend(writer.failed)
-        failed = self._failed_writes(writer) or [True] * len(writer.tuples)
-        for tup, fails in zip(writer.tuples, failed, strict=True):
+        tuples = [tup for batch in writer.batches for tup in batch.tuples()]
+        failed = self._failed_writes(writer) or [True] * len(tuples)
+        for tup, fails in zip(tuples, failed, strict=True):
             if fails:
                 self.fail(tup)
             else:
                 self.ack(tup)
         self.delivery_errors += len(writer.failed)
-        self.produced += len(writer.tuples) - len(writer.failed)
+        self.produced += writer.rows - len(writer.failed)
         self.produced_bytes += writer.bytes - sum(len(m.key() or b"") + len(m.value() or b"")
                                                   for _, m in writer.failed)
 
@@ -315,10 +348,21 @@ class KafkaBolt(Bolt):
         encodes, and which writes failed is unknown (None)."""
         unmatched = Counter((m.topic(), m.key(), m.value()) for _, m in writer.failed)
         try:
-            failed = [_take(unmatched, self._records[tup.origin](tup.values)) for tup in writer.tuples]
+            failed = [_take(unmatched, record) for batch in writer.batches for record in self._records(batch)]
         except Exception:  # a value changed into one its format refuses
             return None
         return None if unmatched.total() else failed
+
+    def _records(self, batch: Batch) -> list[Written]:
+        """The records of ``batch`` built again, as its write built them; raises if one no
+        longer can be."""
+        records: list[Written] = []
+        refused: list[tuple[int, Exception]] = []
+        self._writes[batch.origin](batch.values, lambda topic, value, key: records.append((topic, key, value)),
+                                   refused)
+        if refused:
+            raise refused[0][1]
+        return records
 
     def metrics(self) -> dict[str, float]:
         return {"kafka.produced_records": self.produced, "kafka.produced_bytes": self.produced_bytes,

@@ -73,7 +73,7 @@ class BoltCheckpoints(Party):
         barrier, or reaching a task that has not been through a rollback yet)."""
         payload = message[1]
         if self._aligning is not None:
-            if payload[0].origin.source_task in self._arrived:
+            if payload.origin.source_task in self._arrived:
                 self._held.append(message)
                 return False
             if self._aligning[1] == ROLLBACK:

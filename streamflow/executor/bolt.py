@@ -13,7 +13,7 @@ from streamflow.components import AsyncBasicBolt, AsyncBolt, BasicBolt, Bolt
 from streamflow.executor.base import ComponentExecutor
 from streamflow.inbox import BARRIER, CHECKPOINT, TICK, TUPLES, Message
 from streamflow.state.store import StateProvider
-from streamflow.tuples import TICK_ORIGIN, Tuple
+from streamflow.tuples import TICK_ORIGIN, Batch, Tuple
 
 MAX_TUPLES_PER_TURN = 256
 """A bolt handles all batches queued in its inbox before it flushes, up to this many
@@ -36,15 +36,20 @@ class BoltExecutor(ComponentExecutor):
         bolt.emit_direct = self.collector.emit_direct
         bolt.ack = self.collector.ack
         bolt.ack_all = self.collector.ack_all
+        bolt.ack_batch = self.collector.ack_batch
         bolt.fail = self.collector.fail
         bolt.flush_acks = self.collector.flush_acks
-        self._process: Callable[[list[Tuple]], Awaitable[None] | None]
+        self._process: Callable[[Batch], Awaitable[None] | None]
         if isinstance(bolt, AsyncBolt):
             self._process = self._process_async_basic if basic else self._process_async
-        elif _handles_batches(type(bolt)):
-            self._process = self._process_batch_basic if basic else self._process_batch
         else:
-            self._process = self._process_basic if basic else self._process_plain
+            handler = _handler(type(bolt))
+            if handler == "process_columns":  # validation refuses it in a BasicBolt
+                self._process = self._process_columns
+            elif handler == "process_batch":
+                self._process = self._process_batch_basic if basic else self._process_batch
+            else:
+                self._process = self._process_basic if basic else self._process_plain
         self._taken: list[Tuple] = []
         """A basic bolt's tuples that ``process`` took in this turn: acked once ``end_batch``
         returns, failed if it raises (a sink's write of the batch failed)."""
@@ -96,7 +101,7 @@ class BoltExecutor(ComponentExecutor):
                     if checkpoints is not None and not checkpoints.ticks_due():
                         message = take()  # no tick on state that is not restored yet
                         continue
-                    payload = [Tuple((), TICK_ORIGIN, None)]
+                    payload = Batch(TICK_ORIGIN, [()], [None])
                 elif checkpoints is not None and not checkpoints.admit(message):
                     message = take()  # held behind a barrier, or stale
                     continue
@@ -149,19 +154,19 @@ class BoltExecutor(ComponentExecutor):
 
         loop.call_later(every, tick)
 
-    def _process_plain(self, tuples: list[Tuple]) -> None:
+    def _process_plain(self, batch: Batch) -> None:
         process, fail, record = cast(Bolt, self.bolt).process, self.collector.fail, self.stats.record_error
-        for tup in tuples:
+        for tup in batch.tuples():
             try:
                 process(tup)
             except Exception as exc:
                 fail(tup)
                 record(exc, "process")
 
-    def _process_basic(self, tuples: list[Tuple]) -> None:
+    def _process_basic(self, batch: Batch) -> None:
         """A BasicBolt's batch: each tuple that ``process`` took without raising is acked
         with the turn's others once ``end_batch`` returns (see :attr:`_taken`)."""
-        collector = self.collector
+        tuples, collector = batch.tuples(), self.collector
         process, fail = cast(Bolt, self.bolt).process, collector.fail
         failed: list[Tuple] = []
         for tup in tuples:
@@ -175,44 +180,52 @@ class BoltExecutor(ComponentExecutor):
         collector.current = None
         self._taken += _without(tuples, failed) if failed else tuples
 
-    def _process_batch(self, tuples: list[Tuple]) -> None:
+    def _process_columns(self, batch: Batch) -> None:
+        """A bolt's own ``process_columns``: an exception fails the whole batch."""
+        try:
+            cast(Bolt, self.bolt).process_columns(batch)
+        except Exception as exc:
+            self._batch_failed(batch.tuples(), exc, "process_columns")
+
+    def _process_batch(self, batch: Batch) -> None:
         """A bolt's own ``process_batch``: an exception fails the whole batch."""
+        tuples = batch.tuples()
         try:
             cast(Bolt, self.bolt).process_batch(tuples)
         except Exception as exc:
-            self._batch_failed(tuples, exc)
+            self._batch_failed(tuples, exc, "process_batch")
 
-    def _process_batch_basic(self, tuples: list[Tuple]) -> None:
+    def _process_batch_basic(self, batch: Batch) -> None:
         """A BasicBolt's own ``process_batch``: its emits are anchored to the whole batch,
         which is acked with the turn's others once ``end_batch`` returns."""
-        collector = self.collector
+        tuples, collector = batch.tuples(), self.collector
         collector.current_batch = tuples
         try:
             cast(Bolt, self.bolt).process_batch(tuples)
         except Exception as exc:
-            self._batch_failed(tuples, exc)
+            self._batch_failed(tuples, exc, "process_batch")
         else:
             self._taken += tuples
         finally:
             collector.current_batch = None
 
-    def _batch_failed(self, tuples: list[Tuple], exc: Exception) -> None:
+    def _batch_failed(self, tuples: list[Tuple], exc: Exception, where: str) -> None:
         fail = self.collector.fail
         for tup in tuples:
             fail(tup)
-        self.stats.record_error(exc, "process_batch")
+        self.stats.record_error(exc, where)
 
-    async def _process_async(self, tuples: list[Tuple]) -> None:
+    async def _process_async(self, batch: Batch) -> None:
         process = cast(AsyncBolt, self.bolt).process
-        for tup in tuples:
+        for tup in batch.tuples():
             try:
                 await process(tup)
             except Exception as exc:
                 self.collector.fail(tup)
                 self.stats.record_error(exc, "process")
 
-    async def _process_async_basic(self, tuples: list[Tuple]) -> None:
-        collector = self.collector
+    async def _process_async_basic(self, batch: Batch) -> None:
+        tuples, collector = batch.tuples(), self.collector
         process = cast(AsyncBolt, self.bolt).process
         failed: list[Tuple] = []
         for tup in tuples:
@@ -231,16 +244,20 @@ class BoltExecutor(ComponentExecutor):
         await self._close_with("cleanup")
 
 
-def _handles_batches(cls: type) -> bool:
-    """Whether the runtime calls ``process_batch`` rather than ``process``: the bolt's
-    class overrides ``process_batch``, no less nearly than ``process`` (a subclass that
-    overrides only ``process`` of a sink that handles batches is handled tuple by tuple,
-    so that its ``process`` runs)."""
+def _handler(cls: type) -> str:
+    """Which of ``process_columns``, ``process_batch`` and ``process`` the runtime calls:
+    the one the bolt's class overrides most nearly, the narrower on a tie (a subclass
+    that overrides only ``process`` of a sink that takes batches is handled tuple by
+    tuple, so that its ``process`` runs)."""
     def owner(name: str) -> type:
         return next(c for c in cls.__mro__ if name in c.__dict__)
 
-    batch_owner = owner("process_batch")
-    return batch_owner is not Bolt and issubclass(batch_owner, owner("process"))
+    nearest = "process"
+    for name in ("process_batch", "process_columns"):
+        found = owner(name)
+        if found is not Bolt and issubclass(found, owner(nearest)):
+            nearest = name
+    return nearest
 
 
 def _without(tuples: list[Tuple], failed: list[Tuple]) -> list[Tuple]:

@@ -48,7 +48,7 @@ from streamflow.topology import Topology
 from streamflow.transport.base import UnencodableValue
 from streamflow.transport.frames import Message
 from streamflow.transport.registry import RegisteredType, resolve
-from streamflow.tuples import Anchors, Origin, batch_of
+from streamflow.tuples import Anchors, Batch, Origin
 
 
 class FrameError(ConnectionError):
@@ -210,8 +210,8 @@ class Codec:
     # ------------------------------------------------------------------ decoding
 
     def decode(self, payload: bytes) -> list[Message]:
-        """The messages of a frame's payload, TUPLES payloads as lists of
-        :class:`~streamflow.tuples.Tuple`; :class:`FrameError` if it is malformed."""
+        """The messages of a frame's payload, TUPLES payloads as
+        :class:`~streamflow.tuples.Batch`; :class:`FrameError` if it is malformed."""
         try:
             messages = msgpack.unpackb(payload, use_list=False, raw=False, strict_map_key=False,
                                        ext_hook=_envelope_ext)
@@ -240,7 +240,7 @@ class Codec:
             raise FrameError(f"a message of unknown kind {kind!r}")
         return task, kind, self._unblob(payload)
 
-    def _tuples(self, payload: Any) -> list[Any]:
+    def _tuples(self, payload: Any) -> Batch:
         try:
             source_task, stream, form, rows, anchors = payload
             origin = self._origins[(source_task, stream)]
@@ -258,7 +258,7 @@ class Codec:
         if (type(anchors) is not tuple or not isinstance(rows, (list, tuple)) or len(rows) != len(anchors)
                 or not set(map(type, rows)) <= _ROW_TYPES or not set(map(type, anchors)) <= _ANCHOR_TYPES):
             raise FrameError(f"a malformed batch of tuples on stream {stream!r}")
-        return batch_of(origin, rows, anchors)  # type: ignore[arg-type]
+        return Batch(origin, rows, anchors)  # type: ignore[arg-type]
 
     def _unblob(self, payload: Any) -> Any:
         try:

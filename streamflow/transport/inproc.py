@@ -6,13 +6,13 @@ from typing import Any, Mapping, Sequence
 
 from streamflow.inbox import Inbox
 from streamflow.load import LoadSource
-from streamflow.tuples import Anchors, Origin, batch_of
+from streamflow.tuples import Anchors, Batch, Origin
 
 
 class InProcessTransport:
     """The transport of local mode, and of tasks that share a worker in cluster mode.
 
-    A batch's tuples are built here, in one call, from the columns the sender filled.
+    A batch goes as the columns the sender filled: the receiving task builds its tuples.
     """
 
     loads: LoadSource | None = None
@@ -23,7 +23,7 @@ class InProcessTransport:
 
     async def send_tuples(self, task: int, origin: Origin, values: list[Sequence[Any]],
                           anchors: list[Anchors]) -> None:
-        await self._inboxes[task].put_tuples(batch_of(origin, values, anchors))
+        await self._inboxes[task].put_tuples(Batch(origin, values, anchors))
 
     def send_control(self, task: int, kind: str, payload: Any) -> None:
         self._inboxes[task].put_control(kind, payload)
