@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from streamflow.state.memory import MemoryProvider
-from streamflow.state.redis import RedisProvider
 from streamflow.state.store import StateProvider
 
 ProviderFactory = Callable[[str, Mapping[str, Any]], StateProvider]
@@ -21,6 +20,10 @@ def _memory(namespace: str, config: Mapping[str, Any]) -> StateProvider:
 
 
 def _redis(namespace: str, config: Mapping[str, Any]) -> StateProvider:
+    # Imported here: redis-py takes about 85 ms to import, in every process that starts a
+    # topology (the CLI, nimbus's describe child, each worker), and most keep state in memory.
+    from streamflow.state.redis import RedisProvider
+
     return RedisProvider(str(config["topology.state.redis.url"]), namespace)
 
 
