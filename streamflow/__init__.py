@@ -23,12 +23,12 @@ from streamflow.groupings import stable_hash
 from streamflow.local import LocalRun, run_local
 from streamflow.state import KeyValueState, StateCodecError
 from streamflow.topology import Topology, TopologyBuilder
-from streamflow.tuples import DEFAULT_STREAM, Tuple
+from streamflow.tuples import DEFAULT_STREAM, Batch, Tuple
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncBasicBolt", "AsyncBolt", "AsyncSpout", "AsyncStatefulBolt", "BasicBolt", "Bolt", "BoltBase",
+    "AsyncBasicBolt", "AsyncBolt", "AsyncSpout", "AsyncStatefulBolt", "BasicBolt", "Batch", "Bolt", "BoltBase",
     "ConfigError", "DEFAULT_STREAM", "KeyValueState", "LoadError", "LocalRun", "Spout", "SpoutBase",
     "StateCodecError", "Stateful", "StatefulBolt", "StreamflowError", "TaskContext", "Topology",
     "TopologyBuilder", "TopologyError", "Tuple", "run_local", "stable_hash",

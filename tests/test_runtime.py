@@ -14,6 +14,7 @@ from streamflow import (
     AsyncBasicBolt,
     AsyncBolt,
     BasicBolt,
+    Batch,
     Bolt,
     KeyValueState,
     Spout,
@@ -25,7 +26,6 @@ from streamflow import (
 )
 from streamflow.executor import MAX_TUPLES_PER_TURN, TaskFailed
 from streamflow.testing import CollectBolt, Ledger, ListSpout
-from streamflow.tuples import Batch
 from streamflow.worker import GC_YOUNG_THRESHOLD
 
 ROWS = [(f"k{i % 37}", i) for i in range(600)]

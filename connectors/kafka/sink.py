@@ -10,8 +10,8 @@ from confluent_kafka import KafkaError, Producer
 from streamflow_connectors.kafka.client import ClientErrors, KafkaClientError, blocking, settings
 from streamflow_connectors.kafka.records import encoder
 
-from streamflow import Bolt, TaskContext, Tuple
-from streamflow.tuples import Batch, Origin
+from streamflow import Batch, Bolt, TaskContext, Tuple
+from streamflow.tuples import Origin
 
 Written = tuple[str, bytes | None, bytes | None]
 """A record as the sink writes it: topic, key, value."""
