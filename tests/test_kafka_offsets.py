@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from streamflow_connectors.kafka.offsets import PartitionOffsets, start_offset
+from streamflow_connectors.kafka.offsets import WALK, PartitionOffsets, start_offset
 
 
 def fetch(partition: PartitionOffsets, *offsets: int) -> None:
@@ -171,3 +171,24 @@ def test_a_point_that_did_not_move_is_committed_again_when_asked() -> None:
     assert p.to_commit() is None and p.to_commit(again=True) == 7
     fetch(p, 7)
     assert p.to_commit(again=True) == 7  # 7 is in flight: the point stays
+
+
+def test_the_commit_point_is_the_lowest_in_flight_however_offsets_come_and_go() -> None:
+    # commit_point walks up from the last point it found: records fetched in order, done
+    # in any order, gaps wider than its walk, and a log that goes back below it.
+    rng = random.Random(7)
+    for _ in range(300):
+        p = PartitionOffsets(rng.randrange(100))
+        nxt = p.fetched_to
+        for _ in range(rng.randint(1, 80)):
+            action = rng.random()
+            if action < 0.5:
+                nxt += rng.choice([1, 1, 1, 2, WALK + rng.randrange(3 * WALK)])
+                p.fetched(nxt, None)
+            elif action < 0.9 and p.in_flight:
+                p.done(rng.choice(list(p.in_flight)))
+            elif action < 0.95:
+                p.fetched(rng.randrange(max(1, nxt)), None)  # a log read again from lower down
+            else:
+                p.commit_point()
+            assert p.commit_point() == (min(p.in_flight) if p.in_flight else p.fetched_to)

@@ -14,6 +14,11 @@ Key = tuple[str, int]
 """A partition: (topic, partition number)."""
 
 
+WALK = 64
+"""Offsets :meth:`PartitionOffsets.commit_point` steps over before it takes the minimum
+of those in flight instead."""
+
+
 class PartitionOffsets:
     """The records of one partition taken from the consumer and not done yet, by offset.
 
@@ -28,7 +33,7 @@ class PartitionOffsets:
     a point is asked for once, and asked for again only if that commit failed.
     """
 
-    __slots__ = ("commit_sent", "committed", "dead_letters", "fetched_to", "in_flight", "retries")
+    __slots__ = ("commit_sent", "committed", "dead_letters", "fetched_to", "in_flight", "retries", "_low")
 
     def __init__(self, committed: int) -> None:
         self.committed = committed
@@ -43,6 +48,8 @@ class PartitionOffsets:
         """Records emitted again after a failure (one per retry)."""
         self.dead_letters = 0
         """Records sent down the dead-letter path (past their retries, or undecodable)."""
+        self._low = committed
+        """No offset below it is in flight: where :meth:`commit_point` looks from."""
 
     def __len__(self) -> int:
         return len(self.in_flight)
@@ -52,6 +59,8 @@ class PartitionOffsets:
         self.in_flight[offset] = record
         if offset >= self.fetched_to:
             self.fetched_to = offset + 1
+        if offset < self._low:  # read again below (a log that went back)
+            self._low = offset
 
     def done(self, offset: int) -> Any:
         """The record is acked or dead-lettered: it no longer holds the commit point back.
@@ -62,8 +71,23 @@ class PartitionOffsets:
         return self.in_flight.get(offset)
 
     def commit_point(self) -> int:
-        """The offset to commit: everything below it is done."""
-        return min(self.in_flight) if self.in_flight else self.fetched_to
+        """The offset to commit: everything below it is done.
+
+        The spout asks for it at each fetch, with up to ``max_uncommitted`` records in
+        flight: it walks up from the last point found, a few offsets at a time (records
+        are done about in order), and takes the minimum only past a gap of more than
+        :data:`WALK` offsets (a compacted topic)."""
+        in_flight = self.in_flight
+        if not in_flight:
+            return self.fetched_to
+        start = self._low
+        for low in range(start, start + WALK):
+            if low in in_flight:
+                break
+        else:
+            low = min(in_flight)
+        self._low = low
+        return low
 
     def uncommitted(self) -> int:
         """How many offsets were fetched past the commit point (done or not)."""
@@ -95,7 +119,7 @@ class PartitionOffsets:
         consumer reads it again from its start: the commit points go back with it, or no
         commit would be asked for until the new log passed the old point."""
         assert not self.in_flight, "skip_to with records in flight"
-        self.fetched_to = offset
+        self.fetched_to = self._low = offset
         if offset < self.commit_sent:
             self.commit_sent = self.committed = offset
 
@@ -105,7 +129,7 @@ class PartitionOffsets:
         count from ``offset``. The commits asked for and confirmed stay: a commit never
         goes back, and one below them is not asked for."""
         self.in_flight = {}
-        self.fetched_to = offset
+        self.fetched_to = self._low = offset
 
     def served_to(self, offset: int) -> None:
         """The consumer served every record below ``offset`` (it reported the partition's
