@@ -20,7 +20,8 @@ them in Redis, durable across worker restarts). ``-c count.stateful=false`` coun
 plain dict instead, with no checkpoints: faster, and wrong after any failure.
 
 Other options: ``-c spout.parallelism=N``, ``-c split.parallelism=N``,
-``-c count.parallelism=N``, ``-c sink.parallelism=N``.
+``-c count.parallelism=N``, ``-c sink.parallelism=N``, ``-c sink.linger_ms=MS`` (how
+long the Kafka sink's writes wait to share a request; 50 by default).
 """
 
 from __future__ import annotations
@@ -137,9 +138,10 @@ def build(config: Mapping[str, Any]) -> Topology:
                             # partition holds more than a second of records in flight.
                             max_uncommitted=50_000)
         # A word's highest count written is its count, so writes may land in any order:
-        # three writers, and batches that linger 20 ms (see README, "Benchmarks").
+        # three writers, and batches that linger 50 ms (see README, "Benchmarks").
         sink = KafkaBolt(str(bootstrap), str(config.get("output.topic", "word-counts")),
-                         key_field="word", fields=["word", "count"], writers=3, linger_ms=20)
+                         key_field="word", fields=["word", "count"], writers=3,
+                         linger_ms=float(config.get("sink.linger_ms", 50)))
     else:
         source = LineSpout(str(config.get("input.path") or SAMPLE), field="sentence")
         if config.get("output.path"):
