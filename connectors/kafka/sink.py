@@ -189,9 +189,8 @@ class KafkaBolt(Bolt):
     def _refuse(self, batch: Batch, refused: list[tuple[int, Exception]]) -> Batch:
         """Fail the rows of ``batch`` that were not handed over, keep why for ``end_batch``,
         and return the batch of the others."""
-        tuples = batch.tuples()
         for i, exc in refused:
-            self.fail(tuples[i])
+            self.fail(Tuple(batch.values[i], batch.origin, batch.anchors[i]))
             self._refused.append(exc)
         gone = {i for i, _ in refused}
         kept = [i for i in range(len(batch)) if i not in gone]
