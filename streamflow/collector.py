@@ -35,7 +35,7 @@ from streamflow.inbox import ACK_ACK, ACK_FAIL, ACK_INIT
 from streamflow.stats import TaskStats
 from streamflow.topology import ACKER_COMPONENT, Topology
 from streamflow.transport.base import Transport, UnencodableValue
-from streamflow.tuples import DEFAULT_STREAM, Anchors, Batch, Origin, Tuple
+from streamflow.tuples import DEFAULT_STREAM, Anchors, Origin, Tuple
 
 _first = itemgetter(0)
 
@@ -454,22 +454,28 @@ class BoltOutputCollector(OutputCollector):
             _fold(tuples, self._acks)
         self.stats.acked += len(tuples)
 
-    def ack_batch(self, batch: Batch) -> None:
-        """:meth:`ack_all` of a batch's tuples, from its columns: none is an anchor of an
-        emit (it has no Tuple to keep that), so each acks just its own edge."""
+    def ack_rows(self, anchors: Sequence[Anchors]) -> None:
+        """:meth:`ack_all` of the rows of a batch, given by their anchors (the batch's
+        ``anchors`` column): none is an anchor of an emit (there is no Tuple to keep
+        that), so each acks just its own edge."""
         if self.edges:
-            _fold_edges(batch.anchors, self._acks)
-        self.stats.acked += len(batch)
+            _fold_edges(anchors, self._acks)
+        self.stats.acked += len(anchors)
 
     def fail(self, tup: Tuple) -> None:
         """``tup`` failed: its spout tuples are failed (and replayed by their spouts)."""
-        if tup.anchors:
-            roots = tup.anchors[0::2]
-            if self.edges:
-                self._fails.extend(roots)
-            if self.failed_roots is not None:
-                self.failed_roots.extend(roots)
-        self.stats.failed += 1
+        self.fail_rows((tup.anchors,))
+
+    def fail_rows(self, anchors: Sequence[Anchors]) -> None:
+        """:meth:`fail` of the rows of a batch, given by their anchors."""
+        for row in anchors:
+            if row:
+                roots = row[0::2]
+                if self.edges:
+                    self._fails.extend(roots)
+                if self.failed_roots is not None:
+                    self.failed_roots.extend(roots)
+        self.stats.failed += len(anchors)
 
     def flush_acks(self) -> None:
         """Send the buffered acks and fails now, outside a batch (see ``BoltBase.flush_acks``)."""

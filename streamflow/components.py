@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Hashable, Mapping, Sequence
 
-from streamflow.tuples import Batch, Tuple
+from streamflow.tuples import Anchors, Batch, Tuple
 
 if TYPE_CHECKING:
     from streamflow.state import KeyValueState
@@ -188,12 +188,16 @@ class BoltBase(Component):
     ack_all: Callable[[Sequence[Tuple]], None]
     """``ack_all(tuples)``: ``ack`` of each, in one call, cheaper per tuple (a sink acking
     the batch a server confirmed); bound by the runtime."""
-    ack_batch: Callable[[Batch], None]
-    """``ack_batch(batch)``: ``ack_all`` of the tuples of a batch that ``process_columns``
-    took, none of them an anchor of an emit (a sink acking rows the server confirmed);
-    bound by the runtime."""
+    ack_rows: Callable[[Sequence[Anchors]], None]
+    """``ack_rows(anchors)``: ``ack_all`` of rows that ``process_columns`` took, given by
+    their anchors (``batch.anchors``), none of them an anchor of an emit (a sink acking
+    rows the server confirmed, which keeps only their anchors meanwhile); bound by the
+    runtime."""
     fail: Callable[[Tuple], None]
     """``fail(tup)``: bound by the runtime."""
+    fail_rows: Callable[[Sequence[Anchors]], None]
+    """``fail_rows(anchors)``: ``fail`` of rows given by their anchors, as ``ack_rows``;
+    bound by the runtime."""
     flush_acks: Callable[[], None]
     """``flush_acks()``: send the acks and fails made so far at once (bound by the runtime).
     Those made in ``process`` and ``end_batch`` leave when the batch ends; a bolt that
@@ -240,10 +244,11 @@ class Bolt(BoltBase):
         ``process_batch``.
 
         For a sink that reads each row's values once: building and freeing a Tuple per row
-        costs it about as much as its own work per row. Ack what it took with
-        ``ack_batch`` (a batch whose rows it wrote, or any batch of the same rows); to
-        fail one row, or to emit anchored to it, build its tuples with
-        ``batch.tuples()``. A tick arrives as a batch of one row
+        costs it about as much as its own work per row. Ack or fail rows with
+        ``ack_rows(batch.anchors)`` and ``fail_rows(...)``: a sink that acks once the
+        server confirmed a write keeps only the anchors until then, and lets the values
+        go while they are still in the CPU's cache. To fail one row, or to emit anchored
+        to it, build its tuples with ``batch.tuples()``. A tick arrives as a batch of one row
         (``batch.is_tick()``). An exception fails every row of the batch, as in
         ``process_batch``.
         """

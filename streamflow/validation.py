@@ -87,7 +87,7 @@ def _check_component(spec: ComponentSpec, prefix: str) -> dict[str, tuple[str, .
                             "take columns in a Bolt")
     if isinstance(spec.component, BasicBolt) and type(spec.component).process_columns is not Bolt.process_columns:
         raise TopologyError(f"{where}a BasicBolt acks the tuples it processed, and process_columns builds "
-                            "none: take columns in a Bolt, which acks them with ack_batch")
+                            "none: take columns in a Bolt, which acks them with ack_rows")
     p = spec.parallelism
     if not isinstance(p, int) or isinstance(p, bool) or p < 1:
         raise TopologyError(f"{where}parallelism must be an integer >= 1, got {p!r}")

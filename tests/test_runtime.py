@@ -754,18 +754,27 @@ def test_a_subclass_overriding_process_of_a_batch_bolt_gets_each_tuple() -> None
 
 
 class ColumnSink(Bolt):
-    """A plain bolt taking columns: keeps each batch's values, acks each batch whole with
-    ``ack_batch``, and raises for the batch holding 42 the first time it sees it."""
+    """A plain bolt taking columns: keeps each batch's values, raises for the batch
+    holding 42 the first time it sees it, fails the row of 7 by its anchors the first
+    time, and acks the other rows by theirs."""
 
     batches: list[Any] = []
-    raised = False
+    raised = failed_seven = False
+    raised_rows = 0
 
     def process_columns(self, batch: Any) -> None:
-        if 42 in [values[0] for values in batch.values] and not ColumnSink.raised:
-            ColumnSink.raised = True
+        numbers = [values[0] for values in batch.values]
+        if 42 in numbers and not ColumnSink.raised:
+            ColumnSink.raised, ColumnSink.raised_rows = True, len(numbers)
             raise RuntimeError("42 breaks its batch")
         ColumnSink.batches.append(batch)
-        self.ack_batch(batch)
+        anchors = batch.anchors
+        if 7 in numbers and not ColumnSink.failed_seven:
+            ColumnSink.failed_seven = True
+            seven = numbers.index(7)
+            self.fail_rows([anchors[seven]])
+            anchors = anchors[:seven] + anchors[seven + 1:]
+        self.ack_rows(anchors)
 
 
 class CountN(StatefulBolt):
@@ -794,9 +803,9 @@ class OwnBatches(ColumnSink):
 
 @pytest.mark.parametrize("acking", ["xor", "checkpoint"])
 def test_a_bolt_taking_columns_gets_batches_acks_them_whole_and_a_raise_fails_its_batch(acking: str) -> None:
-    # Under XOR acking ack_batch XORs each row's edge into its tree; under checkpoints the
+    # Under XOR acking ack_rows XORs each row's edge into its tree; under checkpoints the
     # trees complete at commit, and a fail names the roots to roll back.
-    ColumnSink.batches, ColumnSink.raised = [], False
+    ColumnSink.batches, ColumnSink.raised, ColumnSink.failed_seven = [], False, False
     ledger = Ledger()
     builder = TopologyBuilder("columns")
     builder.set_spout("source", ListSpout([(i,) for i in range(500)], ["n"], ledger))
@@ -808,6 +817,9 @@ def test_a_bolt_taking_columns_gets_batches_acks_them_whole_and_a_raise_fails_it
     run = run_local(builder.build({"topology.state.checkpoint.interval.ms": 100}), timeout=60)
     assert run.outcome == "finished"
     assert ColumnSink.raised and sum(ledger.failed.values()) >= 1  # the batch of 42 failed, and was replayed
+    assert ColumnSink.failed_seven
+    if acking == "xor":  # 7 failed by its anchors (under checkpoints, failing rolls every tree back)
+        assert ledger.failed[7] >= 1
     assert set(ledger.acked) == set(range(500))
     batches = ColumnSink.batches
     assert all(isinstance(b, Batch) for b in batches) and max(map(len, batches)) > 1
@@ -815,6 +827,7 @@ def test_a_bolt_taking_columns_gets_batches_acks_them_whole_and_a_raise_fails_it
     sink = run.component("sink")
     assert sink.errors == 1 and sink.last_error is not None
     assert "process_columns: RuntimeError: 42 breaks its batch" in sink.last_error.message
+    assert sink.failed == ColumnSink.raised_rows + 1  # the batch of 42, and 7
 
 
 def test_a_subclass_overriding_process_batch_of_a_column_bolt_gets_tuples() -> None:

@@ -36,8 +36,9 @@ class BoltExecutor(ComponentExecutor):
         bolt.emit_direct = self.collector.emit_direct
         bolt.ack = self.collector.ack
         bolt.ack_all = self.collector.ack_all
-        bolt.ack_batch = self.collector.ack_batch
+        bolt.ack_rows = self.collector.ack_rows
         bolt.fail = self.collector.fail
+        bolt.fail_rows = self.collector.fail_rows
         bolt.flush_acks = self.collector.flush_acks
         self._process: Callable[[Batch], Awaitable[None] | None]
         if isinstance(bolt, AsyncBolt):
