@@ -90,7 +90,10 @@ class SpoutBase(Component):
         """The tuple tree of ``msg_id`` failed or timed out: replay it or give up."""
 
     def exhausted(self) -> bool:
-        """True once this finite spout has nothing more to emit or replay."""
+        """True once this finite spout has nothing more to emit or replay for now: tuples
+        in flight may still fail, and one to replay makes it False again. Its task ends
+        once it is True with every tree done; with checkpoints, the coordinator checkpoints
+        at once when every spout task says True, to complete the last trees."""
         return False
 
     def activate(self) -> None:

@@ -12,6 +12,11 @@ the state provider, then a commit message to spouts and stateful bolts.
   new epoch first, which fences off the writes of one that is going away.
 - A failed tree, a task that (re)started, or a round that does not complete within
   ``topology.message.timeout.secs`` leads to a rollback.
+- Checkpoints come every ``topology.state.checkpoint.interval.ms``, or sooner once every
+  spout task said that its finite spout emitted all it had (``exhausted()``), some with
+  trees waiting for a commit and the others done: the end of a finite input then
+  completes at once, not up to an interval later. A spout that never ends (a Kafka topic
+  read on) never says so.
 - A prepare that a task could not do (its store is unreachable) is not a failure of
   the data: the checkpoint is dropped and the next one, an interval later, saves the
   changes of both. Nothing is acked meanwhile, so spouts stop at max-spout-pending
@@ -25,7 +30,7 @@ import logging
 import time
 from typing import Any, Callable, Mapping, TypeVar
 
-from streamflow.checkpoint import COMMIT, FAILED, PREPARE, ROLLBACK, STARTED
+from streamflow.checkpoint import COMMIT, DRAINED, FAILED, FINISHED, PREPARE, ROLLBACK, STARTED
 from streamflow.executor import Executor
 from streamflow.inbox import CHECKPOINT, CHECKPOINT_ALERT, CHECKPOINT_DONE, Inbox, Message
 from streamflow.state.store import CheckpointId, Fenced, StateProvider
@@ -77,6 +82,12 @@ class CheckpointCoordinator(Executor):
         self._failed_roots: set[int] = set()
         """Roots of tuples that failed since the last rollback, for the spouts' ``fail``."""
         self._started: set[int] = set()
+        self._drained: set[int] = set()
+        """Spout tasks that said, since the last checkpoint began, that their spout emitted
+        everything it had, with trees waiting for a commit."""
+        self._finished: set[int] = set()
+        """Spout tasks whose spout is done (since the last rollback began). Once every
+        spout task drained or is done, and one drained, a checkpoint is due at once."""
         self.committed_txid = 0
         self.committed_time = 0.0
         self.checkpoint_seconds = 0.0
@@ -116,6 +127,8 @@ class CheckpointCoordinator(Executor):
     async def _rollback(self) -> bool:
         """A rollback round to the last committed checkpoint; True once every task is in it."""
         self._rollback_wanted = False
+        self._drained.clear()
+        self._finished.clear()  # a spout done may replay now
         upto = list(self._committed) if self._committed is not None else None
         failed = sorted(self._failed_roots)
         extras = {t: (upto, self._positions.get(self._component_of[t], {}), failed) for t in self._spouts}
@@ -135,6 +148,7 @@ class CheckpointCoordinator(Executor):
         return True
 
     async def _checkpoint(self) -> None:
+        self._drained.clear()
         self._txid += 1
         txid, bid = self._txid, self._next_barrier()
         started = time.monotonic()
@@ -206,9 +220,13 @@ class CheckpointCoordinator(Executor):
         return infos
 
     def _alerted(self, payload: tuple[int, str, Any, list[int]]) -> None:
-        """A task started, or a tree failed: whether a rollback is due."""
+        """A task started, or a tree failed: whether a rollback is due. Or a spout drained."""
         task, reason, generation, roots = payload
-        if reason == STARTED:
+        if reason == DRAINED:
+            self._drained.add(task)
+        elif reason == FINISHED:
+            self._finished.add(task)
+        elif reason == STARTED:
             # After the first round began, a task that starts may have missed its barriers
             # (its worker was not up), or restarted and lost its state: either way it
             # needs a rollback, which costs the others little.
@@ -225,14 +243,20 @@ class CheckpointCoordinator(Executor):
                 self.last_problem = f"a tuple failed or timed out (reported by task {task})"
 
     async def _pause(self, seconds: float) -> None:
-        """Wait ``seconds``, taking alerts meanwhile (one may call for a rollback at once)."""
+        """Wait ``seconds``, taking alerts meanwhile (one may call for a rollback at once),
+        or until every spout task drained or is done (and one drained)."""
         deadline = time.monotonic() + seconds
-        while not self._rollback_wanted:
+        while not self._rollback_wanted and not self._drained_all():
             message = await self._next_message(deadline)
             if message is None:
                 return
             if message[0] == CHECKPOINT_ALERT:
                 self._alerted(message[1])
+
+    def _drained_all(self) -> bool:
+        """Whether every spout task drained or is done, and one drained: trees of a finite
+        input wait for a checkpoint that nothing is left to add to."""
+        return bool(self._drained) and (self._drained | self._finished).issuperset(self._spouts)
 
     async def _await_tasks(self, deadline: float) -> None:
         """Before the first round: wait until every task said it started, or ``deadline``."""

@@ -263,6 +263,20 @@ def test_run_local_ends_and_reports_the_checkpoint_coordinator() -> None:
     assert highest_counts(received(ledger)) == TRUTH
 
 
+def test_the_end_of_a_finite_input_is_checkpointed_at_once_not_an_interval_later() -> None:
+    # Checkpoints an hour apart, and a run that ends within 30 s: once every spout task
+    # emitted all its rows (two tasks one row each, the third none: it is done at once),
+    # the coordinator takes the one checkpoint that completes their trees.
+    ledger = Ledger()
+    topology, _ = wordcount(Count(), spout=ListSpout(SENTENCES[:2], ["sentence"], ledger), spouts=3,
+                            ledger=ledger, config={"topology.state.checkpoint.interval.ms": 3_600_000})
+    result = run_local(topology, timeout=30)
+    assert result.outcome == "finished", result.summary()
+    assert ledger.acked == {0: 1, 1: 1}
+    assert highest_counts(received(ledger)) == Counter(w for (s,) in SENTENCES[:2] for w in s.split())
+    assert result.component(CHECKPOINT_COMPONENT).acked == 1
+
+
 def test_async_stateful_bolt_counts_exactly() -> None:
     topology, ledger = wordcount(AsyncCount())
     worker = run(topology)

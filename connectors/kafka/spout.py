@@ -261,15 +261,15 @@ class KafkaSpout(AsyncSpout):
         self._redelivery.failed(msg_id, time.monotonic())
 
     def exhausted(self) -> bool:
-        """With stop_at_end: every record below the end offsets seen at the start is done.
-        A partition whose end lies past its last record (a transaction's control record,
-        which never reaches the spout) is read up to where librdkafka reports its end
-        (``enable.partition.eof``, on with stop_at_end)."""
+        """With stop_at_end: every record below the end offsets seen at the start was
+        emitted, and none waits for a retry or a dead letter's write. Records in flight may
+        still fail (one then waits for its retry): the executor ends the spout only once
+        its trees are all done. A partition whose end lies past its last record (a
+        transaction's control record, which never reaches the spout) is read up to where
+        librdkafka reports its end (``enable.partition.eof``, on with stop_at_end)."""
         if not self.stop_at_end or self._assignment.assigned is None or self._fetcher.buffer:
             return False
-        if not self._redelivery.idle() or any(len(p) for p in self._assignment.partitions.values()):
-            return False
-        return self._fetcher.read_to_end()
+        return self._redelivery.idle() and self._fetcher.read_to_end()
 
     # -- checkpoints ------------------------------------------------------------------
 

@@ -29,7 +29,8 @@ gets: they were sent before its restart was noticed and will be replayed.
 """
 
 from streamflow.checkpoint.bolt import BoltCheckpoints
-from streamflow.checkpoint.party import COMMIT, END, FAILED, PREPARE, ROLLBACK, STARTED
+from streamflow.checkpoint.party import COMMIT, DRAINED, END, FAILED, FINISHED, PREPARE, ROLLBACK, STARTED
 from streamflow.checkpoint.spout import SpoutCheckpoints
 
-__all__ = ["BoltCheckpoints", "COMMIT", "END", "FAILED", "PREPARE", "ROLLBACK", "STARTED", "SpoutCheckpoints"]
+__all__ = ["BoltCheckpoints", "COMMIT", "DRAINED", "END", "FAILED", "FINISHED", "PREPARE", "ROLLBACK",
+           "STARTED", "SpoutCheckpoints"]

@@ -11,7 +11,11 @@ from streamflow.transport.base import Transport
 
 PREPARE, COMMIT, ROLLBACK, END = "prepare", "commit", "rollback", "end"
 """Barrier actions; END says that the sending task's input has ended (finite spouts)."""
-STARTED, FAILED = "started", "failed"
+STARTED, FAILED, DRAINED, FINISHED = "started", "failed", "drained", "finished"
+"""Why a task alerts the coordinator: it started (a rollback is due), a tuple failed (a
+rollback is due), its finite spout emitted everything and its trees wait for a commit,
+or its finite spout is done (the last two make a checkpoint due at once, see
+:mod:`streamflow.coordinator`)."""
 
 MAX_FAILED_ROOTS = 1000
 """Root ids of failed tuples an alert carries at most (a flood of failures needs one rollback)."""

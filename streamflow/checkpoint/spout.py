@@ -7,9 +7,10 @@ import time
 from typing import Any, Callable
 
 from streamflow.acking import PendingTrees
-from streamflow.checkpoint.party import COMMIT, END, PREPARE, ROLLBACK, BarrierId, Party
+from streamflow.checkpoint.party import COMMIT, DRAINED, END, FINISHED, PREPARE, ROLLBACK, BarrierId, Party
 from streamflow.collector import SpoutOutputCollector
 from streamflow.components import SpoutBase
+from streamflow.inbox import CHECKPOINT_ALERT
 from streamflow.state.store import CheckpointId
 from streamflow.stats import TaskStats
 from streamflow.topology import Topology
@@ -33,6 +34,9 @@ class SpoutCheckpoints(Party):
         """Prepared checkpoints not committed yet: their id and the emit time cut."""
         self._failed: set[int] = set()
         """Roots of trees in flight that failed or timed out: ``fail`` gets them at rollback."""
+        self._drain_told = False
+        """Whether the coordinator was told that the spout drained, since the last commit
+        or rollback (before the commit, the trees it told of wait for that one)."""
 
     def handle(self, payload: tuple[str, int, int, int, Any]) -> None:
         """A message from the coordinator: prepare, commit or rollback."""
@@ -72,6 +76,7 @@ class SpoutCheckpoints(Party):
                 self._callback(self._spout.ack, msg_id)
         if self._failed:
             self._failed = {root for root in self._failed if root in self._pending}
+        self._drain_told = False  # trees emitted since its barrier wait for the next checkpoint
 
     def _rollback(self, bid: BarrierId, txid: int, extra: Any) -> None:
         upto, positions, failed = extra
@@ -91,14 +96,29 @@ class SpoutCheckpoints(Party):
             self._callback(self._spout.seek, positions or {})
         self._sealed.clear()
         self._failed.clear()
+        self._drain_told = False
         self.rolled_back(bid)
         self.forward(ROLLBACK, bid, txid, (upto, None))
         self.done(bid, True)
 
+    def drained(self) -> None:
+        """The finite spout has nothing more to emit, and its trees wait for a commit: ask
+        the coordinator for a checkpoint now rather than at its interval (once per
+        commit). It takes one once every spout task drained or is done: the end of a
+        finite input completes within a checkpoint round, not up to an interval later."""
+        if self.initialized and not self._drain_told:
+            self._drain_told = True
+            self._tell(DRAINED)
+
     def ended(self) -> None:
-        """The spout is exhausted and done: tell the tasks downstream (their windows fire)."""
+        """The spout is exhausted and done: tell the tasks downstream (their windows fire),
+        and the coordinator (it need not wait for this task to drain)."""
         if self.initialized:
             self.forward(END, self.generation or (0, 0), 0, None)
+            self._tell(FINISHED)
+
+    def _tell(self, reason: str) -> None:
+        self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, (self.task, reason, self.generation, []))
 
     def tree_failed(self, root: int) -> bool:
         """A tree failed: note it for the rollback it asks for. False if not in flight."""

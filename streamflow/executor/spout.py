@@ -87,10 +87,13 @@ class SpoutExecutor(ComponentExecutor):
                 continue
             if self.collector.acked_at_once:
                 continue
-            if not self.pending and not self.finished and self._exhausted():
-                self.finished = True
-                if self.checkpoints is not None:
-                    self.checkpoints.ended()
+            if not self.finished and (not self.pending or self.checkpoints is not None) and self._exhausted():
+                if not self.pending:
+                    self.finished = True
+                    if self.checkpoints is not None:
+                        self.checkpoints.ended()
+                elif self.checkpoints is not None:  # its trees complete at the next commit
+                    self.checkpoints.drained()
             self.idle = True
             if self.finished:
                 await self.inbox.wait()
