@@ -53,7 +53,13 @@ class Party:
 
     def started(self) -> None:
         """Tell the coordinator that this task began: after a restart it needs a rollback."""
-        self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, (self.task, STARTED, None, []))
+        self.tell(STARTED)
+
+    def tell(self, reason: str, roots: list[int] | None = None) -> None:
+        """Alert the coordinator: ``reason`` (see :data:`STARTED`), this task's generation
+        (None until its first rollback) and root ids of failed tuples, if any."""
+        payload = (self.task, reason, self.generation, roots or [])
+        self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, payload)
 
     def alert(self, roots: list[int]) -> None:
         """Ask the coordinator for a rollback (a tuple failed), with the generation (the
@@ -64,8 +70,7 @@ class Party:
         for alerts that name roots."""
         if self.initialized and (roots or not self._alerted):
             self._alerted = True
-            payload = (self.task, FAILED, self.generation, roots[:MAX_FAILED_ROOTS])
-            self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, payload)
+            self.tell(FAILED, roots[:MAX_FAILED_ROOTS])
 
     def rolled_back(self, bid: BarrierId) -> None:
         """This task went through the rollback ``bid``: its new generation."""

@@ -10,7 +10,6 @@ from streamflow.acking import PendingTrees
 from streamflow.checkpoint.party import COMMIT, DRAINED, END, FINISHED, PREPARE, ROLLBACK, BarrierId, Party
 from streamflow.collector import SpoutOutputCollector
 from streamflow.components import SpoutBase
-from streamflow.inbox import CHECKPOINT_ALERT
 from streamflow.state.store import CheckpointId
 from streamflow.stats import TaskStats
 from streamflow.topology import Topology
@@ -108,17 +107,14 @@ class SpoutCheckpoints(Party):
         finite input completes within a checkpoint round, not up to an interval later."""
         if self.initialized and not self._drain_told:
             self._drain_told = True
-            self._tell(DRAINED)
+            self.tell(DRAINED)
 
     def ended(self) -> None:
         """The spout is exhausted and done: tell the tasks downstream (their windows fire),
         and the coordinator (it need not wait for this task to drain)."""
         if self.initialized:
             self.forward(END, self.generation or (0, 0), 0, None)
-            self._tell(FINISHED)
-
-    def _tell(self, reason: str) -> None:
-        self.transport.send_control(self.coordinator, CHECKPOINT_ALERT, (self.task, reason, self.generation, []))
+            self.tell(FINISHED)
 
     def tree_failed(self, root: int) -> bool:
         """A tree failed: note it for the rollback it asks for. False if not in flight."""
