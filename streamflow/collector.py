@@ -315,6 +315,40 @@ class BoltOutputCollector(OutputCollector):
             for task in route(values):
                 add(task, values, anchor(anchors) if anchors else None)
 
+    def emit_rows(self, rows: Sequence[Sequence[Any]], anchors: Sequence[Anchors],
+                  stream: str = DEFAULT_STREAM) -> None:
+        """Emit each row of values anchored to the input row at the same position of
+        ``anchors`` (a batch's ``anchors`` column, as ``process_columns`` gets it): a
+        count bolt's one output per input, with no Tuple built on either side.
+
+        Under XOR acking each row gets a new edge in its input's trees, and that edge is
+        folded into the input's pending ack at once: the input's ``ack_rows`` then acks
+        only its own edge, as it does for rows that emitted nothing."""
+        out = self._stream_named(stream)
+        if len(rows) != len(anchors):
+            raise ValueError(f"component {self.component!r} emitted {len(rows)} rows with "
+                             f"{len(anchors)} anchors: one input row's anchors per row")
+        route, arity, batches = out.route, out.arity, out.batches
+        edges, acks = self.edges, self._acks
+        msg: Anchors
+        for values, msg in zip(rows, anchors, strict=True):
+            if len(values) != arity:
+                self._stream(stream, values)  # raises, naming the fields
+            if edges and msg:
+                edge = new_id(64)
+                roots = msg[0::2]
+                for root in roots:
+                    acks[root] = acks.get(root, 0) ^ edge
+                msg = tuple(x for root in roots for x in (root, edge))
+            for task in route(values):
+                batch = batches.get(task)
+                if batch is None:
+                    batches[task] = ([values], [msg])
+                else:
+                    batch[0].append(values)
+                    batch[1].append(msg)
+        self.stats.emitted += len(rows)
+
     def anchored_emitter(self) -> Callable[..., None]:
         """A BasicBolt's ``emit``: ``emit(values, stream="default")``, anchored to the
         current input.

@@ -186,6 +186,10 @@ class BoltBase(Component):
     :class:`BasicBolt` it takes no ``anchors``: each row is anchored as ``emit`` anchors."""
     emit_direct: Callable[..., None]
     """``emit_direct(task, values, stream="default", anchors=None)``: bound by the runtime."""
+    emit_rows: Callable[..., None]
+    """``emit_rows(rows, anchors, stream="default")``: emit each row of values anchored to
+    the input row at the same position of ``anchors``, a batch's ``anchors`` column (a
+    ``process_columns`` bolt with one output per input row); bound by the runtime."""
     ack: Callable[[Tuple], None]
     """``ack(tup)``: bound by the runtime."""
     ack_all: Callable[[Sequence[Tuple]], None]

@@ -840,6 +840,86 @@ def test_a_subclass_overriding_process_batch_of_a_column_bolt_gets_tuples() -> N
     assert OwnBatches.tuples == 100 and ledger.acked == {n: 1 for n in range(100)}
 
 
+class Twice(Bolt):
+    """A column bolt: each number n in gives (n, 0) and (n, 1) out, anchored to n's row
+    with ``emit_rows``, then acks its rows."""
+
+    outputs = ["n", "copy"]
+
+    def process_columns(self, batch: Any) -> None:
+        rows = [(values[0], copy) for values in batch.values for copy in (0, 1)]
+        anchors = [anchor for anchor in batch.anchors for _ in (0, 1)]
+        self.emit_rows(rows, anchors)
+        self.ack_rows(batch.anchors)
+
+
+class FailThirteenOnce(Bolt):
+    """Fails the first (13, 1) it gets and records and acks every other tuple."""
+
+    seen: list[tuple[int, int]] = []
+    failed = False
+
+    def process(self, tup: Tuple) -> None:
+        if tuple(tup.values) == (13, 1) and not FailThirteenOnce.failed:
+            FailThirteenOnce.failed = True
+            self.fail(tup)
+            return
+        FailThirteenOnce.seen.append(tuple(tup.values))
+        self.ack(tup)
+
+
+@pytest.mark.parametrize("acking", ["xor", "checkpoint"])
+def test_emit_rows_anchors_each_row_to_its_input_row_so_a_failure_downstream_replays_it(acking: str) -> None:
+    # Under XOR acking the rows' new edges are folded into their inputs' acks when
+    # emitted: had they not been, a tree would complete when Twice acked its row, and
+    # the failure of (13, 1) downstream would fail nothing.
+    FailThirteenOnce.seen, FailThirteenOnce.failed = [], False
+    ledger = Ledger()
+    builder = TopologyBuilder("emit-rows")
+    builder.set_spout("source", ListSpout([(i,) for i in range(300)], ["n"], ledger))
+    upstream = "source"
+    if acking == "checkpoint":
+        builder.set_bolt("count", CountN()).shuffle_grouping("source")
+        upstream = "count"
+    builder.set_bolt("twice", Twice(), 2).shuffle_grouping(upstream)
+    builder.set_bolt("sink", FailThirteenOnce(), 2).shuffle_grouping("twice")
+    run = run_local(builder.build({"topology.state.checkpoint.interval.ms": 100}), timeout=60)
+    assert run.outcome == "finished"
+    assert FailThirteenOnce.failed and ledger.failed[13] >= 1  # the fault hit a tree in flight
+    assert set(ledger.acked) == set(range(300))
+    assert set(FailThirteenOnce.seen) == {(n, copy) for n in range(300) for copy in (0, 1)}
+    assert run.component("twice").emitted >= 600 and run.component("twice").errors == 0
+
+
+class RowsOfTheWrongShape(Bolt):
+    """Emits rows that do not match their anchors or their stream."""
+
+    outputs = ["n", "copy"]
+
+    def process_columns(self, batch: Any) -> None:
+        if batch.values[0][0] % 2:
+            self.emit_rows([(values[0],) for values in batch.values], batch.anchors)
+        else:
+            self.emit_rows([(values[0], 0) for values in batch.values], batch.anchors[1:] + [None, None])
+
+
+@pytest.mark.parametrize("rows, error", [
+    ("arity", "emitted 1 values on stream 'default', which declares 2 fields (n, copy)"),
+    ("anchors", "emitted 1 rows with 2 anchors: one input row's anchors per row"),
+])
+def test_emit_rows_of_the_wrong_shape_fail_their_batch_with_one_line(rows: str, error: str) -> None:
+    ledger = Ledger()
+    builder = TopologyBuilder("wrong-rows")
+    builder.set_spout("source", ListSpout([(1,)] if rows == "arity" else [(2,)], ["n"], ledger, max_retries=0))
+    builder.set_bolt("rows", RowsOfTheWrongShape()).shuffle_grouping("source")
+    run = run_local(builder.build(), timeout=30)
+    assert run.outcome == "finished"
+    assert ledger.failed == {0: 1} and not ledger.acked
+    component = run.component("rows")
+    assert component.errors == 1 and component.last_error is not None
+    assert error in component.last_error.message
+
+
 class DirectBatchCounter(BasicBolt):
     """BatchCounter's batch size, emitted directly to the sink's first task."""
 

@@ -37,10 +37,12 @@ from streamflow_connectors.kafka import KafkaBolt, KafkaSpout
 
 from streamflow import (
     BasicBolt,
+    Batch,
+    Bolt,
     BoltBase,
     KeyValueState,
     SpoutBase,
-    StatefulBolt,
+    Stateful,
     TaskContext,
     Topology,
     TopologyBuilder,
@@ -61,26 +63,37 @@ class SplitSentence(BasicBolt):
         self.emit_many([(word,) for word in WORD.findall(tup.values[0].lower())])
 
 
-class CountWords(StatefulBolt):
+class CountWords(Stateful, Bolt):
     """Keeps a running count per word in its checkpointed state, keyed by the word that
     the fields grouping routes on: after a failure the counts go back to the last
-    checkpoint and the sentences since are replayed, so each sentence counts once."""
+    checkpoint and the sentences since are replayed, so each sentence counts once.
+
+    It takes its input as columns, one count out per word in, emitted with the word's
+    anchors (``emit_rows``): no Tuple built and no ``process`` called per word, for 17%
+    less CPU for the whole Kafka word count than the same loop in a ``StatefulBolt``'s
+    ``process`` (README, "Benchmarks")."""
 
     outputs = ["word", "count"]
 
     def init_state(self, state: KeyValueState) -> None:
         self.counts = state
 
-    def process(self, tup: Tuple) -> None:
-        word = tup.values[0]
-        count = self.counts.get(word, 0) + 1
-        self.counts.put(word, count)
-        self.emit((word, count))
+    def process_columns(self, batch: Batch) -> None:
+        if batch.is_tick():
+            return
+        get, put, rows = self.counts.get, self.counts.put, []
+        for values in batch.values:
+            word = values[0]
+            count = get(word, 0) + 1
+            put(word, count)
+            rows.append((word, count))
+        self.emit_rows(rows, batch.anchors)
+        self.ack_rows(batch.anchors)
 
 
 class CountWordsInMemory(BasicBolt):
-    """CountWords without state: counts in a dict, lost with its worker and counted again
-    on a replay (``-c count.stateful=false``, to see what state costs)."""
+    """A count without state: counts in a dict, tuple by tuple, lost with its worker and
+    counted again on a replay (``-c count.stateful=false``)."""
 
     outputs = ["word", "count"]
 

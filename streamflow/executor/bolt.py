@@ -34,6 +34,7 @@ class BoltExecutor(ComponentExecutor):
         bolt.emit = self.collector.anchored_emitter() if basic else self.collector.emit
         bolt.emit_many = self.collector.anchored_many_emitter() if basic else self.collector.emit_many
         bolt.emit_direct = self.collector.emit_direct
+        bolt.emit_rows = self.collector.emit_rows
         bolt.ack = self.collector.ack
         bolt.ack_all = self.collector.ack_all
         bolt.ack_rows = self.collector.ack_rows
