@@ -53,9 +53,8 @@ def decoder(value_format: str) -> Callable[[bytes | None], Any]:
 
 
 def encoder(value_format: str) -> Callable[[Any], bytes | None]:
-    """The function that turns a Python value into a record's value bytes: bytes, always
-    (or None), as the sink matches the writes the broker refused to its tuples by the
-    bytes librdkafka reports."""
+    """The function that turns a Python value into a record's value bytes (or None): the
+    sink counts the bytes it hands to librdkafka."""
     if value_format == "bytes":
         return _bytes_value
     if value_format == "str":
