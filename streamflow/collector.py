@@ -341,12 +341,9 @@ class BoltOutputCollector(OutputCollector):
                     acks[root] = acks.get(root, 0) ^ edge
                 msg = tuple(x for root in roots for x in (root, edge))
             for task in route(values):
-                batch = batches.get(task)
-                if batch is None:
-                    batches[task] = ([values], [msg])
-                else:
-                    batch[0].append(values)
-                    batch[1].append(msg)
+                batch = batches.get(task) or batches.setdefault(task, ([], []))
+                batch[0].append(values)
+                batch[1].append(msg)
         self.stats.emitted += len(rows)
 
     def anchored_emitter(self) -> Callable[..., None]:
@@ -388,12 +385,9 @@ class BoltOutputCollector(OutputCollector):
                     msg = (roots[0], edge)
                 else:
                     msg = _anchor((anchor,))  # type: ignore[arg-type]  # roots implies anchor
-                batch = batches.get(task)
-                if batch is None:
-                    batches[task] = ([values], [msg])
-                else:
-                    batch[0].append(values)
-                    batch[1].append(msg)
+                batch = batches.get(task) or batches.setdefault(task, ([], []))
+                batch[0].append(values)
+                batch[1].append(msg)
 
         return emit
 
@@ -431,12 +425,9 @@ class BoltOutputCollector(OutputCollector):
                             msg = (root, edge)
                         else:
                             msg = roots
-                        batch = batches.get(task)
-                        if batch is None:
-                            batches[task] = ([values], [msg])
-                        else:
-                            batch[0].append(values)
-                            batch[1].append(msg)
+                        batch = batches.get(task) or batches.setdefault(task, ([], []))
+                        batch[0].append(values)
+                        batch[1].append(msg)
             finally:
                 anchor.ack_val ^= xor  # type: ignore[union-attr]  # roots implies anchor
                 stats.emitted += emitted
