@@ -128,9 +128,9 @@ class CheckpointCoordinator(Executor):
             # workers) does not stretch the time the trees in flight wait for a commit.
             await self._pause(next_at - time.monotonic())
             if not self._rollback_wanted:
-                next_at = time.monotonic() + self._interval
-                if not await self._checkpoint():
-                    next_at = time.monotonic() + self._interval
+                started = time.monotonic()
+                committed = await self._checkpoint()
+                next_at = (started if committed else time.monotonic()) + self._interval
 
     async def _rollback(self) -> bool:
         """A rollback round to the last committed checkpoint; True once every task is in it."""
